@@ -1,0 +1,41 @@
+# veil: `make demo` and `make test` are the two commands of the README's Quick start.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: demo test lint unit os-packages clean help
+
+help:
+	@echo "make demo   - install into .venv and run examples/quickstart on the embedded CAS (sim mode)"
+	@echo "make test   - install dev dependencies and OS packages (as root), lint, run the whole suite"
+	@echo "make lint   - ruff and mypy --strict"
+	@echo "make clean  - remove .venv and demo state"
+
+$(STAMP_RUN): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(STAMP_DEV): $(STAMP_RUN)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP_RUN)
+	bash examples/quickstart/run.sh
+
+os-packages:
+	@bash scripts/install-os-packages
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+test: $(STAMP_DEV) os-packages lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .veil-demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,28 @@
+"""The Configuration and Attestation Service: sessions, secrets, attestation decisions, audit.
+
+Storage is behind one interface (``RecordStore``); every record is sealed with the master key.
+"""
+
+from veil.cas.audit import AuditChainBroken, AuditLog
+from veil.cas.errors import (
+    AccessDenied,
+    CasError,
+    Conflict,
+    PredecessorMismatch,
+    SessionNotFound,
+    StorageCorrupted,
+)
+from veil.cas.service import Cas, SessionRecord
+
+__all__ = [
+    "AccessDenied",
+    "AuditChainBroken",
+    "AuditLog",
+    "Cas",
+    "CasError",
+    "Conflict",
+    "PredecessorMismatch",
+    "SessionNotFound",
+    "SessionRecord",
+    "StorageCorrupted",
+]

@@ -1,0 +1,76 @@
+"""The audit log: every change and decision, hash-chained so that edits are detected.
+
+Entry i stores ``body_i`` (canonical JSON, never a secret) and
+``chain_i = SHA-256("veil-audit-v1" || chain_{i-1} || body_i)`` with chain_0 = 32 zero
+bytes. The head (seq, chain) is also kept in a sealed record, so deleting the newest
+entries is detected too. Signing the chain with the CAS key comes with the network CAS.
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from veil.cas.errors import CasError
+from veil.cas.sealing import SealedRecords
+from veil.crypto import canonical_json, constant_time_equal, sha256
+
+_DOMAIN = b"veil-audit-v1\0"
+GENESIS = bytes(32)
+_HEAD = ("audit-head", "head")
+
+
+class AuditChainBroken(CasError):
+    """The audit log was edited, reordered or truncated."""
+
+
+def chain_next(previous: bytes, body: bytes) -> bytes:
+    return sha256(_DOMAIN + previous + body)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    event: dict[str, Any]
+    chain: bytes
+
+
+class AuditLog:
+    def __init__(self, records: SealedRecords) -> None:
+        self._records = records
+
+    def append(self, event: str, sim: bool, **details: Any) -> int:
+        """Append one event; call inside the transaction of the change it records."""
+        store = self._records.store
+        with store.transaction():
+            head = self._records.get(*_HEAD)
+            previous = bytes.fromhex(head[1]["chain"]) if head else GENESIS
+            body = canonical_json({"time": int(time.time()), "event": event, "sim": sim, **details})
+            chain = chain_next(previous, body)
+            seq = store.append_log(body, chain)
+            self._records.put(*_HEAD, {"seq": seq, "chain": chain.hex()}, head[0] if head else None)
+            return seq
+
+    def entries(self) -> list[AuditEntry]:
+        return [AuditEntry(e.seq, json.loads(e.body), e.chain) for e in self._records.store.read_log()]
+
+    def verify(self) -> int:
+        """Check the whole chain and its sealed head; return the number of entries."""
+        previous = GENESIS
+        expected_seq = 1
+        entries = self._records.store.read_log()
+        for entry in entries:
+            if entry.seq != expected_seq:
+                raise AuditChainBroken(f"audit entry {expected_seq} is missing")
+            if not constant_time_equal(chain_next(previous, entry.body), entry.chain):
+                raise AuditChainBroken(f"audit entry {entry.seq} was modified or reordered")
+            previous = entry.chain
+            expected_seq += 1
+        head = self._records.get(*_HEAD)
+        head_seq = int(head[1]["seq"]) if head else 0
+        if head_seq != len(entries) or (head and not constant_time_equal(head[1]["chain"], previous.hex())):
+            raise AuditChainBroken(
+                f"audit log ends at entry {len(entries)} but the CAS recorded {head_seq}: "
+                "entries were removed"
+            )
+        return len(entries)

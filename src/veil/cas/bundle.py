@@ -1,0 +1,27 @@
+"""Building a service's configuration bundle: the policy with its secrets substituted."""
+
+from collections.abc import Callable
+
+from veil.policy import Service, substitute, substitute_text
+from veil.protocol import BundleFile, ConfigurationBundle
+
+
+def build_bundle(
+    session_name: str, session_hash: str, service: Service, secret: Callable[[str], bytes]
+) -> ConfigurationBundle:
+    where = f"service '{service.name}'"
+    argv = [substitute_text(a, secret, f"{where} command[{i}]") for i, a in enumerate(service.command)]
+    environment = {
+        k: substitute_text(v, secret, f"{where} environment {k}") for k, v in service.environment.items()
+    }
+    files = [BundleFile(f.path, f.mode_bits, substitute(f.content, secret)) for f in service.files]
+    return ConfigurationBundle(
+        session=session_name,
+        service=service.name,
+        session_hash=session_hash,
+        argv=argv,
+        environment=environment,
+        pwd=service.pwd,
+        files=files,
+        allow_extra_args=service.allow_extra_args,
+    )

@@ -1,0 +1,31 @@
+"""Errors of the CAS part."""
+
+from veil.errors import VeilError
+
+
+class CasError(VeilError):
+    """A CAS operation was refused or failed."""
+
+
+class StorageCorrupted(CasError):
+    """A stored record failed authentication: the database was modified outside the CAS."""
+
+
+class Conflict(CasError):
+    """A concurrent change won; re-read and retry."""
+
+
+class SessionNotFound(CasError):
+    pass
+
+
+class PredecessorMismatch(CasError):
+    pass
+
+
+class AccessDenied(CasError):
+    pass
+
+
+class MasterKeyError(CasError):
+    pass

@@ -1,0 +1,331 @@
+"""The CAS use cases: sessions, platforms, nonces, attestation decisions, audit.
+
+HTTP handlers (network CAS) and the embedded client call these methods; none of them
+knows about transport. Every change and every decision is written to the audit log.
+"""
+
+import base64
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from veil.cas.audit import AuditLog
+from veil.cas.bundle import build_bundle
+from veil.cas.errors import AccessDenied, CasError, Conflict, PredecessorMismatch, SessionNotFound
+from veil.cas.nonces import NonceRegistry
+from veil.cas.sealing import SealedRecords, load_or_create_master_key
+from veil.cas.secret_values import definition_fingerprint, make_secret_value
+from veil.cas.storage import RecordStore, SqliteStore
+from veil.crypto import AeadKey, constant_time_equal, seal_to_key
+from veil.crypto.encoding import sha256_hex
+from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
+from veil.errors import VeilError
+from veil.policy import Session, parse_session, session_hash
+from veil.protocol import (
+    AttestationGrant,
+    AttestationRefused,
+    AttestationRequest,
+    bundle_info,
+    expected_report_data,
+    split_config_id,
+)
+from veil.tee import Claims, EvidenceError, verify_sim_evidence
+
+_SESSION = "session"
+_VERSION = "session-version"
+_SECRET = "secret"
+_CA = "session-ca"
+_PLATFORM = "platform"
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    name: str
+    hash: str
+    text: str
+    creator: str
+    revision: int
+    session: Session
+
+
+@dataclass(frozen=True)
+class _Decision:
+    grant: AttestationGrant | None
+    reason: str
+    details: dict[str, object]
+
+
+def _may(owners: list[str], caller: str, creator: str) -> bool:
+    if "ANY" in owners:
+        return True
+    if "CREATOR" in owners and constant_time_equal(caller, creator):
+        return True
+    return any(o not in ("CREATOR", "NONE") and constant_time_equal(o, caller) for o in owners)
+
+
+class Cas:
+    """The Configuration and Attestation Service over one record store."""
+
+    def __init__(self, store: RecordStore, master_key: AeadKey, sim_mode: bool = True) -> None:
+        self.records = SealedRecords(store, master_key)
+        self.audit = AuditLog(self.records)
+        self.nonces = NonceRegistry(self.records)
+        self.sim_mode = sim_mode
+
+    @classmethod
+    def open_embedded(cls, data_dir: Path) -> "Cas":
+        """The embedded CAS (sim mode): SQLite and a master key file under ``data_dir``."""
+        key = load_or_create_master_key(data_dir / "master.key")
+        return cls(SqliteStore(data_dir / "cas.db"), key, sim_mode=True)
+
+    def close(self) -> None:
+        self.records.store.close()
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _record(self, name: str) -> tuple[int, SessionRecord] | None:
+        found = self.records.get(_SESSION, name)
+        if found is None:
+            return None
+        version, raw = found
+        session = parse_session(raw["text"], f"stored session {name}")
+        return version, SessionRecord(
+            name, raw["hash"], raw["text"], raw["creator"], int(raw["revision"]), session
+        )
+
+    def get_session(self, name: str, caller: str) -> SessionRecord:
+        found = self._record(name)
+        if found is None:
+            raise SessionNotFound(f"no session named '{name}'")
+        record = found[1]
+        if not _may(record.session.access_policy.read, caller, record.creator):
+            raise AccessDenied(f"you may not read session '{name}'")
+        return record
+
+    def session_hash_of(self, name: str) -> str | None:
+        found = self._record(name)
+        return found[1].hash if found else None
+
+    def create_session(self, text: str, caller: str, source: str = "<session>") -> SessionRecord:
+        session = parse_session(text, source)
+        digest = session_hash(session)
+        with self.records.store.transaction():
+            if self._record(session.name) is not None:
+                raise Conflict(
+                    f"session '{session.name}' already exists; update it by naming its hash as predecessor"
+                )
+            if session.predecessor is not None:
+                raise PredecessorMismatch(
+                    f"session '{session.name}' does not exist, so it cannot have a predecessor"
+                )
+            record = SessionRecord(session.name, digest, text, caller, 1, session)
+            self._store_session(record, None)
+            key_der, cert_der = CertificateAuthority.create(f"veil session CA {session.name}").to_der()
+            self.records.put(
+                _CA,
+                session.name,
+                {"key": base64.b64encode(key_der).decode(), "cert": base64.b64encode(cert_der).decode()},
+                None,
+            )
+            self._sync_secrets(session)
+            self.audit.append(
+                "session.create", self.sim_mode, session=session.name, hash=digest, owner=caller
+            )
+        return record
+
+    def update_session(self, text: str, caller: str, source: str = "<session>") -> SessionRecord:
+        session = parse_session(text, source)
+        digest = session_hash(session)
+        with self.records.store.transaction():
+            found = self._record(session.name)
+            if found is None:
+                raise SessionNotFound(f"no session named '{session.name}' to update; create it first")
+            version, current = found
+            if not _may(current.session.access_policy.update, caller, current.creator):
+                raise AccessDenied(f"you may not update session '{session.name}'")
+            if session.predecessor is None:
+                raise PredecessorMismatch(
+                    f"an update of session '{session.name}' must name its current hash: "
+                    f"predecessor: {current.hash}"
+                )
+            if session.predecessor != current.hash:
+                raise PredecessorMismatch(
+                    f"predecessor {session.predecessor[:16]}… is not the current hash "
+                    f"{current.hash[:16]}… of session '{session.name}' (changed meanwhile? "
+                    "read it again and re-apply your change)"
+                )
+            record = SessionRecord(session.name, digest, text, current.creator, current.revision + 1, session)
+            self._store_session(record, version)
+            self._sync_secrets(session)
+            self.audit.append(
+                "session.update",
+                self.sim_mode,
+                session=session.name,
+                hash=digest,
+                predecessor=current.hash,
+                owner=caller,
+            )
+        return record
+
+    def _store_session(self, record: SessionRecord, expected_version: int | None) -> None:
+        value = {
+            "hash": record.hash,
+            "text": record.text,
+            "creator": record.creator,
+            "revision": record.revision,
+        }
+        self.records.put(_SESSION, record.name, value, expected_version)
+        self.records.put(_VERSION, f"{record.name}@{record.hash}", {**value, "time": int(time.time())}, None)
+
+    def _sync_secrets(self, session: Session) -> None:
+        """Generate new or changed secrets; keep unchanged ones; drop removed ones."""
+        prefix = f"{session.name}#"
+        wanted = {d.name: d for d in session.secrets}
+        for key in self.records.keys(_SECRET, prefix):
+            if key[len(prefix) :] not in wanted:
+                self.records.delete(_SECRET, key)
+        for name, definition in wanted.items():
+            key = prefix + name
+            fingerprint = definition_fingerprint(definition)
+            existing = self.records.get(_SECRET, key)
+            if existing and existing[1]["fingerprint"] == fingerprint:
+                continue
+            value = {
+                "fingerprint": fingerprint,
+                "value": base64.b64encode(make_secret_value(definition)).decode(),
+            }
+            self.records.put(_SECRET, key, value, existing[0] if existing else None)
+
+    def _secret_lookup(self, session_name: str) -> dict[str, bytes]:
+        prefix = f"{session_name}#"
+        values: dict[str, bytes] = {}
+        for key in self.records.keys(_SECRET, prefix):
+            found = self.records.get(_SECRET, key)
+            if found:
+                values[key[len(prefix) :]] = base64.b64decode(found[1]["value"])
+        return values
+
+    def _session_ca(self, session_name: str) -> CertificateAuthority:
+        found = self.records.get(_CA, session_name)
+        if found is None:
+            raise CasError(f"session '{session_name}' has no CA")
+        return CertificateAuthority.from_der(
+            base64.b64decode(found[1]["key"]), base64.b64decode(found[1]["cert"])
+        )
+
+    # -- platforms --------------------------------------------------------------------
+
+    def register_sim_platform(self, public_key: bytes, caller: str) -> str:
+        platform_id = sha256_hex(public_key)
+        with self.records.store.transaction():
+            if self.records.get(_PLATFORM, platform_id) is not None:
+                return platform_id
+            self.records.put(
+                _PLATFORM,
+                platform_id,
+                {"kind": "sim", "public_key": base64.b64encode(public_key).decode(), "by": caller},
+                None,
+            )
+            self.audit.append(
+                "platform.register", True, platform="sim", platform_id=platform_id, owner=caller
+            )
+        return platform_id
+
+    def _sim_platform_key(self, platform_id: str) -> bytes | None:
+        found = self.records.get(_PLATFORM, platform_id)
+        if found is None or found[1]["kind"] != "sim":
+            return None
+        return base64.b64decode(found[1]["public_key"])
+
+    # -- attestation ------------------------------------------------------------------
+
+    def new_nonce(self) -> bytes:
+        return self.nonces.issue()
+
+    def attest(self, request: AttestationRequest) -> AttestationGrant:
+        """Decide on a runtime's evidence; audit the decision; grant or raise the reason."""
+        try:
+            decision = self._decide(request)
+        except VeilError as exc:
+            decision = _Decision(None, str(exc), {})
+        details = {"config_id": request.config_id, "platform": request.evidence.platform, **decision.details}
+        if decision.grant is None:
+            self.audit.append("attest.refuse", self.sim_mode, reason=decision.reason, **details)
+            raise AttestationRefused(decision.reason)
+        self.audit.append("attest.grant", decision.grant.sim, **details)
+        return decision.grant
+
+    def _verify_evidence(self, request: AttestationRequest, session: Session) -> Claims | str:
+        platform = request.evidence.platform
+        if platform != "sim":
+            return f"platform '{platform}' is not supported by this CAS yet"
+        if not session.tolerates_sim:
+            return (
+                f"session '{session.name}' does not tolerate sim evidence (sim protects nothing; "
+                "add 'sim' to security.tolerate for development only)"
+            )
+        try:
+            return verify_sim_evidence(request.evidence.data, self._sim_platform_key)
+        except EvidenceError as exc:
+            return str(exc)
+
+    def _decide(self, request: AttestationRequest) -> _Decision:
+        def refuse(reason: str, **details: object) -> _Decision:
+            return _Decision(None, reason, details)
+
+        stale = self.nonces.consume(request.nonce)
+        if stale:
+            return refuse(stale)
+        session_name, service_name = split_config_id(request.config_id)
+        found = self._record(session_name)
+        if found is None:
+            return refuse(f"unknown session '{session_name}'")
+        record = found[1]
+        service = record.session.service(service_name)
+        if service is None:
+            return refuse(f"session '{session_name}' has no service '{service_name}'")
+        claims = self._verify_evidence(request, record.session)
+        if isinstance(claims, str):
+            return refuse(claims)
+        facts: dict[str, object] = {
+            "session_hash": record.hash,
+            "measurement": claims.measurement,
+            "platform_id": claims.platform_id,
+        }
+        workload = claims.measurement.removeprefix("sha256:")
+        try:
+            expected = expected_report_data(request.nonce, request.key_digest, bytes.fromhex(workload))
+        except ValueError:
+            return refuse("the evidence's measurement is not a sha256 digest", **facts)
+        if not constant_time_equal(expected, claims.report_data):
+            return refuse(
+                "report_data does not bind this nonce, the runtime's keys and its measurement", **facts
+            )
+        if claims.debug and "debug-mode" not in record.session.security.tolerate:
+            return refuse("the platform runs in debug mode, which the session does not tolerate", **facts)
+        if not any(
+            e.platform == claims.platform and constant_time_equal(e.measurement, claims.measurement)
+            for e in service.attestation
+        ):
+            return refuse(
+                f"measurement {claims.measurement} matches no attestation entry of service '{service_name}'",
+                **facts,
+            )
+        instance_key = load_p256_public_key(request.instance_public_key_der)
+        secrets = self._secret_lookup(session_name)
+        bundle = build_bundle(session_name, record.hash, service, secrets.__getitem__)
+        ciphertext = seal_to_key(
+            bundle.to_bytes(), request.bundle_public_key, bundle_info(request.nonce, request.config_id)
+        )
+        ca = self._session_ca(session_name)
+        certificate = ca.issue_instance_certificate(instance_key, session_name, service_name)
+        facts["certificate"] = certificate_fingerprint(certificate)
+        grant = AttestationGrant(
+            bundle_ciphertext=ciphertext,
+            instance_certificate_pem=certificate.public_bytes(Encoding.PEM).decode("ascii"),
+            session_ca_pem=ca.certificate_pem,
+            sim=claims.sim,
+        )
+        return _Decision(grant, "", facts)

@@ -1,0 +1,1 @@
+"""The command-line layer: parses arguments, calls the library, prints; no logic of its own."""

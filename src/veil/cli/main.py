@@ -1,0 +1,51 @@
+"""The `veil` command: subcommands, one-line errors, exit codes (0 ok, 1 refused, 2 usage)."""
+
+import logging
+import sys
+
+import click
+
+from veil import __version__
+from veil.cli.audit import audit
+from veil.cli.measure import measure
+from veil.cli.run import run
+from veil.cli.session import session
+from veil.errors import VeilError
+from veil.policy import PolicyError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="veil")
+def cli() -> None:
+    """veil runs unmodified programs with attested secrets.
+
+    Start with `veil session check FILE`, then `veil run --policy FILE --service NAME`.
+    """
+
+
+cli.add_command(run)
+cli.add_command(measure)
+cli.add_command(session)
+cli.add_command(audit)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="veil: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        result = cli.main(prog_name="veil", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("veil: aborted", err=True)
+        sys.exit(130)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(exc.exit_code)
+    except VeilError as exc:
+        click.echo(f"veil: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,50 @@
+"""`veil run`: start an unmodified program with its attested configuration."""
+
+import os
+from pathlib import Path
+
+import click
+
+from veil.cli.output import note, sim_banner
+from veil.runtime.run import EmbeddedHome, run_with_policy
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("VEIL_HOME", ".veil"))
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--policy", "policy", type=click.Path(path_type=Path), required=True, help="The session file (YAML)."
+)
+@click.option("--service", "service", required=True, help="The service of the session to run.")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data directory of the embedded CAS [default: $VEIL_HOME or ./.veil].",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Do not report progress (the sim banner stays).")
+@click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    policy: Path,
+    service: str,
+    home: Path | None,
+    quiet: bool,
+    extra_args: tuple[str, ...],
+) -> None:
+    """Attest and run SERVICE of the session in POLICY on the embedded CAS (sim mode).
+
+    The session is registered (or updated) in the embedded CAS, the program is measured and
+    attested, and it starts with exactly the policy's arguments, environment, working
+    directory and injected files. veil stays as supervisor: signals are forwarded and its
+    exit code is the program's (128+N if a signal ended it).
+
+    Arguments after `--` are appended only if the service sets allow_extra_args.
+    """
+    sim_banner()
+    report = (lambda _m: None) if quiet else note
+    code = run_with_policy(policy, service, list(extra_args), EmbeddedHome(home or default_home()), report)
+    ctx.exit(code)

@@ -1,0 +1,15 @@
+"""Writing key material to disk: created 0600 from the start, never world-readable."""
+
+import os
+from pathlib import Path
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 (failing if it exists) and write ``data`` durably."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,237 @@
+"""The session language as typed, immutable classes (first cut; docs/policy.md is the spec).
+
+A Session is what an owner writes; the CAS stores it by its canonical hash. Validation of
+single values lives here; rules that span the document (secret references, unique names)
+live in ``veil.policy.rules``.
+"""
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+MEASUREMENT = re.compile(r"^sha256:[0-9a-f]{64}$")
+SESSION_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+#: Tolerances a session may grant. Only ``sim`` has an effect before hardware verifiers land;
+#: the others are accepted so that sessions can be written for hardware now.
+TOLERANCES = (
+    "sim",
+    "debug-mode",
+    "outdated-tcb",
+    "sw-hardening-needed",
+    "configuration-needed",
+    "smt",
+)
+
+OWNER_KEYWORDS = ("CREATOR", "ANY", "NONE")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _scalar_to_text(value: Any, what: str) -> Any:
+    """YAML turns ``8080`` into an int; a number is text here. Booleans are refused, since
+    ``yes`` would silently become ``True``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a string; quote it ('{str(value).lower()}')")
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+class AttestationEntry(StrictModel):
+    platform: Literal["sim"]
+    measurement: str
+
+    @field_validator("measurement")
+    @classmethod
+    def _measurement(cls, value: str) -> str:
+        if not MEASUREMENT.match(value):
+            raise ValueError("a measurement is 'sha256:' followed by 64 lower-case hex digits")
+        return value
+
+
+class InjectedFile(StrictModel):
+    path: str
+    content: str
+    mode: str = "0600"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "/../" in value or value.endswith("/.."):
+            raise ValueError("an injected file path must be absolute and contain no '..'")
+        if value.endswith("/"):
+            raise ValueError("an injected file path must name a file, not a directory")
+        return value
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:04o}" if value > 0o777 else f"0{value}"
+        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+            raise ValueError('mode is an octal string such as "0400"')
+        return value.rjust(4, "0")
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
+
+
+class Service(StrictModel):
+    name: str
+    attestation: Annotated[list[AttestationEntry], Field(min_length=1)]
+    command: Annotated[list[str], Field(min_length=1)]
+    environment: dict[str, str] = Field(default_factory=dict)
+    pwd: str = "/"
+    files: list[InjectedFile] = Field(default_factory=list)
+    #: whether `veil run ... -- ARGS` may append arguments; they are neither measured nor
+    #: part of the session, so a host could choose them.
+    allow_extra_args: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SERVICE_NAME.match(value):
+            raise ValueError("a service name uses a-z, 0-9, '.', '_' and '-' and starts alphanumeric")
+        return value
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError('command is a list of arguments, e.g. ["/usr/bin/prog", "--flag"]')
+        if isinstance(value, list):
+            return [_scalar_to_text(v, "a command argument") for v in value]
+        return value
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key in value:
+                if not key or "=" in key or "\0" in key:
+                    raise ValueError(f"'{key}' is not a valid environment variable name")
+            return {k: _scalar_to_text(v, f"environment value {k}") for k, v in value.items()}
+        return value
+
+    @field_validator("pwd")
+    @classmethod
+    def _pwd(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("pwd must be an absolute path")
+        return value
+
+
+class SecretDefinition(StrictModel):
+    """A secret the CAS generates (``size``) or holds as given (``value``)."""
+
+    name: str
+    kind: Literal["ascii", "binary"]
+    size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    value: str | None = None
+    encoding: Literal["utf-8", "hex", "base64"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SECRET_NAME.match(value):
+            raise ValueError("a secret name uses letters, digits, '_', '.' and '-'")
+        return value
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value(cls, value: Any) -> Any:
+        return _scalar_to_text(value, "a secret value")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SecretDefinition":
+        if self.value is not None and self.size is not None:
+            raise ValueError("give either 'size' (generated) or 'value' (explicit), not both")
+        if self.value is None and self.encoding is not None:
+            raise ValueError("'encoding' applies only to an explicit 'value'")
+        if self.kind == "binary" and self.value is not None and self.encoding not in ("hex", "base64"):
+            raise ValueError("an explicit binary value needs 'encoding: hex' or 'encoding: base64'")
+        if self.kind == "ascii" and self.encoding not in (None, "utf-8"):
+            raise ValueError("an ascii secret's value is text; 'encoding' must be utf-8 or absent")
+        return self
+
+    @property
+    def generated(self) -> bool:
+        return self.value is None
+
+    @property
+    def generated_size(self) -> int:
+        return self.size if self.size is not None else 32
+
+
+class AccessPolicy(StrictModel):
+    read: list[str] = Field(default_factory=lambda: ["CREATOR"])
+    update: list[str] = Field(default_factory=lambda: ["CREATOR"])
+
+    @field_validator("read", "update")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if owner not in OWNER_KEYWORDS and not re.fullmatch(r"[0-9a-f]{64}", owner):
+                raise ValueError(
+                    f"'{owner}' is neither CREATOR, ANY, NONE nor an owner key hash (64 hex digits)"
+                )
+        return value
+
+
+class Security(StrictModel):
+    tolerate: list[str] = Field(default_factory=list)
+
+    @field_validator("tolerate")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in TOLERANCES:
+                raise ValueError(f"unknown tolerance '{item}' (known: {', '.join(TOLERANCES)})")
+        return sorted(set(value))
+
+
+class Session(StrictModel):
+    name: str
+    version: Literal["1"]
+    predecessor: str | None = None
+    access_policy: AccessPolicy = Field(default_factory=AccessPolicy)
+    security: Security = Field(default_factory=Security)
+    services: list[Service] = Field(default_factory=list)
+    secrets: list[SecretDefinition] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SESSION_NAME.match(value):
+            raise ValueError("a session name is lower-case segments separated by '/', e.g. acme/payments")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        return _scalar_to_text(value, "version")
+
+    @field_validator("predecessor")
+    @classmethod
+    def _predecessor(cls, value: str | None) -> str | None:
+        if value is not None and not SESSION_HASH.match(value):
+            raise ValueError("predecessor is a session hash: 64 lower-case hex digits")
+        return value
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def secret(self, name: str) -> SecretDefinition | None:
+        return next((s for s in self.secrets if s.name == name), None)
+
+    @property
+    def tolerates_sim(self) -> bool:
+        return "sim" in self.security.tolerate

@@ -1,0 +1,77 @@
+"""Rules that span a whole session document: unique names and secret references.
+
+Each rule returns problems (with positions) instead of raising, so that ``veil session
+check`` reports every problem at once.
+"""
+
+from collections.abc import Iterator
+
+from veil.policy.errors import PolicyProblem
+from veil.policy.model import Session
+from veil.policy.placeholders import FORMATS, find_placeholders, malformed_placeholder_at
+from veil.policy.yamlsource import Path, YamlDocument
+
+
+def _duplicates(names: list[str]) -> Iterator[int]:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            yield index
+        seen.add(name)
+
+
+def _strings_with_text_context(session: Session) -> Iterator[tuple[Path, str, bool]]:
+    """Every string that may hold placeholders: (path, text, must_be_text)."""
+    for s_index, service in enumerate(session.services):
+        base: Path = ("services", s_index)
+        for a_index, arg in enumerate(service.command):
+            yield (*base, "command", a_index), arg, True
+        for key, value in service.environment.items():
+            yield (*base, "environment", key), value, True
+        for f_index, injected in enumerate(service.files):
+            yield (*base, "files", f_index, "content"), injected.content, False
+
+
+def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    problems: list[PolicyProblem] = []
+    for index in _duplicates([s.name for s in session.services]):
+        problems.append(
+            doc.problem(
+                ("services", index, "name"), f"duplicate service name '{session.services[index].name}'"
+            )
+        )
+    for index in _duplicates([s.name for s in session.secrets]):
+        problems.append(
+            doc.problem(("secrets", index, "name"), f"duplicate secret name '{session.secrets[index].name}'")
+        )
+    known = {s.name: s for s in session.secrets}
+    for path, text, must_be_text in _strings_with_text_context(session):
+        if malformed_placeholder_at(text) is not None:
+            problems.append(
+                doc.problem(
+                    path, "malformed secret placeholder", "write $$VEIL::name$$ or $$VEIL::name:format$$"
+                )
+            )
+        for ph in find_placeholders(text):
+            secret = known.get(ph.name)
+            if secret is None:
+                hint = f"define it under 'secrets:'; known: {', '.join(sorted(known)) or 'none'}"
+                problems.append(doc.problem(path, f"unknown secret '{ph.name}'", hint))
+                continue
+            if ph.format not in FORMATS:
+                problems.append(
+                    doc.problem(
+                        path,
+                        f"unknown format '{ph.format}' for secret '{ph.name}'",
+                        f"use one of {', '.join(FORMATS)}",
+                    )
+                )
+            elif must_be_text and ph.format == "raw" and secret.kind == "binary":
+                problems.append(
+                    doc.problem(
+                        path,
+                        f"binary secret '{ph.name}' cannot be placed raw in a command or environment",
+                        f"use $$VEIL::{ph.name}:hex$$ or $$VEIL::{ph.name}:base64$$",
+                    )
+                )
+    return problems

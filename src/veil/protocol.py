@@ -1,0 +1,145 @@
+"""Messages of the attestation and provisioning protocol (docs/protocol.md, ARCHITECTURE §4).
+
+Shared by the CAS (which verifies and answers) and the client/runtime (which asks), so both
+sides compute the report_data binding with the same code.
+"""
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from veil.crypto import canonical_json, sha256, sha512
+from veil.errors import VeilError
+
+REPORT_DATA_DOMAIN = b"veil-report-data-v1\0"
+KEYS_DOMAIN = b"veil-runtime-keys-v1\0"
+BUNDLE_INFO_DOMAIN = b"veil-bundle-v1\0"
+NONCE_LEN = 32
+
+
+class ProtocolError(VeilError):
+    """A protocol message is malformed."""
+
+
+class AttestationRefused(VeilError):
+    """The CAS refused to provision a runtime; ``reason`` says which check failed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"attestation refused: {reason}")
+
+
+def _lp(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def runtime_key_digest(instance_public_key_der: bytes, bundle_public_key: bytes) -> bytes:
+    """Binds both ephemeral public keys of a runtime (TLS instance key, bundle HPKE key)."""
+    return sha256(KEYS_DOMAIN + _lp(instance_public_key_der) + _lp(bundle_public_key))
+
+
+def expected_report_data(nonce: bytes, key_digest: bytes, workload_digest: bytes) -> bytes:
+    """The 64 bytes a runtime puts into its evidence: nonce, keys and workload, hashed."""
+    if len(nonce) != NONCE_LEN or len(key_digest) != 32 or len(workload_digest) != 32:
+        raise ProtocolError("report_data inputs have the wrong length")
+    return sha512(REPORT_DATA_DOMAIN + nonce + key_digest + workload_digest)
+
+
+def bundle_info(nonce: bytes, config_id: str) -> bytes:
+    """HPKE info: a bundle opens only for the exchange (nonce) and service it was made for."""
+    return BUNDLE_INFO_DOMAIN + nonce + config_id.encode("utf-8")
+
+
+def split_config_id(config_id: str) -> tuple[str, str]:
+    session, sep, service = config_id.rpartition("/")
+    if not sep or not session or not service:
+        raise ProtocolError(f"'{config_id}' is not SESSION/SERVICE")
+    return session, service
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Platform evidence as collected: the platform name and its opaque bytes."""
+
+    platform: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AttestationRequest:
+    config_id: str
+    nonce: bytes
+    evidence: Evidence
+    instance_public_key_der: bytes
+    bundle_public_key: bytes
+
+    @property
+    def key_digest(self) -> bytes:
+        return runtime_key_digest(self.instance_public_key_der, self.bundle_public_key)
+
+
+@dataclass(frozen=True)
+class AttestationGrant:
+    bundle_ciphertext: bytes
+    instance_certificate_pem: str
+    session_ca_pem: str
+    sim: bool
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str
+    mode: int
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ConfigurationBundle:
+    """What an attested runtime receives: exactly what it needs to start the program."""
+
+    session: str
+    service: str
+    session_hash: str
+    argv: list[str] = field(repr=False)
+    environment: dict[str, str] = field(repr=False)
+    pwd: str
+    files: list[BundleFile] = field(repr=False)
+    allow_extra_args: bool = False
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "session": self.session,
+                "service": self.service,
+                "session_hash": self.session_hash,
+                "argv": self.argv,
+                "environment": self.environment,
+                "pwd": self.pwd,
+                "files": [
+                    {"path": f.path, "mode": f.mode, "content": base64.b64encode(f.content).decode()}
+                    for f in self.files
+                ],
+                "allow_extra_args": self.allow_extra_args,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ConfigurationBundle":
+        try:
+            raw: dict[str, Any] = json.loads(data)
+            return cls(
+                session=str(raw["session"]),
+                service=str(raw["service"]),
+                session_hash=str(raw["session_hash"]),
+                argv=[str(a) for a in raw["argv"]],
+                environment={str(k): str(v) for k, v in raw["environment"].items()},
+                pwd=str(raw["pwd"]),
+                files=[
+                    BundleFile(str(f["path"]), int(f["mode"]), base64.b64decode(f["content"]))
+                    for f in raw["files"]
+                ],
+                allow_extra_args=bool(raw["allow_extra_args"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed configuration bundle: {exc}") from None

@@ -1,0 +1,76 @@
+"""The runtime side of the attestation protocol: nonce -> evidence -> bundle.
+
+The runtime makes two ephemeral keys that live only in its memory: a P-256 instance key
+(certified by the session CA, for TLS) and an X25519 key the bundle is encrypted to. Both
+are bound into the evidence's report_data together with the nonce and the workload digest.
+"""
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veil.client import CasClient
+from veil.crypto import BundleKeyPair, open_to_key
+from veil.crypto.x509ca import public_key_der
+from veil.protocol import (
+    AttestationRequest,
+    ConfigurationBundle,
+    Evidence,
+    ProtocolError,
+    bundle_info,
+    expected_report_data,
+    runtime_key_digest,
+)
+
+
+class EvidenceSource(Protocol):
+    def collect(self, report_data: bytes, measurement: str) -> Evidence: ...
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What an attested runtime holds: its configuration and its instance identity."""
+
+    bundle: ConfigurationBundle
+    instance_key: ec.EllipticCurvePrivateKey = field(repr=False)
+    instance_certificate: x509.Certificate
+    session_ca: x509.Certificate
+    sim: bool
+
+
+def provision(
+    client: CasClient, evidence_source: EvidenceSource, config_id: str, measurement: str
+) -> Provisioned:
+    """Attest to the CAS and receive the configuration for ``config_id``.
+
+    Raises AttestationRefused with the CAS's reason when the CAS says no.
+    """
+    instance_key = ec.generate_private_key(ec.SECP256R1())
+    bundle_keys = BundleKeyPair.generate()
+    instance_der = public_key_der(instance_key.public_key())
+    nonce = client.nonce()
+    workload_digest = bytes.fromhex(measurement.removeprefix("sha256:"))
+    report_data = expected_report_data(
+        nonce, runtime_key_digest(instance_der, bundle_keys.public_bytes), workload_digest
+    )
+    evidence = evidence_source.collect(report_data, measurement)
+    grant = client.attest(
+        AttestationRequest(config_id, nonce, evidence, instance_der, bundle_keys.public_bytes)
+    )
+    bundle = ConfigurationBundle.from_bytes(
+        open_to_key(grant.bundle_ciphertext, bundle_keys, bundle_info(nonce, config_id))
+    )
+    if f"{bundle.session}/{bundle.service}" != config_id:
+        raise ProtocolError(f"the CAS answered for {bundle.session}/{bundle.service}, not {config_id}")
+    certificate = x509.load_pem_x509_certificate(grant.instance_certificate_pem.encode())
+    if certificate.public_key() != instance_key.public_key():
+        raise ProtocolError("the instance certificate is not for this runtime's key")
+    return Provisioned(
+        bundle=bundle,
+        instance_key=instance_key,
+        instance_certificate=certificate,
+        session_ca=x509.load_pem_x509_certificate(grant.session_ca_pem.encode()),
+        sim=grant.sim,
+    )

@@ -1,0 +1,109 @@
+"""`veil run --policy FILE --service NAME`: the whole path on the embedded CAS (sim mode).
+
+Register or update the session, measure the program, attest, receive the bundle, start and
+supervise the program. The protocol runs through the same client interface the network CAS
+will use.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from veil.cas import Cas
+from veil.client import EmbeddedCasClient
+from veil.crypto import PlatformSigningKey
+from veil.policy import Session, load_session_file, parse_session, session_hash, with_predecessor
+from veil.runtime.attest import provision
+from veil.runtime.errors import RuntimeFailure
+from veil.runtime.supervisor import LaunchSpec, supervise
+from veil.tee import SimEvidenceSource, measure_command
+
+#: The owner identity of whoever runs the embedded CAS on this machine.
+EMBEDDED_OWNER = "local"
+
+
+@dataclass(frozen=True)
+class EmbeddedHome:
+    """The embedded CAS and the node's sim platform key under one directory ($VEIL_HOME)."""
+
+    root: Path
+
+    @property
+    def cas_dir(self) -> Path:
+        return self.root / "cas"
+
+    @property
+    def platform_key_file(self) -> Path:
+        return self.root / "las" / "platform.key"
+
+    def open(self) -> tuple[Cas, PlatformSigningKey]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cas = Cas.open_embedded(self.cas_dir)
+        key = PlatformSigningKey.load_or_create(self.platform_key_file)
+        cas.register_sim_platform(key.public_bytes, EMBEDDED_OWNER)
+        return cas, key
+
+
+def register_or_update(cas: Cas, session: Session, text: str, source: str) -> str:
+    """Bring the CAS to the file's session; say what was done.
+
+    A file without ``predecessor`` is taken as "the current version": if it means the same
+    as the stored session it is left alone, otherwise it is stored as the next version. A
+    file naming a predecessor is submitted as written, so the CAS checks it.
+    """
+    current = cas.session_hash_of(session.name)
+    if current is None:
+        record = cas.create_session(text, EMBEDDED_OWNER, source)
+        return f"registered session {record.name} ({record.hash[:16]}…)"
+    if session.predecessor is None:
+        stored = cas.get_session(session.name, EMBEDDED_OWNER)
+        same = session.model_copy(update={"predecessor": stored.session.predecessor})
+        if session_hash(same) == current:
+            return f"session {session.name} unchanged ({current[:16]}…)"
+        text = with_predecessor(text, current)
+        if parse_session(text, source).predecessor != current:
+            raise RuntimeFailure(f"{source}: could not set the predecessor; add 'predecessor: {current}'")
+    record = cas.update_session(text, EMBEDDED_OWNER, source)
+    return f"updated session {record.name} to {record.hash[:16]}… (revision {record.revision})"
+
+
+def run_with_policy(
+    policy: Path,
+    service_name: str,
+    extra_args: list[str],
+    home: EmbeddedHome,
+    report: Callable[[str], None],
+) -> int:
+    session, text = load_session_file(policy)
+    service = session.service(service_name)
+    if service is None:
+        known = ", ".join(s.name for s in session.services) or "none"
+        raise RuntimeFailure(f"{policy}: no service '{service_name}' (services: {known})")
+    if extra_args and not service.allow_extra_args:
+        raise RuntimeFailure(
+            f"service '{service_name}' does not accept extra arguments; they would not be attested "
+            "(set allow_extra_args: true to allow them)"
+        )
+    cas, platform_key = home.open()
+    try:
+        report(register_or_update(cas, session, text, str(policy)))
+        measurement = measure_command(service.command, service.pwd, service.environment.get("PATH"))
+        provisioned = provision(
+            EmbeddedCasClient(cas),
+            SimEvidenceSource(platform_key),
+            f"{session.name}/{service.name}",
+            measurement.value,
+        )
+    finally:
+        cas.close()
+    bundle = provisioned.bundle
+    report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
+    return supervise(
+        LaunchSpec(
+            executable=measurement.executable,
+            argv=[*bundle.argv, *extra_args],
+            environment=bundle.environment,
+            pwd=bundle.pwd,
+            files=bundle.files,
+        )
+    )

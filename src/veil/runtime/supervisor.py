@@ -1,0 +1,156 @@
+"""The supervisor: starts the launcher, forwards signals, reaps, returns the exit code.
+
+The program runs in its own session (so a terminal's Ctrl-C reaches it once, through us);
+SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded. A program killed by
+signal N gives exit code 128+N, as a shell would report it.
+"""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from types import FrameType
+
+from veil.protocol import BundleFile
+from veil.runtime.errors import RuntimeFailure
+
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    executable: str
+    argv: list[str] = field(repr=False)
+    environment: dict[str, str] = field(repr=False)
+    pwd: str
+    files: list[BundleFile] = field(repr=False)
+
+
+@dataclass
+class _Placeholders:
+    """Empty files and directories created so that injected files have a mount point."""
+
+    files: list[str] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+
+    def prepare(self, target: str) -> None:
+        if os.path.isdir(target):
+            raise RuntimeFailure(f"cannot inject file {target}: a directory is there")
+        parent = os.path.dirname(target)
+        missing: list[str] = []
+        while parent and not os.path.exists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            os.mkdir(directory, 0o755)
+            self.directories.append(directory)
+        if not os.path.exists(target):
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self.files.append(target)
+
+    def remove(self) -> None:
+        for path in self.files:
+            try:
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
+            except OSError:
+                pass
+        for directory in reversed(self.directories):
+            with suppress(OSError):
+                os.rmdir(directory)
+
+
+@contextmanager
+def _forwarding(pid: int) -> Iterator[None]:
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _spec_bytes(spec: LaunchSpec, staging: str) -> bytes:
+    return json.dumps(
+        {
+            "executable": spec.executable,
+            "argv": spec.argv,
+            "environment": spec.environment,
+            "pwd": spec.pwd,
+            "staging": staging,
+            "files": [
+                {"path": f.path, "mode": f.mode, "content": base64.b64encode(f.content).decode()}
+                for f in spec.files
+            ],
+        }
+    ).encode()
+
+
+def supervise(spec: LaunchSpec) -> int:
+    """Run the program described by ``spec`` to its end; return its exit code."""
+    placeholders = _Placeholders()
+    staging = tempfile.mkdtemp(prefix="veil-files-")
+    try:
+        for injected in spec.files:
+            placeholders.prepare(injected.path)
+        return _start_and_wait(spec, staging)
+    finally:
+        placeholders.remove()
+        os.rmdir(staging)
+
+
+def _start_and_wait(spec: LaunchSpec, staging: str) -> int:
+    spec_read, spec_write = os.pipe()
+    status_read, status_write = os.pipe()
+    # The launcher is veil's own code; isolated mode unless veil runs from a source tree.
+    launcher_env = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
+    isolation = "-s" if launcher_env else "-I"
+    # Block forwarded signals until the handlers know the child's pid; the launcher unblocks.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, isolation, "-m", "veil.runtime.launch", str(spec_read), str(status_write)],
+            pass_fds=(spec_read, status_write),
+            start_new_session=True,
+            env=launcher_env,
+        )
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        raise
+    finally:
+        os.close(spec_read)
+        os.close(status_write)
+    with _forwarding(child.pid):
+        try:
+            with os.fdopen(spec_write, "wb") as pipe:
+                pipe.write(_spec_bytes(spec, staging))
+        except BrokenPipeError:
+            pass  # the launcher died early; its status pipe says why
+        with os.fdopen(status_read, "rb") as status:
+            failure = status.read()
+        returncode = child.wait()
+    if failure:
+        raise RuntimeFailure(failure.decode("utf-8", "replace"))
+    return exit_code(returncode)

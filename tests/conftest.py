@@ -1,0 +1,91 @@
+"""Shared fixtures: session files for real programs, the embedded CAS, the veil CLI."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from veil.cas import Cas
+from veil.crypto import PlatformSigningKey
+from veil.tee import measure_command
+
+TESTS = Path(__file__).parent
+SHOW = TESTS / "programs" / "show.py"
+PYTHON = os.path.realpath(sys.executable)
+VECTORS = TESTS.parent.parent / "shared" / "vectors"
+
+
+def measurement_of(argv: list[str], pwd: str = "/") -> str:
+    return measure_command(argv, pwd, os.environ.get("PATH")).value
+
+
+def session_dict(
+    name: str = "test/app",
+    command: list[str] | None = None,
+    environment: dict[str, str] | None = None,
+    files: list[dict[str, Any]] | None = None,
+    secrets: list[dict[str, Any]] | None = None,
+    tolerate: list[str] | None = None,
+    measurement: str | None = None,
+    service: str = "app",
+    **service_extra: Any,
+) -> dict[str, Any]:
+    command = command or [PYTHON, str(SHOW)]
+    return {
+        "name": name,
+        "version": "1",
+        "security": {"tolerate": ["sim"] if tolerate is None else tolerate},
+        "services": [
+            {
+                "name": service,
+                "attestation": [{"platform": "sim", "measurement": measurement or measurement_of(command)}],
+                "command": command,
+                "environment": environment or {},
+                "pwd": "/",
+                "files": files or [],
+                **service_extra,
+            }
+        ],
+        "secrets": secrets if secrets is not None else [{"name": "pw", "kind": "ascii", "size": 24}],
+    }
+
+
+def session_yaml(**kwargs: Any) -> str:
+    return yaml.safe_dump(session_dict(**kwargs), sort_keys=False)
+
+
+@dataclass
+class EmbeddedCas:
+    cas: Cas
+    platform: PlatformSigningKey
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[EmbeddedCas]:
+    cas = Cas.open_embedded(tmp_path / "cas")
+    key = PlatformSigningKey.load_or_create(tmp_path / "las" / "platform.key")
+    cas.register_sim_platform(key.public_bytes, "local")
+    yield EmbeddedCas(cas, key)
+    cas.close()
+
+
+def veil(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the veil CLI as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "veil", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+        **kwargs,
+    )
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")

@@ -1,0 +1,157 @@
+"""Parsing sessions: valid documents, and every kind of mistake reported with its position."""
+
+import textwrap
+
+import pytest
+
+from veil.policy import PolicyError, parse_session
+
+M = "sha256:" + "ab" * 32
+
+GOOD = textwrap.dedent(
+    f"""\
+    name: acme/payments
+    version: "1"
+    security:
+      tolerate: [sim]
+    services:
+      - name: api
+        attestation:
+          - platform: sim
+            measurement: "{M}"
+        command: ["/usr/bin/python3", "/app/server.py", "--db-pass", "$$VEIL::db_pass$$"]
+        environment:
+          DB_PASS: "$$VEIL::db_pass$$"
+          PORT: 8080
+          KEY_HEX: "$$VEIL::key:hex$$"
+        pwd: /app
+        files:
+          - path: /etc/app/key.b64
+            content: "$$VEIL::key:base64$$"
+            mode: "0400"
+    secrets:
+      - name: db_pass
+        kind: ascii
+        size: 32
+      - name: key
+        kind: binary
+        size: 16
+      - name: fixed
+        kind: binary
+        value: "00ff"
+        encoding: hex
+    """
+)
+
+
+def problems(text: str) -> list[tuple[int, int, str, str]]:
+    with pytest.raises(PolicyError) as caught:
+        parse_session(text, "s.yaml")
+    return [(p.line, p.column, p.message, p.hint) for p in caught.value.problems]
+
+
+def test_a_complete_session_parses() -> None:
+    session = parse_session(GOOD)
+    assert session.name == "acme/payments"
+    api = session.service("api")
+    assert api is not None
+    assert api.environment["PORT"] == "8080"
+    assert api.files[0].mode_bits == 0o400
+    assert session.tolerates_sim
+    assert [s.name for s in session.secrets] == ["db_pass", "key", "fixed"]
+
+
+def test_unknown_key_is_reported_with_line_column_and_hint() -> None:
+    text = GOOD.replace("    pwd: /app", "    pwdd: /app")
+    [(line, column, message, hint)] = problems(text)
+    assert (line, column) == (15, 5)
+    assert "unknown key 'pwdd'" in message
+    assert hint == "did you mean 'pwd'?"
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    text = GOOD.replace("    pwd: /app", "    pwdd: /app").replace("name: acme/payments", "name: Acme!")
+    found = problems(text)
+    assert len(found) == 2
+    assert found[0][0] == 1  # name, line 1, sorted by position
+    assert "session name" in found[0][2]
+
+
+def test_bad_yaml_syntax_is_located() -> None:
+    [(line, column, message, _)] = problems("name: x\nservices: [\n  - a\n")
+    assert line == 3
+    assert "invalid YAML" in message
+
+
+def test_duplicate_keys_are_refused() -> None:
+    [(line, _, message, _)] = problems("name: a\nname: b\nversion: '1'\n")
+    assert line == 2
+    assert "duplicate key 'name'" in message
+
+
+def test_unknown_secret_reference_is_located() -> None:
+    text = GOOD.replace('DB_PASS: "$$VEIL::db_pass$$"', 'DB_PASS: "$$VEIL::db_pas$$"')
+    [(line, column, message, hint)] = problems(text)
+    assert (line, column) == (12, 16)
+    assert message == "unknown secret 'db_pas'"
+    assert "db_pass" in hint
+
+
+def test_binary_secret_cannot_go_raw_into_the_environment() -> None:
+    text = GOOD.replace('KEY_HEX: "$$VEIL::key:hex$$"', 'KEY_HEX: "$$VEIL::key$$"')
+    [(_, _, message, hint)] = problems(text)
+    assert "binary secret 'key' cannot be placed raw" in message
+    assert "$$VEIL::key:hex$$" in hint
+
+
+def test_unknown_format_and_malformed_placeholder() -> None:
+    text = GOOD.replace("$$VEIL::key:base64$$", "$$VEIL::key:rot13$$").replace(
+        '"--db-pass"', '"$$VEIL::oops"'
+    )
+    messages = [m for _, _, m, _ in problems(text)]
+    assert "malformed secret placeholder" in messages
+    assert "unknown format 'rot13' for secret 'key'" in messages
+
+
+def test_missing_required_key() -> None:
+    text = GOOD.replace('    command: ["/usr/bin/python3", "/app/server.py", "--db-pass", "$$VEIL::db_pass$$"]\n', "")
+    [(line, _, message, _)] = problems(text)
+    assert message == "missing required key 'command' in services[0]"
+    assert line == 6
+
+
+def test_boolean_environment_values_must_be_quoted() -> None:
+    text = GOOD.replace("PORT: 8080", "DEBUG: yes")
+    [(_, _, message, _)] = problems(text)
+    assert "quote it" in message
+
+
+def test_unknown_tolerance_is_refused() -> None:
+    [(_, _, message, _)] = problems(GOOD.replace("tolerate: [sim]", "tolerate: [simulation]"))
+    assert "unknown tolerance 'simulation'" in message
+
+
+def test_duplicate_names_are_refused() -> None:
+    text = GOOD.replace("  - name: key\n", "  - name: db_pass\n")
+    messages = [m for _, _, m, _ in problems(text)]
+    assert "duplicate secret name 'db_pass'" in messages
+
+
+def test_explicit_binary_value_needs_an_encoding() -> None:
+    [(_, _, message, _)] = problems(GOOD.replace("        encoding: hex\n", "").replace('    encoding: hex\n', ""))
+    assert "needs 'encoding: hex' or 'encoding: base64'" in message
+
+
+def test_measurement_format_is_checked() -> None:
+    [(_, _, message, _)] = problems(GOOD.replace(M, "sha256:xyz"))
+    assert "64 lower-case hex digits" in message
+
+
+def test_relative_injected_path_is_refused() -> None:
+    [(_, _, message, _)] = problems(GOOD.replace("path: /etc/app/key.b64", "path: etc/app/key.b64"))
+    assert "absolute" in message
+
+
+def test_an_empty_file_is_a_clear_error() -> None:
+    [(_, _, message, _)] = problems("")
+    assert "no YAML document" in message
