@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 top="$(cd "$here/../.." && pwd)"
 veil="${VEIL:-$top/.venv/bin/veil}"
-work="$top/.veil-demo"
+work="${VEIL_DEMO_DIR:-$top/.veil-demo}"
 # The real interpreter, not a wrapper script (pyenv shims, venv links) in front of it.
 python="$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')"
 

@@ -31,7 +31,10 @@ def make_session(embedded: EmbeddedCas, **kwargs: object) -> None:
 def refusal(embedded: EmbeddedCas, source: SimEvidenceSource | None = None, measurement: str = M) -> str:
     with pytest.raises(AttestationRefused) as caught:
         provision(
-            EmbeddedCasClient(embedded.cas), source or SimEvidenceSource(embedded.platform), "test/app/app", measurement
+            EmbeddedCasClient(embedded.cas),
+            source or SimEvidenceSource(embedded.platform),
+            "test/app/app",
+            measurement,
         )
     return caught.value.reason
 
@@ -79,7 +82,10 @@ def test_an_unregistered_sim_platform_is_refused(embedded: EmbeddedCas) -> None:
 def test_unknown_session_and_service_are_refused(embedded: EmbeddedCas) -> None:
     make_session(embedded)
     client = EmbeddedCasClient(embedded.cas)
-    for config_id, expected in (("nope/x/app", "unknown session 'nope/x'"), ("test/app/db", "has no service 'db'")):
+    for config_id, expected in (
+        ("nope/x/app", "unknown session 'nope/x'"),
+        ("test/app/db", "has no service 'db'"),
+    ):
         with pytest.raises(AttestationRefused, match=expected):
             provision(client, SimEvidenceSource(embedded.platform), config_id, M)
 

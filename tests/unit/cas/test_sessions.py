@@ -8,6 +8,7 @@ import yaml
 
 from tests.conftest import EmbeddedCas, session_dict, session_yaml
 from veil.cas import AccessDenied, AuditChainBroken, Cas, Conflict, PredecessorMismatch, StorageCorrupted
+from veil.cas.errors import MasterKeyError
 from veil.policy import PolicyError
 
 
@@ -66,7 +67,9 @@ def test_generated_secrets_are_kept_when_their_definition_is_unchanged(embedded:
 def test_a_changed_definition_gives_a_new_value(embedded: EmbeddedCas) -> None:
     first = embedded.cas.create_session(session_yaml(), "local")
     value = secrets_of(embedded.cas, "test/app")["pw"]
-    embedded.cas.update_session(update_text(first.hash, secrets=[{"name": "pw", "kind": "ascii", "size": 30}]), "local")
+    embedded.cas.update_session(
+        update_text(first.hash, secrets=[{"name": "pw", "kind": "ascii", "size": 30}]), "local"
+    )
     new = secrets_of(embedded.cas, "test/app")["pw"]
     assert len(new) == 30 and new != value
 
@@ -96,7 +99,9 @@ def test_an_invalid_session_is_refused_before_anything_is_stored(embedded: Embed
 
 
 def test_no_secret_value_is_stored_in_plaintext(embedded: EmbeddedCas, tmp_path: Path) -> None:
-    embedded.cas.create_session(session_yaml(secrets=[{"name": "pw", "kind": "ascii", "value": "PLAINTEXT-MARK-1234"}]), "local")
+    embedded.cas.create_session(
+        session_yaml(secrets=[{"name": "pw", "kind": "ascii", "value": "PLAINTEXT-MARK-1234"}]), "local"
+    )
     embedded.cas.close()
     for path in (tmp_path / "cas").iterdir():
         assert b"PLAINTEXT-MARK-1234" not in path.read_bytes(), path
@@ -189,7 +194,5 @@ def test_master_key_file_is_private_and_a_widened_mode_is_refused(tmp_path: Path
     key_file = tmp_path / "cas" / "master.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     key_file.chmod(0o644)
-    from veil.cas.errors import MasterKeyError
-
     with pytest.raises(MasterKeyError, match="chmod 600"):
         Cas.open_embedded(tmp_path / "cas")

@@ -1,11 +1,13 @@
 """The canonical session hash: layout never changes it, meaning always does."""
 
+import copy
+
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.policy import parse_session, session_hash
 from tests.conftest import session_dict
+from veil.policy import parse_session, session_hash
 
 BASE = session_dict(
     command=["/bin/true", "$$VEIL::pw$$"],
@@ -28,13 +30,17 @@ def _shuffled(value: object, rnd: st.DataObject) -> object:
 
 
 @settings(max_examples=50, deadline=None)
-@given(data=st.data(), flow=st.booleans(), width=st.integers(20, 200), quote=st.sampled_from([None, "'", '"']))
+@given(
+    data=st.data(), flow=st.booleans(), width=st.integers(20, 200), quote=st.sampled_from([None, "'", '"'])
+)
 def test_layout_key_order_quoting_and_comments_do_not_change_the_hash(
     data: st.DataObject, flow: bool, width: int, quote: str | None
 ) -> None:
     reference = _hash(yaml.safe_dump(BASE))
     shuffled = _shuffled(BASE, data)
-    text = yaml.safe_dump(shuffled, default_flow_style=flow, width=width, sort_keys=False, default_style=quote)
+    text = yaml.safe_dump(
+        shuffled, default_flow_style=flow, width=width, sort_keys=False, default_style=quote
+    )
     text = "# a comment\n" + text + "\n# trailing comment\n"
     assert _hash(text) == reference
 
@@ -53,8 +59,6 @@ def test_layout_key_order_quoting_and_comments_do_not_change_the_hash(
     )
 )
 def test_any_change_of_meaning_changes_the_hash(change: tuple[str, object]) -> None:
-    import copy
-
     changed = copy.deepcopy(BASE)
     what, value = change
     service = changed["services"][0]

@@ -78,7 +78,7 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
 
 
 def test_bad_yaml_syntax_is_located() -> None:
-    [(line, column, message, _)] = problems("name: x\nservices: [\n  - a\n")
+    [(line, _, message, _)] = problems("name: x\nservices: [\n  - a\n")
     assert line == 3
     assert "invalid YAML" in message
 
@@ -114,7 +114,9 @@ def test_unknown_format_and_malformed_placeholder() -> None:
 
 
 def test_missing_required_key() -> None:
-    text = GOOD.replace('    command: ["/usr/bin/python3", "/app/server.py", "--db-pass", "$$VEIL::db_pass$$"]\n', "")
+    text = GOOD.replace(
+        '    command: ["/usr/bin/python3", "/app/server.py", "--db-pass", "$$VEIL::db_pass$$"]\n', ""
+    )
     [(line, _, message, _)] = problems(text)
     assert message == "missing required key 'command' in services[0]"
     assert line == 6
@@ -138,7 +140,9 @@ def test_duplicate_names_are_refused() -> None:
 
 
 def test_explicit_binary_value_needs_an_encoding() -> None:
-    [(_, _, message, _)] = problems(GOOD.replace("        encoding: hex\n", "").replace('    encoding: hex\n', ""))
+    [(_, _, message, _)] = problems(
+        GOOD.replace("        encoding: hex\n", "").replace("    encoding: hex\n", "")
+    )
     assert "needs 'encoding: hex' or 'encoding: base64'" in message
 
 

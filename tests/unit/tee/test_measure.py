@@ -26,9 +26,10 @@ def test_paths_are_not_covered_only_contents(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     for d in ("a", "b"):
         (tmp_path / d / "app.py").write_text("print(1)\n")
-    assert measure_command([PY, str(tmp_path / "a" / "app.py")]).value == measure_command(
-        [PY, str(tmp_path / "b" / "app.py")]
-    ).value
+    assert (
+        measure_command([PY, str(tmp_path / "a" / "app.py")]).value
+        == measure_command([PY, str(tmp_path / "b" / "app.py")]).value
+    )
 
 
 def test_shebang_interpreter_is_covered(tmp_path: Path) -> None:

@@ -48,14 +48,19 @@ def test_a_modified_statement_is_refused(platform: PlatformSigningKey) -> None:
         verify_sim_evidence(json.dumps(wire).encode(), registry(platform))
 
 
-def test_evidence_signed_by_another_key_claiming_the_platform_is_refused(platform: PlatformSigningKey) -> None:
+def test_evidence_signed_by_another_key_claiming_the_platform_is_refused(
+    platform: PlatformSigningKey,
+) -> None:
     forger = PlatformSigningKey.generate()
     evidence = SimEvidenceSource(forger).collect(REPORT_DATA, MEASUREMENT)
     wire = json.loads(evidence.data)
     statement = json.loads(base64.b64decode(wire["statement"]))
     statement["platform_id"] = platform.key_id
     raw = json.dumps(statement).encode()
-    wire = {"statement": base64.b64encode(raw).decode(), "signature": base64.b64encode(forger.sign(raw)).decode()}
+    wire = {
+        "statement": base64.b64encode(raw).decode(),
+        "signature": base64.b64encode(forger.sign(raw)).decode(),
+    }
     with pytest.raises(EvidenceError, match="signature does not verify"):
         verify_sim_evidence(json.dumps(wire).encode(), registry(platform))
 
