@@ -29,9 +29,11 @@ demo: $(STAMP_RUN)
 os-packages:
 	@bash scripts/install-os-packages
 
+LINT_DIRS := $(wildcard src tests bench examples)
+
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy src
 
 test: $(STAMP_DEV) os-packages lint

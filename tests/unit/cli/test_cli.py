@@ -1,0 +1,86 @@
+"""The CLI contract: exit codes 0/1/2, one-line located errors, --json, no tracebacks."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import PYTHON, SHOW, session_yaml, veil
+
+
+def test_session_check_reports_an_unknown_key_with_file_line_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text(session_yaml().replace("  pwd: /", "  pwdd: /"))
+    result = veil("session", "check", str(bad))
+    assert result.returncode == 1
+    line = next(n for n, text in enumerate(bad.read_text().splitlines(), 1) if "pwdd" in text)
+    assert result.stderr.strip() == (
+        f"{bad}:{line}:3: error: unknown key 'pwdd' in services[0] (hint: did you mean 'pwd'?)"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_session_check_json_lists_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: x\nversion: '1'\nservices: 3\n")
+    result = veil("session", "check", "--json", str(bad))
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert report["problems"][0]["line"] == 3
+
+
+def test_session_check_and_hash_agree_on_a_valid_file(tmp_path: Path) -> None:
+    good = tmp_path / "s.yaml"
+    good.write_text(session_yaml())
+    checked = json.loads(veil("session", "check", "--json", str(good)).stdout)
+    hashed = veil("session", "hash", str(good))
+    assert hashed.returncode == 0
+    assert checked["valid"] and checked["hash"] == hashed.stdout.strip()
+
+
+def test_a_missing_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    result = veil("session", "hash", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "cannot read session file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert veil("run").returncode == 2
+    assert veil("session", "frobnicate").returncode == 2
+    assert veil("measure").returncode == 2
+
+
+def test_measure_json_lists_covered_files() -> None:
+    result = veil("measure", "--json", "--", PYTHON, str(SHOW))
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    assert report["measurement"].startswith("sha256:")
+    assert [c["role"] for c in report["covered"]] == ["executable", "argument"]
+
+
+def test_measure_of_a_missing_program_exits_1() -> None:
+    result = veil("measure", "--", "/nonexistent/program")
+    assert result.returncode == 1
+    assert "not found" in result.stderr
+
+
+def test_audit_verify_exits_1_on_a_tampered_log(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"VEIL_HOME": str(home)}
+    assert veil("audit", "verify", env=env).returncode == 0  # creates the CAS, registers the platform
+    db = sqlite3.connect(home / "cas" / "cas.db")
+    body = db.execute("SELECT body FROM audit_log WHERE seq = 1").fetchone()[0]
+    db.execute("UPDATE audit_log SET body = ? WHERE seq = 1", (body.replace(b"local", b"LOCAL"),))
+    db.commit()
+    db.close()
+    result = veil("audit", "verify", env=env)
+    assert result.returncode == 1
+    assert "audit entry 1 was modified" in result.stderr
+
+
+def test_help_explains_every_command() -> None:
+    for command in (["--help"], ["run", "--help"], ["session", "check", "--help"], ["measure", "--help"]):
+        result = veil(*command)
+        assert result.returncode == 0
+        assert "Usage:" in result.stdout
