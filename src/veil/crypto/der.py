@@ -40,7 +40,8 @@ def _convert(node: object) -> DerValue:
     if isinstance(node, univ.Null):
         return None
     if isinstance(node, univ.SequenceOf | univ.Sequence | univ.SetOf | univ.Set):
-        return [_convert(item) for item in node]
+        # iterating a pyasn1 Sequence yields field names; index it instead
+        return [_convert(node[index]) for index in range(len(node))]
     raise DerError(f"unsupported DER type {type(node).__name__}")
 
 
