@@ -7,6 +7,8 @@ import click
 
 from veil import __version__
 from veil.cli.audit import audit
+from veil.cli.evidence import evidence
+from veil.cli.las import las
 from veil.cli.measure import measure
 from veil.cli.run import run
 from veil.cli.session import session
@@ -27,6 +29,8 @@ cli.add_command(run)
 cli.add_command(measure)
 cli.add_command(session)
 cli.add_command(audit)
+cli.add_command(evidence)
+cli.add_command(las)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ responses. The TCB info and QE identity signatures cover the exact bytes of the 
 object, which is therefore kept as bytes, never re-serialised.
 """
 
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass
@@ -129,6 +130,22 @@ class Collateral:
         except OSError as exc:
             raise CollateralError(f"cannot read collateral {path}: {exc.strerror}") from None
         return cls.from_dcap_qvl_json(data)
+
+    def validity_window(self) -> tuple[dt.datetime, dt.datetime]:
+        """From the latest issue/thisUpdate to the earliest nextUpdate of all items."""
+        tcb, identity = self.tcb_info.parsed(), self.qe_identity.parsed()
+        starts, ends = [self.pck_crl.last_update_utc, self.root_ca_crl.last_update_utc], []
+        for item in (tcb, identity):
+            try:
+                starts.append(dt.datetime.fromisoformat(str(item["issueDate"]).replace("Z", "+00:00")))
+                ends.append(dt.datetime.fromisoformat(str(item["nextUpdate"]).replace("Z", "+00:00")))
+            except (KeyError, ValueError):
+                raise CollateralError("collateral lacks a valid issueDate or nextUpdate") from None
+        for crl in (self.pck_crl, self.root_ca_crl):
+            if crl.next_update_utc is None:
+                raise CollateralError("a CRL has no nextUpdate")
+            ends.append(crl.next_update_utc)
+        return max(starts), min(ends)
 
     def parts(self) -> dict[str, bytes]:
         """The raw parts in cache-layout encodings (what ``save`` writes)."""

@@ -192,6 +192,16 @@ def verify_quote(
     return IntelVerified(quote, pck, chain, overall, platform, qe, module)
 
 
+def check_collateral_signatures(collateral: Collateral, at: dt.datetime) -> None:
+    """Signatures, chains and validity windows of all collateral items at ``at``."""
+    _verify_signed_collateral(collateral.tcb_info, at, "TCB info")
+    _verify_signed_collateral(collateral.qe_identity, at, "QE identity")
+    _check_crl(collateral.root_ca_crl, intel_root(), at, "root CA CRL")
+    if not collateral.pck_crl_issuer_chain:
+        raise QuoteVerificationError("PCK CRL: no issuer chain")
+    _check_chain_to_root(collateral.pck_crl_issuer_chain, at, "PCK CRL issuer chain")
+
+
 def _evaluate(
     quote: Quote,
     pck: PckExtensions,
@@ -234,4 +244,10 @@ def _evaluate(
     return platform, qe, module
 
 
-__all__ = ["IntelVerified", "QuoteVerificationError", "intel_root", "verify_quote"]
+__all__ = [
+    "IntelVerified",
+    "QuoteVerificationError",
+    "check_collateral_signatures",
+    "intel_root",
+    "verify_quote",
+]

@@ -5,6 +5,7 @@ The ASVK must never be accepted as the issuer of a VCEK, nor the ASK of a VLEK.
 """
 
 import functools
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 
@@ -69,11 +70,17 @@ def builtin_roots(product: SnpProduct) -> AmdRoots:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """A certificate in DER or PEM (AMD serves DER; some tools save PEM)."""
+    """A certificate in DER or PEM (AMD serves DER; some tools save PEM).
+
+    Every VCEK AMD issues has serial number 0, which cryptography 48 accepts with a
+    deprecation warning (and a future release may refuse; the dependency is pinned below 49).
+    """
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
     except ValueError as exc:
         raise SnpCertificateError(f"not an X.509 certificate: {exc}") from None
 

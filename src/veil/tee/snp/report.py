@@ -170,6 +170,8 @@ class SnpReport:
         vmpl, signature_algo, current_tcb, platform_info, flags = struct.unpack_from("<IIQQI", data, 0x30)
         if signature_algo != ECDSA_P384_SHA384:
             raise SnpReportError(f"unknown signature algorithm {signature_algo} (1 = ECDSA P-384)")
+        if any(data[0x330:REPORT_SIZE]):
+            raise SnpReportError("the reserved bytes after the signature are not zero")
         has_cpuid = version >= 3
         has_mit = version >= 5
         return cls(

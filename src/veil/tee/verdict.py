@@ -1,0 +1,208 @@
+"""One entry point for hardware evidence: verify it, then judge it under tolerances.
+
+``verify_hardware_evidence`` returns a ``HardwareVerdict`` (typed claims, status) or raises
+``EvidenceError`` with the failed check. ``refusal`` applies tolerances (debug mode, TCB
+status, SMT, advisories) and says why evidence is not acceptable, or returns None. The CLI
+(`veil evidence verify`) and the CAS use both, so they judge alike.
+"""
+
+import datetime as dt
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from veil.tee.claims import EvidenceError
+from veil.tee.intel import Collateral, IntelVerified, SgxReportBody, TdReportBody, verify_quote
+from veil.tee.intel.ccel import check_rtmrs
+from veil.tee.intel.tcb import (
+    CONFIGURATION_AND_SW_HARDENING_NEEDED,
+    CONFIGURATION_NEEDED,
+    OUT_OF_DATE,
+    OUT_OF_DATE_CONFIGURATION_NEEDED,
+    REVOKED,
+    SW_HARDENING_NEEDED,
+    UP_TO_DATE,
+)
+from veil.tee.snp import SnpProduct, SnpVerified, TcbVersion, verify_snp_report
+
+HARDWARE_PLATFORMS = ("sev-snp", "tdx", "sgx")
+
+#: which tolerances a TCB status needs; Revoked is never acceptable.
+STATUS_TOLERANCES: dict[str, frozenset[str] | None] = {
+    UP_TO_DATE: frozenset(),
+    SW_HARDENING_NEEDED: frozenset({"sw-hardening-needed"}),
+    CONFIGURATION_NEEDED: frozenset({"configuration-needed"}),
+    CONFIGURATION_AND_SW_HARDENING_NEEDED: frozenset({"configuration-needed", "sw-hardening-needed"}),
+    OUT_OF_DATE: frozenset({"outdated-tcb"}),
+    OUT_OF_DATE_CONFIGURATION_NEEDED: frozenset({"outdated-tcb", "configuration-needed"}),
+    REVOKED: None,
+}
+
+
+@dataclass(frozen=True)
+class HardwareVerdict:
+    platform: str
+    #: Intel TCB status; None for SEV-SNP (AMD has none) or without collateral.
+    status: str | None
+    advisories: tuple[str, ...]
+    report_data: bytes
+    debug: bool
+    #: SMT enabled on the platform, where the evidence says (SNP platform_info, PCK config).
+    smt: bool | None
+    #: the launch measurement: SNP MEASUREMENT, SGX MRENCLAVE, TDX MRTD.
+    measurement: bytes
+    tcb: dict[str, object]
+    claims: dict[str, object] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "verified": True,
+            "platform": self.platform,
+            "status": self.status,
+            "advisories": list(self.advisories),
+            "report_data": self.report_data.hex(),
+            "debug": self.debug,
+            "smt": self.smt,
+            "tcb": self.tcb,
+            **self.claims,
+        }
+
+
+def refusal(
+    verdict: HardwareVerdict,
+    tolerate: Collection[str],
+    check_smt: bool = False,
+    allowed_advisories: Collection[str] | None = None,
+) -> str | None:
+    """Why ``verdict`` is not acceptable under ``tolerate``, or None if it is."""
+    if verdict.debug and "debug-mode" not in tolerate:
+        return f"the {verdict.platform} platform runs in debug mode (tolerate 'debug-mode' to accept)"
+    if verdict.status is not None:
+        needed = STATUS_TOLERANCES.get(verdict.status)
+        if needed is None:
+            return f"TCB status {verdict.status} is never acceptable"
+        missing = sorted(needed - set(tolerate))
+        if missing:
+            return f"TCB status {verdict.status} needs tolerance {' and '.join(missing)}"
+        if verdict.status != UP_TO_DATE and allowed_advisories is not None:
+            outside = [a for a in verdict.advisories if a not in allowed_advisories]
+            if outside:
+                return f"advisories not in the allow-list: {', '.join(outside)}"
+    if check_smt and verdict.smt and "smt" not in tolerate:
+        return "SMT is enabled on the platform (tolerate 'smt' to accept)"
+    return None
+
+
+def _tcb_json(t: TcbVersion) -> dict[str, object]:
+    return {**t.components(), "raw": f"0x{t.raw:016x}"}
+
+
+def _snp_verdict(v: SnpVerified) -> HardwareVerdict:
+    r = v.report
+    return HardwareVerdict(
+        platform="sev-snp",
+        status=None,
+        advisories=(),
+        report_data=r.report_data,
+        debug=r.policy.debug,
+        smt=r.platform_info.smt_enabled,
+        measurement=r.measurement,
+        tcb=_tcb_json(v.reported_tcb),
+        claims={
+            "measurement": r.measurement.hex(),
+            "chip_id": r.chip_id.hex(),
+            "policy": f"0x{r.policy.raw:x}",
+            "host_data": r.host_data.hex(),
+            "id_key_digest": r.id_key_digest.hex(),
+            "author_key_digest": r.author_key_digest.hex(),
+            "vmpl": r.vmpl,
+            "guest_svn": r.guest_svn,
+            "version": r.version,
+            "product": v.product.value,
+            "signing_key": v.signing_key,
+            "platform_info": f"0x{r.platform_info.raw:x}",
+            "current_tcb": _tcb_json(r.tcb("current", v.product)),
+            "committed_tcb": _tcb_json(r.tcb("committed", v.product)),
+            "launch_tcb": _tcb_json(r.tcb("launch", v.product)),
+        },
+        notes=("AMD has no TCB status; require a minimum TCB in the session",),
+    )
+
+
+def _intel_verdict(v: IntelVerified, platform: str) -> HardwareVerdict:
+    body = v.quote.body
+    tcb: dict[str, object] = {
+        "sgx_components": list(v.pck.tcb_components),
+        "pce_svn": v.pck.pce_svn,
+        "qe_svn": v.quote.signature.qe_report.isv_svn,
+    }
+    claims: dict[str, object] = {"fmspc": v.pck.fmspc.hex(), "quote_version": v.quote.header.version}
+    if isinstance(body, TdReportBody):
+        tcb["tee_tcb_svn"] = body.tee_tcb_svn.hex()
+        measurement = body.mr_td
+        claims |= {
+            "mr_td": body.mr_td.hex(),
+            "rtmr": [m.hex() for m in body.rtmr],
+            "mr_seam": body.mr_seam.hex(),
+            "mr_signer_seam": body.mr_signer_seam.hex(),
+            "td_attributes": body.td_attributes.hex(),
+            "xfam": body.xfam.hex(),
+            "mr_config_id": body.mr_config_id.hex(),
+            "mr_owner": body.mr_owner.hex(),
+            "mr_owner_config": body.mr_owner_config.hex(),
+        }
+    else:
+        assert isinstance(body, SgxReportBody)
+        measurement = body.mr_enclave
+        claims |= {
+            "mr_enclave": body.mr_enclave.hex(),
+            "mr_signer": body.mr_signer.hex(),
+            "isv_prod_id": body.isv_prod_id,
+            "isv_svn": body.isv_svn,
+            "attributes": body.attributes.hex(),
+            "misc_select": body.misc_select,
+        }
+    notes = () if v.tcb else ("no collateral: TCB status not evaluated",)
+    return HardwareVerdict(
+        platform=platform,
+        status=v.tcb.status if v.tcb else None,
+        advisories=v.tcb.advisories if v.tcb else (),
+        report_data=body.report_data,
+        debug=body.debug,
+        smt=v.pck.smt_enabled,
+        measurement=measurement,
+        tcb=tcb,
+        claims=claims,
+        notes=notes,
+    )
+
+
+def verify_hardware_evidence(
+    platform: str,
+    evidence: bytes,
+    *,
+    endorsement_key: bytes | None = None,
+    collateral: Collateral | None = None,
+    at: dt.datetime | None = None,
+    product: SnpProduct | None = None,
+    event_log: bytes | None = None,
+) -> HardwareVerdict:
+    if platform == "sev-snp":
+        if endorsement_key is None:
+            raise EvidenceError("SEV-SNP evidence needs its VCEK or VLEK certificate")
+        return _snp_verdict(verify_snp_report(evidence, endorsement_key, at, product))
+    if platform not in ("tdx", "sgx"):
+        raise EvidenceError(f"unknown platform '{platform}' (known: {', '.join(HARDWARE_PLATFORMS)})")
+    verified = verify_quote(evidence, collateral, at)
+    kind = "tdx" if verified.quote.is_tdx else "sgx"
+    if kind != platform:
+        raise EvidenceError(f"the evidence is a {kind} quote, not {platform}")
+    verdict = _intel_verdict(verified, platform)
+    if event_log is not None:
+        if not isinstance(verified.quote.body, TdReportBody):
+            raise EvidenceError("an event log applies to TDX quotes only")
+        events = check_rtmrs(event_log, verified.quote.body.rtmr)
+        verdict = HardwareVerdict(
+            **{**verdict.__dict__, "claims": {**verdict.claims, "event_log_events": len(events)}}
+        )
+    return verdict
