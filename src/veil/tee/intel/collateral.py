@@ -16,6 +16,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from veil.crypto.certs import MalformedCertificate, load_pem_chain
 from veil.tee.claims import EvidenceError
 
 
@@ -225,10 +226,9 @@ def _signed(body: bytes, signature: bytes, chain: bytes, pcs_key: str) -> Signed
 
 def _chain(pem: bytes, what: str) -> tuple[x509.Certificate, ...]:
     try:
-        certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise CollateralError(f"{what} is not PEM certificates: {exc}") from None
-    return tuple(certs)
+        return load_pem_chain(pem, what)
+    except MalformedCertificate as exc:
+        raise CollateralError(str(exc)) from None
 
 
 def _crl(data: bytes, what: str) -> x509.CertificateRevocationList:

@@ -10,6 +10,7 @@ PCE-ID, QE identity, platform TCB level, TDX module. Each failure raises
 import datetime as dt
 import functools
 import itertools
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -19,9 +20,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.crypto import SignatureInvalid, constant_time_equal, sha256
 from veil.crypto.certs import (
+    MalformedCertificate,
     check_valid_at,
     common_name,
     fingerprint,
+    load_pem_chain,
     p256_key_from_xy,
     raw_ecdsa_to_der,
     verify_ecdsa,
@@ -94,11 +97,22 @@ def _check_chain_to_root(chain: tuple[x509.Certificate, ...], at: dt.datetime, w
             raise QuoteVerificationError(f"{what}: {problem}")
 
 
+_PEM_CHAIN = re.compile(
+    rb"\s*(?:-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*)+\x00?"
+)
+
+
 def _pck_chain(quote: Quote, at: dt.datetime) -> tuple[x509.Certificate, ...]:
+    # Only PEM certificates, whitespace between them, and an optional C-string terminator:
+    # anything else in the certification data is not what the QE produced.
+    if not _PEM_CHAIN.fullmatch(quote.signature.pck_chain_pem):
+        raise QuoteVerificationError(
+            "PCK chain invalid: the certification data is not a PEM certificate chain"
+        )
     try:
-        chain = tuple(x509.load_pem_x509_certificates(quote.signature.pck_chain_pem))
-    except ValueError as exc:
-        raise QuoteVerificationError(f"PCK chain invalid: the certification data is not PEM: {exc}") from None
+        chain = load_pem_chain(quote.signature.pck_chain_pem, "a PCK chain certificate")
+    except MalformedCertificate as exc:
+        raise QuoteVerificationError(f"PCK chain invalid: {exc}") from None
     if len(chain) != 3:
         raise QuoteVerificationError(
             f"PCK chain invalid: expected leaf, intermediate and root, got {len(chain)}"
@@ -192,6 +206,16 @@ def verify_quote(
     return IntelVerified(quote, pck, chain, overall, platform, qe, module)
 
 
+def check_platform_identity(tcb_info: dict[str, object], pck: PckExtensions) -> None:
+    """The TCB info must be for this platform: FMSPC and PCE-ID of the PCK certificate."""
+    fmspc = str(tcb_info.get("fmspc", "")).lower()
+    if fmspc != pck.fmspc.hex():
+        raise QuoteVerificationError(f"FMSPC mismatch: PCK {pck.fmspc.hex()} vs TCB info {fmspc}")
+    pce_id = str(tcb_info.get("pceId", "")).lower()
+    if pce_id != pck.pce_id.hex():
+        raise QuoteVerificationError(f"PCE-ID mismatch: PCK {pck.pce_id.hex()} vs TCB info {pce_id}")
+
+
 def check_collateral_signatures(collateral: Collateral, at: dt.datetime) -> None:
     """Signatures, chains and validity windows of all collateral items at ``at``."""
     _verify_signed_collateral(collateral.tcb_info, at, "TCB info")
@@ -211,12 +235,6 @@ def _evaluate(
 ) -> tuple[TcbResult, TcbResult, TcbResult | None]:
     tcb_info = _verify_signed_collateral(collateral.tcb_info, at, "TCB info")
     identity = _verify_signed_collateral(collateral.qe_identity, at, "QE identity")
-    _check_crl(collateral.root_ca_crl, intel_root(), at, "root CA CRL")
-    _check_crl(collateral.pck_crl, chain[1], at, "PCK CRL")
-    if collateral.root_ca_crl.get_revoked_certificate_by_serial_number(chain[1].serial_number) is not None:
-        raise QuoteVerificationError(f"'{common_name(chain[1].subject)}' is revoked")
-    if collateral.pck_crl.get_revoked_certificate_by_serial_number(chain[0].serial_number) is not None:
-        raise QuoteVerificationError("the PCK certificate is revoked")
     expected_id = "TDX" if quote.is_tdx else "SGX"
     if tcb_info.get("id", "SGX") != expected_id:
         raise QuoteVerificationError(f"the TCB info is for {tcb_info.get('id')}, the quote is {expected_id}")
@@ -225,14 +243,13 @@ def _evaluate(
         raise QuoteVerificationError(
             f"the QE identity is for {identity.get('id')}, the quote needs {expected_qe}"
         )
-    if str(tcb_info.get("fmspc", "")).lower() != pck.fmspc.hex():
-        raise QuoteVerificationError(
-            f"FMSPC mismatch: PCK {pck.fmspc.hex()} vs TCB info {str(tcb_info.get('fmspc')).lower()}"
-        )
-    if str(tcb_info.get("pceId", "")).lower() != pck.pce_id.hex():
-        raise QuoteVerificationError(
-            f"PCE-ID mismatch: PCK {pck.pce_id.hex()} vs TCB info {tcb_info.get('pceId')}"
-        )
+    check_platform_identity(tcb_info, pck)
+    _check_crl(collateral.root_ca_crl, intel_root(), at, "root CA CRL")
+    _check_crl(collateral.pck_crl, chain[1], at, "PCK CRL")
+    if collateral.root_ca_crl.get_revoked_certificate_by_serial_number(chain[1].serial_number) is not None:
+        raise QuoteVerificationError(f"'{common_name(chain[1].subject)}' is revoked")
+    if collateral.pck_crl.get_revoked_certificate_by_serial_number(chain[0].serial_number) is not None:
+        raise QuoteVerificationError("the PCK certificate is revoked")
     try:
         qe = qe_identity_level(identity, quote.signature.qe_report)
         body = quote.body
@@ -242,12 +259,3 @@ def _evaluate(
     except TcbEvaluationError as exc:
         raise QuoteVerificationError(str(exc)) from None
     return platform, qe, module
-
-
-__all__ = [
-    "IntelVerified",
-    "QuoteVerificationError",
-    "check_collateral_signatures",
-    "intel_root",
-    "verify_quote",
-]

@@ -11,6 +11,7 @@ from importlib import resources
 
 from cryptography import x509
 
+from veil.crypto import certs
 from veil.crypto.certs import fingerprint
 from veil.crypto.der import DerError, DerValue, decode_der
 from veil.tee.claims import EvidenceError
@@ -70,19 +71,17 @@ def builtin_roots(product: SnpProduct) -> AmdRoots:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """A certificate in DER or PEM (AMD serves DER; some tools save PEM).
+    """A VCEK or VLEK in DER or PEM (AMD serves DER; some tools save PEM).
 
     Every VCEK AMD issues has serial number 0, which cryptography 48 accepts with a
-    deprecation warning (and a future release may refuse; the dependency is pinned below 49).
+    deprecation warning (a future release may refuse; the dependency is pinned below 49).
     """
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
-            if data.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificate(data)
-            return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise SnpCertificateError(f"not an X.509 certificate: {exc}") from None
+            return certs.load_certificate(data, "the VCEK/VLEK certificate")
+    except certs.MalformedCertificate as exc:
+        raise SnpCertificateError(str(exc)) from None
 
 
 def _extension_bytes(cert: x509.Certificate, oid: str) -> bytes | None:
