@@ -203,6 +203,6 @@ def verify_hardware_evidence(
             raise EvidenceError("an event log applies to TDX quotes only")
         events = check_rtmrs(event_log, verified.quote.body.rtmr)
         verdict = HardwareVerdict(
-            **{**verdict.__dict__, "claims": {**verdict.claims, "event_log_events": len(events)}}
+            **{**verdict.__dict__, "claims": {**verdict.claims, "event_log_events": len(events) - 1}}
         )
     return verdict

@@ -1,0 +1,169 @@
+"""`veil evidence verify` and `veil las collateral import` on the real vectors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import veil
+from tests.vectors import ROOT, requires_vectors
+
+pytestmark = requires_vectors
+
+
+def verify(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = veil("evidence", "verify", *args, "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def v(path: str) -> str:
+    return str(ROOT / path)
+
+
+@pytest.mark.parametrize(
+    ("report", "cert", "measurement"),
+    [
+        ("virtee-sev/report_milan.hex", "virtee-sev/vcek_milan.der", "7a1e5c266c0108db"),
+        ("trustee/snp/test-report.bin", "trustee/snp/test-vcek.der", "a1f3930413247bb3"),
+    ],
+)
+def test_snp_reports_are_accepted(report: str, cert: str, measurement: str) -> None:
+    code, out = verify(v(report), "--platform", "sev-snp", "--cert", v(cert))
+    assert code == 0
+    assert out["verified"] is True and out["platform"] == "sev-snp" and out["debug"] is False
+    assert out["measurement"].startswith(measurement)
+    assert set(out) >= {"status", "advisories", "report_data", "tcb", "chip_id", "policy"}
+    assert out["tcb"]["bootloader"] == 3 and out["tcb"]["microcode"] == 115
+
+
+def test_a_debug_snp_guest_exits_1_unless_tolerated() -> None:
+    args = (
+        v("go-sev-guest/attestation.bin"),
+        "--platform",
+        "sev-snp",
+        "--cert",
+        v("go-sev-guest/vcek.testcer"),
+    )
+    code, out = verify(*args)
+    assert code == 1 and out["verified"] is True and out["debug"] is True
+    assert "debug mode" in out["reason"]
+    assert out["policy"] == "0xb0000"
+    code, _ = verify(*args, "--tolerate", "debug-mode")
+    assert code == 0
+
+
+def test_case_a_needs_its_tolerances() -> None:
+    args = (
+        v("dcap-qvl/sgx_quote"),
+        "--platform",
+        "sgx",
+        "--collateral",
+        v("dcap-qvl/sgx_quote_collateral.json"),
+        "--at",
+        "2025-07-19T10:01:17Z",
+    )
+    code, out = verify(*args)
+    assert code == 1
+    assert out["status"] == "ConfigurationAndSWHardeningNeeded"
+    assert out["advisories"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+    assert out["mr_enclave"].startswith("33d8736d") and out["fmspc"] == "00a067110000"
+    code, out = verify(*args, "--tolerate", "configuration-needed", "--tolerate", "sw-hardening-needed")
+    assert code == 0 and "reason" not in out
+
+
+def test_case_b_is_accepted() -> None:
+    code, out = verify(
+        v("dcap-qvl/tdx_quote"),
+        "--platform",
+        "tdx",
+        "--collateral",
+        v("dcap-qvl/derived/tdx_quote_collateral"),
+        "--at",
+        "2025-07-19T10:00:34Z",
+    )
+    assert code == 0
+    assert (out["status"], out["advisories"]) == ("UpToDate", [])
+    assert (
+        len(out["rtmr"]) == 4
+        and out["mr_td"].startswith("91eb2b44")
+        and out["mr_seam"].startswith("5b38e33a")
+    )
+
+
+def test_case_c_through_the_las_cache(tmp_path: Path) -> None:
+    g = "go-tdx-guest/"
+    imported = veil(
+        "las",
+        "collateral",
+        "import",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+        "--tcb-info",
+        v(g + "sample_tcbInfo_response"),
+        "--tcb-info-chain",
+        v(g + "derived/tcbinfo_issuer_chain.pem"),
+        "--qe-identity",
+        v(g + "sample_qeIdentity_response"),
+        "--qe-identity-chain",
+        v(g + "derived/qeidentity_issuer_chain.pem"),
+        "--pck-crl",
+        v(g + "pckcrl"),
+        "--pck-crl-chain",
+        v(g + "derived/pckcrl_issuer_chain.pem"),
+        "--root-ca-crl",
+        v(g + "rootcrl.der"),
+    )
+    assert imported.returncode == 0, imported.stderr
+    summary = json.loads(imported.stdout)
+    assert summary["fmspc"] == "50806f000000" and summary["tee"] == "TDX"
+    assert (tmp_path / "cache" / "tdx-50806f000000" / "tcb_info.json").exists()
+    code, out = verify(
+        v(g + "tdx_prod_quote_SPR_E4.dat"),
+        "--platform",
+        "tdx",
+        "--collateral",
+        str(tmp_path / "cache"),
+        "--at",
+        "2023-07-01T01:00:00Z",
+    )
+    assert code == 1 and out["verified"] is False
+    assert "TCB level not supported" in out["reason"]
+
+
+def test_case_d_event_log_and_e_without_collateral() -> None:
+    code, out = verify(
+        v("go-tdx-guest/ccel/cos-113-tdx-quote.dat"),
+        "--platform",
+        "tdx",
+        "--event-log",
+        v("go-tdx-guest/ccel/ccel_data.dat"),
+        "--at",
+        "2025-01-01T00:00:00Z",
+    )
+    assert code == 0 and out["status"] is None and out["event_log_events"] == 43
+    assert out["report_data"] == "00" * 64
+    code, out = verify(v("trustee/occlum_quote.dat"), "--platform", "sgx", "--at", "2025-01-01T00:00:00Z")
+    assert code == 0 and out["mr_enclave"].startswith("8f173e46")
+
+
+def test_wrong_platform_and_usage_errors() -> None:
+    code, out = verify(v("dcap-qvl/tdx_quote"), "--platform", "sgx", "--at", "2025-07-01T00:00:00Z")
+    assert code == 1 and "is a tdx quote" in out["reason"]
+    assert veil("evidence", "verify", v("virtee-sev/vcek_milan.der"), "--platform", "sev-snp").returncode == 2
+    assert (
+        veil(
+            "evidence", "verify", v("dcap-qvl/tdx_quote"), "--platform", "tdx", "--at", "yesterday"
+        ).returncode
+        == 2
+    )
+    assert veil("evidence", "verify", "/nonexistent", "--platform", "tdx").returncode == 2
+
+
+def test_human_output_names_the_reason() -> None:
+    result = veil(
+        "evidence", "verify", v("dcap-qvl/sgx_quote"), "--platform", "sgx", "--at", "2031-01-01T00:00:00Z"
+    )
+    assert result.returncode == 1
+    assert "not verified" in result.stderr and "expired" in result.stderr
+    assert "Traceback" not in result.stderr
