@@ -143,8 +143,13 @@ def test_case_d_event_log_and_e_without_collateral() -> None:
     )
     assert code == 0 and out["status"] is None and out["event_log_events"] == 43
     assert out["report_data"] == "00" * 64
-    code, out = verify(v("trustee/occlum_quote.dat"), "--platform", "sgx", "--at", "2025-01-01T00:00:00Z")
-    assert code == 0 and out["mr_enclave"].startswith("8f173e46")
+    # The Occlum quote comes from a debug enclave: ATTRIBUTES.FLAGS 0x07 = INIT | DEBUG | MODE64.
+    occlum = (v("trustee/occlum_quote.dat"), "--platform", "sgx", "--at", "2025-01-01T00:00:00Z")
+    code, out = verify(*occlum)
+    assert code == 1 and out["verified"] is True and out["debug"] is True
+    assert out["mr_enclave"].startswith("8f173e46")
+    code, out = verify(*occlum, "--tolerate", "debug-mode")
+    assert code == 0
 
 
 def test_wrong_platform_and_usage_errors() -> None:
