@@ -73,6 +73,9 @@ class AttestationRequest:
     evidence: Evidence
     instance_public_key_der: bytes
     bundle_public_key: bytes
+    #: hardware platforms: the runtime's measurement of the program ("sha256:..."), bound
+    #: into report_data; sim evidence carries it inside the signed statement instead.
+    workload: str = ""
 
     @property
     def key_digest(self) -> bytes:

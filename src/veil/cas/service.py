@@ -5,7 +5,9 @@ knows about transport. Every change and every decision is written to the audit l
 """
 
 import base64
+import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +17,16 @@ from veil.cas.audit import AuditLog
 from veil.cas.bundle import build_bundle
 from veil.cas.errors import AccessDenied, CasError, Conflict, PredecessorMismatch, SessionNotFound
 from veil.cas.nonces import NonceRegistry
+from veil.cas.reference_values import mismatch
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
 from veil.cas.storage import RecordStore, SqliteStore
 from veil.crypto import AeadKey, constant_time_equal, seal_to_key
+from veil.crypto.certs import load_pem_chain
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
 from veil.errors import VeilError
-from veil.policy import Session, parse_session, session_hash
+from veil.policy import Service, Session, SimAttestation, parse_session, session_hash
 from veil.protocol import (
     AttestationGrant,
     AttestationRefused,
@@ -31,7 +35,12 @@ from veil.protocol import (
     expected_report_data,
     split_config_id,
 )
-from veil.tee import Claims, EvidenceError, verify_sim_evidence
+from veil.tee import EvidenceError, verify_sim_evidence
+from veil.tee.hardware_evidence import HardwareEvidence
+from veil.tee.intel import Collateral, Quote
+from veil.tee.intel.collateral_store import CollateralStore
+from veil.tee.intel.pck import PckExtensions
+from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
 
 _SESSION = "session"
 _VERSION = "session-version"
@@ -68,17 +77,27 @@ def _may(owners: list[str], caller: str, creator: str) -> bool:
 class Cas:
     """The Configuration and Attestation Service over one record store."""
 
-    def __init__(self, store: RecordStore, master_key: AeadKey, sim_mode: bool = True) -> None:
+    def __init__(
+        self,
+        store: RecordStore,
+        master_key: AeadKey,
+        sim_mode: bool = True,
+        collateral_dir: Path | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         self.records = SealedRecords(store, master_key)
         self.audit = AuditLog(self.records)
         self.nonces = NonceRegistry(self.records)
         self.sim_mode = sim_mode
+        #: Intel collateral (a collateral store, one directory per TEE and FMSPC)
+        self.collateral_dir = collateral_dir
+        self._clock = clock
 
     @classmethod
-    def open_embedded(cls, data_dir: Path) -> "Cas":
+    def open_embedded(cls, data_dir: Path, collateral_dir: Path | None = None) -> "Cas":
         """The embedded CAS (sim mode): SQLite and a master key file under ``data_dir``."""
         key = load_or_create_master_key(data_dir / "master.key")
-        return cls(SqliteStore(data_dir / "cas.db"), key, sim_mode=True)
+        return cls(SqliteStore(data_dir / "cas.db"), key, sim_mode=True, collateral_dir=collateral_dir)
 
     def close(self) -> None:
         self.records.store.close()
@@ -257,62 +276,126 @@ class Cas:
         self.audit.append("attest.grant", decision.grant.sim, **details)
         return decision.grant
 
-    def _verify_evidence(self, request: AttestationRequest, session: Session) -> Claims | str:
-        platform = request.evidence.platform
-        if platform != "sim":
-            return f"platform '{platform}' is not supported by this CAS yet"
-        if not session.tolerates_sim:
-            return (
-                f"session '{session.name}' does not tolerate sim evidence (sim protects nothing; "
-                "add 'sim' to security.tolerate for development only)"
-            )
-        try:
-            return verify_sim_evidence(request.evidence.data, self._sim_platform_key)
-        except EvidenceError as exc:
-            return str(exc)
-
     def _decide(self, request: AttestationRequest) -> _Decision:
-        def refuse(reason: str, **details: object) -> _Decision:
-            return _Decision(None, reason, details)
-
         stale = self.nonces.consume(request.nonce)
         if stale:
-            return refuse(stale)
+            return _Decision(None, stale, {})
         session_name, service_name = split_config_id(request.config_id)
         found = self._record(session_name)
         if found is None:
-            return refuse(f"unknown session '{session_name}'")
+            return _Decision(None, f"unknown session '{session_name}'", {})
         record = found[1]
         service = record.session.service(service_name)
         if service is None:
-            return refuse(f"session '{session_name}' has no service '{service_name}'")
-        claims = self._verify_evidence(request, record.session)
-        if isinstance(claims, str):
-            return refuse(claims)
+            return _Decision(None, f"session '{session_name}' has no service '{service_name}'", {})
+        if request.evidence.platform == "sim":
+            return self._decide_sim(request, record, service)
+        return self._decide_hardware(request, record, service)
+
+    def _decide_sim(self, request: AttestationRequest, record: SessionRecord, service: Service) -> _Decision:
+        session = record.session
+        if not session.tolerates_sim:
+            return _Decision(
+                None,
+                f"session '{session.name}' does not tolerate sim evidence (sim protects nothing; "
+                "add 'sim' to security.tolerate for development only)",
+                {},
+            )
+        try:
+            claims = verify_sim_evidence(request.evidence.data, self._sim_platform_key)
+        except EvidenceError as exc:
+            return _Decision(None, str(exc), {})
         facts: dict[str, object] = {
             "session_hash": record.hash,
             "measurement": claims.measurement,
             "platform_id": claims.platform_id,
         }
-        workload = claims.measurement.removeprefix("sha256:")
-        try:
-            expected = expected_report_data(request.nonce, request.key_digest, bytes.fromhex(workload))
-        except ValueError:
-            return refuse("the evidence's measurement is not a sha256 digest", **facts)
-        if not constant_time_equal(expected, claims.report_data):
-            return refuse(
-                "report_data does not bind this nonce, the runtime's keys and its measurement", **facts
-            )
-        if claims.debug and "debug-mode" not in record.session.security.tolerate:
-            return refuse("the platform runs in debug mode, which the session does not tolerate", **facts)
         if not any(
-            e.platform == claims.platform and constant_time_equal(e.measurement, claims.measurement)
+            isinstance(e, SimAttestation) and constant_time_equal(e.measurement, claims.measurement)
             for e in service.attestation
         ):
-            return refuse(
-                f"measurement {claims.measurement} matches no attestation entry of service '{service_name}'",
-                **facts,
+            return _Decision(
+                None,
+                f"measurement {claims.measurement} matches no attestation entry of service '{service.name}'",
+                facts,
             )
+        problem = self._binding_problem(request, claims.report_data, claims.measurement)
+        if problem:
+            return _Decision(None, problem, facts)
+        return self._grant(request, record, service, facts, sim=True)
+
+    def _decide_hardware(
+        self, request: AttestationRequest, record: SessionRecord, service: Service
+    ) -> _Decision:
+        platform = request.evidence.platform
+        if platform not in HARDWARE_PLATFORMS:
+            return _Decision(None, f"unknown platform '{platform}'", {})
+        security = record.session.security
+        try:
+            evidence = HardwareEvidence.from_evidence(request.evidence)
+            verdict = verify_hardware_evidence(
+                platform,
+                evidence.primary,
+                endorsement_key=evidence.endorsement_key,
+                collateral=self._collateral_for(platform, evidence.primary),
+                at=self._clock(),
+                event_log=evidence.event_log,
+            )
+        except (EvidenceError, VeilError) as exc:
+            return _Decision(None, f"{platform} evidence does not verify: {exc}", {})
+        facts: dict[str, object] = {
+            "session_hash": record.hash,
+            "measurement": verdict.measurement.hex(),
+            "workload": request.workload,
+            "tcb_status": verdict.status,
+        }
+        reason = refusal(
+            verdict, security.tolerate, check_smt=True, allowed_advisories=security.allowed_advisories
+        )
+        if reason:
+            return _Decision(None, reason, facts)
+        mismatches = [mismatch(e, verdict, request.workload) for e in service.attestation]
+        relevant = [m for e, m in zip(service.attestation, mismatches, strict=True) if e.platform == platform]
+        if None not in mismatches:
+            detail = f": {relevant[0]}" if len(relevant) == 1 else ""
+            return _Decision(
+                None,
+                f"{platform} evidence matches no attestation entry of service '{service.name}'{detail}",
+                facts,
+            )
+        problem = self._binding_problem(request, verdict.report_data, request.workload)
+        if problem:
+            return _Decision(None, problem, facts)
+        return self._grant(request, record, service, facts, sim=False)
+
+    @staticmethod
+    def _binding_problem(request: AttestationRequest, report_data: bytes, workload: str) -> str | None:
+        """report_data must bind this nonce, the runtime's two keys and its workload."""
+        try:
+            digest = bytes.fromhex(workload.removeprefix("sha256:"))
+            expected = expected_report_data(request.nonce, request.key_digest, digest)
+        except (ValueError, VeilError):
+            return "the workload measurement is not a sha256 digest"
+        if not constant_time_equal(expected, report_data):
+            return "report_data does not bind this nonce, the runtime's keys and its measurement"
+        return None
+
+    def _collateral_for(self, platform: str, primary: bytes) -> Collateral | None:
+        if platform == "sev-snp" or self.collateral_dir is None:
+            return None
+        quote = Quote.from_bytes(primary)
+        fmspc = PckExtensions.from_certificate(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
+        return CollateralStore(self.collateral_dir).find(platform, fmspc)
+
+    def _grant(
+        self,
+        request: AttestationRequest,
+        record: SessionRecord,
+        service: Service,
+        facts: dict[str, object],
+        sim: bool,
+    ) -> _Decision:
+        session_name = record.name
         instance_key = load_p256_public_key(request.instance_public_key_der)
         secrets = self._secret_lookup(session_name)
         bundle = build_bundle(session_name, record.hash, service, secrets.__getitem__)
@@ -320,12 +403,12 @@ class Cas:
             bundle.to_bytes(), request.bundle_public_key, bundle_info(request.nonce, request.config_id)
         )
         ca = self._session_ca(session_name)
-        certificate = ca.issue_instance_certificate(instance_key, session_name, service_name)
+        certificate = ca.issue_instance_certificate(instance_key, session_name, service.name)
         facts["certificate"] = certificate_fingerprint(certificate)
         grant = AttestationGrant(
             bundle_ciphertext=ciphertext,
             instance_certificate_pem=certificate.public_bytes(Encoding.PEM).decode("ascii"),
             session_ca_pem=ca.certificate_pem,
-            sim=claims.sim,
+            sim=sim,
         )
         return _Decision(grant, "", facts)

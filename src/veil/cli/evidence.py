@@ -10,9 +10,9 @@ from cryptography import x509
 
 from veil.cli.output import emit_json
 from veil.errors import VeilError
-from veil.las.collateral_cache import find_collateral
 from veil.tee.claims import EvidenceError
 from veil.tee.intel import Collateral, Quote
+from veil.tee.intel.collateral_store import find_collateral
 from veil.tee.intel.pck import PckExtensions
 from veil.tee.snp import SnpProduct
 from veil.tee.verdict import HARDWARE_PLATFORMS, HardwareVerdict, refusal, verify_hardware_evidence

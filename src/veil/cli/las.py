@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from veil.cli.output import emit_json
-from veil.las.collateral_cache import describe, import_collateral
 from veil.tee.intel import Collateral
+from veil.tee.intel.collateral_store import describe, import_collateral
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 

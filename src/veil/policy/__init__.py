@@ -12,6 +12,10 @@ from veil.policy.model import (
     SecretDefinition,
     Service,
     Session,
+    SgxAttestation,
+    SimAttestation,
+    SnpAttestation,
+    TdxAttestation,
 )
 from veil.policy.placeholders import find_placeholders, substitute, substitute_text
 
@@ -24,6 +28,10 @@ __all__ = [
     "SecretFormatError",
     "Service",
     "Session",
+    "SgxAttestation",
+    "SimAttestation",
+    "SnpAttestation",
+    "TdxAttestation",
     "canonical_session_bytes",
     "find_placeholders",
     "load_session_file",

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from veil.policy.errors import PolicyError, PolicyProblem
-from veil.policy.model import Session
+from veil.policy.model import PLATFORM_ENTRIES, Session
 from veil.policy.rules import check_rules
 from veil.policy.yamlsource import Path, YamlDocument, load_yaml
 
@@ -27,6 +27,9 @@ def _model_at(path: Path) -> type[BaseModel] | None:
     for part in path:
         if isinstance(part, int):
             continue
+        if part in PLATFORM_ENTRIES:  # the tag of an attestation entry
+            model = PLATFORM_ENTRIES[part]
+            continue
         field = model.model_fields.get(part)
         if field is None:
             return None
@@ -35,6 +38,25 @@ def _model_at(path: Path) -> type[BaseModel] | None:
             return None
         model = found
     return model
+
+
+def _document_path(loc: tuple[object, ...], data: object) -> Path:
+    """pydantic's error location as a path in the YAML document (union tags dropped)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(part, str) and part in PLATFORM_ENTRIES:
+            continue
+        elif isinstance(part, str | int):
+            path.append(part)
+            node = None
+    return tuple(path)
 
 
 def _find_model(annotation: Any) -> type[BaseModel] | None:
@@ -52,12 +74,15 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _problem_from_pydantic(error: Any, doc: YamlDocument) -> PolicyProblem:
-    loc: Path = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    raw: tuple[object, ...] = tuple(
+        p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+    )
+    loc = _document_path(raw, doc.data)
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
         parent = loc[:-1]
-        model = _model_at(parent)
+        model = _model_at(tuple(p for p in raw[:-1] if isinstance(p, str | int)))
         known = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(key, known, n=1)
         hint = (

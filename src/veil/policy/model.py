@@ -8,7 +8,7 @@ live in ``veil.policy.rules``.
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -44,7 +44,40 @@ def _scalar_to_text(value: Any, what: str) -> Any:
     return value
 
 
-class AttestationEntry(StrictModel):
+def _hex(size: int) -> Any:
+    """A validator for a hex string of ``size`` bytes, normalised to lower case."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.lower().removeprefix("0x")
+            if len(text) != 2 * size or not re.fullmatch(r"[0-9a-f]*", text):
+                raise ValueError(f"expected {size} bytes as {2 * size} hex digits")
+            return text
+        return value
+
+    return check
+
+
+Hex16 = Annotated[str, BeforeValidator(_hex(16))]
+Hex32 = Annotated[str, BeforeValidator(_hex(32))]
+Hex48 = Annotated[str, BeforeValidator(_hex(48))]
+
+
+class _HardwareEntry(StrictModel):
+    #: the program the runtime inside the TEE measured (bound into report_data), if pinned.
+    workload: str | None = None
+
+    @field_validator("workload")
+    @classmethod
+    def _workload(cls, value: str | None) -> str | None:
+        if value is not None and not MEASUREMENT.match(value):
+            raise ValueError("a workload measurement is 'sha256:' followed by 64 lower-case hex digits")
+        return value
+
+
+class SimAttestation(StrictModel):
+    """A program measured by the runtime and vouched for by a sim platform key."""
+
     platform: Literal["sim"]
     measurement: str
 
@@ -54,6 +87,69 @@ class AttestationEntry(StrictModel):
         if not MEASUREMENT.match(value):
             raise ValueError("a measurement is 'sha256:' followed by 64 lower-case hex digits")
         return value
+
+
+class SnpMinTcb(StrictModel):
+    bootloader: int = 0
+    tee: int = 0
+    snp: int = 0
+    microcode: int = 0
+    fmc: int | None = None
+
+
+class SnpAttestation(_HardwareEntry):
+    """An AMD SEV-SNP confidential VM: launch measurement and optional reference values."""
+
+    platform: Literal["sev-snp"]
+    measurement: Hex48
+    host_data: Hex32 | None = None
+    id_key_digest: Hex48 | None = None
+    family_id: Hex16 | None = None
+    image_id: Hex16 | None = None
+    min_tcb: SnpMinTcb | None = None
+    vmpl: Annotated[int, Field(ge=0, le=3)] | None = None
+    min_guest_svn: int | None = None
+
+
+class SvnRange(StrictModel):
+    min: int = 0
+    max: int = 65535
+
+
+class SgxAttestation(_HardwareEntry):
+    """An SGX enclave (e.g. under Gramine): MRENCLAVE, or MRSIGNER with product and SVN range."""
+
+    platform: Literal["sgx"]
+    mr_enclave: Hex32 | None = None
+    mr_signer: Hex32 | None = None
+    isv_prod_id: int | None = None
+    isv_svn: SvnRange | None = None
+
+    @model_validator(mode="after")
+    def _identity(self) -> "SgxAttestation":
+        if self.mr_enclave is None and (self.mr_signer is None or self.isv_prod_id is None):
+            raise ValueError("an sgx entry needs mr_enclave, or mr_signer together with isv_prod_id")
+        return self
+
+
+class TdxAttestation(_HardwareEntry):
+    """An Intel TDX trust domain: MRTD and optionally RTMRs (null = any) and the TDX module."""
+
+    platform: Literal["tdx"]
+    mr_td: Hex48
+    rtmr: Annotated[list[Hex48 | None], Field(min_length=4, max_length=4)] | None = None
+    mr_seam: Hex48 | None = None
+
+
+AttestationEntry = Annotated[
+    SimAttestation | SnpAttestation | SgxAttestation | TdxAttestation, Field(discriminator="platform")
+]
+PLATFORM_ENTRIES: dict[str, type[BaseModel]] = {
+    "sim": SimAttestation,
+    "sev-snp": SnpAttestation,
+    "sgx": SgxAttestation,
+    "tdx": TdxAttestation,
+}
 
 
 class InjectedFile(StrictModel):
@@ -188,6 +284,9 @@ class AccessPolicy(StrictModel):
 
 class Security(StrictModel):
     tolerate: list[str] = Field(default_factory=list)
+    #: with a tolerated TCB status other than UpToDate, only these advisories are accepted
+    #: (absent: any advisory of a tolerated status).
+    allowed_advisories: list[str] | None = None
 
     @field_validator("tolerate")
     @classmethod

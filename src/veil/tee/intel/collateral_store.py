@@ -1,4 +1,6 @@
-"""The LAS's collateral cache: one directory per (TEE, FMSPC), in the cache layout.
+"""A collateral store: one directory per (TEE, FMSPC), in the cache layout.
+
+The LAS keeps one per node (`veil las collateral import`); the CAS reads one.
 
 ``CACHE/tdx-b0c06f000000/tcb_info.json`` and so on (see veil.tee.intel.collateral.FILES).
 Imports are verified (signatures, chains to the Intel root) before they are stored, so a
@@ -8,8 +10,7 @@ cache never holds collateral that does not verify; validity windows are checked 
 import shutil
 from pathlib import Path
 
-from veil.tee.intel import Collateral, CollateralError
-from veil.tee.intel.collateral import FILES
+from veil.tee.intel.collateral import FILES, Collateral, CollateralError
 from veil.tee.intel.verify import check_collateral_signatures
 
 
@@ -37,6 +38,19 @@ def import_collateral(collateral: Collateral, cache: Path) -> Path:
     return target
 
 
+class CollateralStore:
+    """A directory of collateral sets, found by TEE and FMSPC."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def find(self, tee: str, fmspc: bytes) -> Collateral:
+        return find_collateral(self.root, tee, fmspc)
+
+    def add(self, collateral: Collateral) -> Path:
+        return import_collateral(collateral, self.root)
+
+
 def find_collateral(location: Path, tee: str, fmspc: bytes) -> Collateral:
     """A collateral set: ``location`` itself, or its ``TEE-FMSPC`` subdirectory, or a bundle file."""
     if location.is_dir() and not (location / FILES["tcb_info"]).exists():
@@ -60,4 +74,4 @@ def describe(collateral: Collateral) -> dict[str, object]:
     }
 
 
-__all__ = ["describe", "find_collateral", "import_collateral", "set_name"]
+__all__ = ["CollateralStore", "describe", "find_collateral", "import_collateral", "set_name"]
