@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from veil.cli.output import note, sim_banner
+from veil.runtime.evidence_sources import resolve_mode
 from veil.runtime.run import EmbeddedHome, run_with_policy
 
 
@@ -43,8 +44,16 @@ def run(
     exit code is the program's (128+N if a signal ended it).
 
     Arguments after `--` are appended only if the service sets allow_extra_args.
+
+    VEIL_MODE chooses the evidence: sim (default), hw (this machine's TEE: configfs-tsm,
+    /dev/sev-guest or Gramine's /dev/attestation), auto (hw if present, else sim).
     """
+    mode = resolve_mode(os.environ.get("VEIL_MODE", "sim"))
     sim_banner()
     report = (lambda _m: None) if quiet else note
-    code = run_with_policy(policy, service, list(extra_args), EmbeddedHome(home or default_home()), report)
+    if mode == "hw":
+        report("evidence from this machine's TEE (VEIL_MODE); the embedded CAS itself is not protected")
+    code = run_with_policy(
+        policy, service, list(extra_args), EmbeddedHome(home or default_home()), report, mode=mode
+    )
     ctx.exit(code)

@@ -57,7 +57,7 @@ def provision(
     )
     evidence = evidence_source.collect(report_data, measurement)
     grant = client.attest(
-        AttestationRequest(config_id, nonce, evidence, instance_der, bundle_keys.public_bytes)
+        AttestationRequest(config_id, nonce, evidence, instance_der, bundle_keys.public_bytes, measurement)
     )
     bundle = ConfigurationBundle.from_bytes(
         open_to_key(grant.bundle_ciphertext, bundle_keys, bundle_info(nonce, config_id))

@@ -15,8 +15,9 @@ from veil.crypto import PlatformSigningKey
 from veil.policy import Session, load_session_file, parse_session, session_hash, with_predecessor
 from veil.runtime.attest import provision
 from veil.runtime.errors import RuntimeFailure
+from veil.runtime.evidence_sources import evidence_source
 from veil.runtime.supervisor import LaunchSpec, supervise
-from veil.tee import SimEvidenceSource, measure_command
+from veil.tee import measure_command
 
 #: The owner identity of whoever runs the embedded CAS on this machine.
 EMBEDDED_OWNER = "local"
@@ -36,9 +37,14 @@ class EmbeddedHome:
     def platform_key_file(self) -> Path:
         return self.root / "las" / "platform.key"
 
+    @property
+    def collateral_dir(self) -> Path:
+        """The node's Intel collateral (``veil las collateral import``), read by the CAS."""
+        return self.root / "las" / "collateral"
+
     def open(self) -> tuple[Cas, PlatformSigningKey]:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cas = Cas.open_embedded(self.cas_dir)
+        cas = Cas.open_embedded(self.cas_dir, collateral_dir=self.collateral_dir)
         key = PlatformSigningKey.load_or_create(self.platform_key_file)
         cas.register_sim_platform(key.public_bytes, EMBEDDED_OWNER)
         return cas, key
@@ -73,6 +79,7 @@ def run_with_policy(
     extra_args: list[str],
     home: EmbeddedHome,
     report: Callable[[str], None],
+    mode: str = "sim",
 ) -> int:
     session, text = load_session_file(policy)
     service = session.service(service_name)
@@ -88,9 +95,10 @@ def run_with_policy(
     try:
         report(register_or_update(cas, session, text, str(policy)))
         measurement = measure_command(service.command, service.pwd, service.environment.get("PATH"))
+        source = evidence_source(mode, platform_key)
         provisioned = provision(
             EmbeddedCasClient(cas),
-            SimEvidenceSource(platform_key),
+            source,
             f"{session.name}/{service.name}",
             measurement.value,
         )
