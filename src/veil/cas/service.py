@@ -39,7 +39,7 @@ from veil.tee import EvidenceError, verify_sim_evidence
 from veil.tee.hardware_evidence import HardwareEvidence
 from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import CollateralStore
-from veil.tee.intel.pck import PckExtensions
+from veil.tee.intel.verify import pck_extensions
 from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
 
 _SESSION = "session"
@@ -384,7 +384,7 @@ class Cas:
         if platform == "sev-snp" or self.collateral_dir is None:
             return None
         quote = Quote.from_bytes(primary)
-        fmspc = PckExtensions.from_certificate(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
+        fmspc = pck_extensions(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
         return CollateralStore(self.collateral_dir).find(platform, fmspc)
 
     def _grant(

@@ -78,6 +78,16 @@ def _der(cert: x509.Certificate) -> bytes:
 
 def _check_chain_to_root(chain: tuple[x509.Certificate, ...], at: dt.datetime, what: str) -> None:
     """``chain`` is leaf first and ends at the trusted root (or omits it)."""
+    for cert in _chain_signatures(chain, what):
+        problem = check_valid_at(cert, at)
+        if problem:
+            raise QuoteVerificationError(f"{what}: {problem}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _chain_signatures(chain: tuple[x509.Certificate, ...], what: str) -> tuple[x509.Certificate, ...]:
+    """The chain's signatures up to the pinned root (bytes only, so remembered); returns the
+    certificates whose validity windows apply."""
     root = intel_root()
     certs = list(chain)
     if certs and _der(certs[-1]) != _der(root):
@@ -91,10 +101,18 @@ def _check_chain_to_root(chain: tuple[x509.Certificate, ...], at: dt.datetime, w
             verify_issued_by(child, parent)
     except SignatureInvalid as exc:
         raise QuoteVerificationError(f"{what}: {exc}") from None
-    for cert in certs:
-        problem = check_valid_at(cert, at)
-        if problem:
-            raise QuoteVerificationError(f"{what}: {problem}")
+    return tuple(certs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _load_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    return load_pem_chain(pem, "a PCK chain certificate")
+
+
+@functools.lru_cache(maxsize=1024)
+def pck_extensions(leaf: x509.Certificate) -> PckExtensions:
+    """The SGX extension of a PCK certificate (a pure function of it, so remembered)."""
+    return PckExtensions.from_certificate(leaf)
 
 
 _PEM_CHAIN = re.compile(
@@ -110,7 +128,7 @@ def _pck_chain(quote: Quote, at: dt.datetime) -> tuple[x509.Certificate, ...]:
             "PCK chain invalid: the certification data is not a PEM certificate chain"
         )
     try:
-        chain = load_pem_chain(quote.signature.pck_chain_pem, "a PCK chain certificate")
+        chain = _load_pck_chain(quote.signature.pck_chain_pem)
     except MalformedCertificate as exc:
         raise QuoteVerificationError(f"PCK chain invalid: {exc}") from None
     if len(chain) != 3:
@@ -165,12 +183,22 @@ def _check_crl(
         raise QuoteVerificationError(
             f"{what} is issued by '{crl.issuer.rfc4514_string()}', not by '{common_name(issuer.subject)}'"
         )
-    key = issuer.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
+    if not _crl_signed_by(crl, issuer):
         raise QuoteVerificationError(f"{what} signature does not verify")
     next_update = crl.next_update_utc
     if at < crl.last_update_utc or next_update is None or at >= next_update:
         raise QuoteVerificationError(f"{what} is outside its validity window at {at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    return _crl_der_signed_by(crl.public_bytes(Encoding.DER), issuer)
+
+
+@functools.lru_cache(maxsize=256)
+def _crl_der_signed_by(crl_der: bytes, issuer: x509.Certificate) -> bool:
+    key = issuer.public_key()
+    crl = x509.load_der_x509_crl(crl_der)
+    return isinstance(key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(key)
 
 
 def verify_quote(
@@ -198,7 +226,7 @@ def verify_quote(
         raise QuoteVerificationError("the attestation key is not a P-256 point") from None
     if not _verify_raw(attestation_key, sig.signature, quote.signed_bytes):
         raise QuoteVerificationError("the quote signature does not verify under the attestation key")
-    pck = PckExtensions.from_certificate(chain[0])
+    pck = pck_extensions(chain[0])
     if collateral is None:
         return IntelVerified(quote, pck, chain, None, None, None, None)
     platform, qe, module = _evaluate(quote, pck, chain, collateral, when)

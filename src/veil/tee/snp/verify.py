@@ -5,13 +5,14 @@ Returns ``SnpVerified`` or raises ``SnpVerificationError`` naming the failed che
 """
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veil.crypto import SignatureInvalid, constant_time_equal
-from veil.crypto.certs import check_valid_at, common_name, fingerprint, verify_ecdsa, verify_issued_by
+from veil.crypto.certs import check_valid_at, common_name, verify_ecdsa, verify_issued_by
 from veil.tee.claims import EvidenceError
 from veil.tee.snp.certs import EndorsementKeyInfo, builtin_roots, load_certificate
 from veil.tee.snp.report import SnpProduct, SnpReport, TcbVersion
@@ -50,7 +51,10 @@ def _product(report: SnpReport, info: EndorsementKeyInfo, override: SnpProduct |
     return choices[0]
 
 
-def _check_chain(vek: x509.Certificate, product: SnpProduct, signing_key: str, at: dt.datetime) -> None:
+@functools.lru_cache(maxsize=1024)
+def _chain_signatures(vek: x509.Certificate, product: SnpProduct, signing_key: str) -> None:
+    """VEK -> ASK/ASVK -> ARK signatures; they depend on the bytes only, so a verified
+    certificate is remembered (validity at a time is checked on every call)."""
     roots = builtin_roots(product)
     intermediate = roots.ask if signing_key == "VCEK" else roots.asvk
     try:
@@ -59,12 +63,23 @@ def _check_chain(vek: x509.Certificate, product: SnpProduct, signing_key: str, a
         verify_issued_by(vek, intermediate)
     except SignatureInvalid as exc:
         raise SnpVerificationError(f"{signing_key} chain to AMD ARK-{product.value} fails: {exc}") from None
-    if fingerprint(roots.ark) != fingerprint(builtin_roots(product).ark):  # pragma: no cover - pinned
-        raise SnpVerificationError("ARK is not the pinned AMD root")
+
+
+def _check_chain(vek: x509.Certificate, product: SnpProduct, signing_key: str, at: dt.datetime) -> None:
+    _chain_signatures(vek, product, signing_key)
+    roots = builtin_roots(product)
+    intermediate = roots.ask if signing_key == "VCEK" else roots.asvk
     for cert in (vek, intermediate, roots.ark):
         problem = check_valid_at(cert, at)
         if problem:
             raise SnpVerificationError(problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _endorsement_key(data: bytes) -> tuple[x509.Certificate, EndorsementKeyInfo]:
+    """A VCEK/VLEK parsed with its extensions (pure function of its bytes, so remembered)."""
+    vek = load_certificate(data)
+    return vek, EndorsementKeyInfo.from_certificate(vek)
 
 
 def verify_snp_report(
@@ -79,8 +94,7 @@ def verify_snp_report(
     signing_key = _SIGNING_KEYS.get(report.signing_key)
     if signing_key is None:
         raise SnpVerificationError(f"the report names signing key {report.signing_key}, not a VCEK or VLEK")
-    vek = load_certificate(vek_bytes)
-    info = EndorsementKeyInfo.from_certificate(vek)
+    vek, info = _endorsement_key(vek_bytes)
     generation = _product(report, info, product)
     expected_cn = "SEV-VCEK" if signing_key == "VCEK" else "SEV-VLEK"
     if common_name(vek.subject) != expected_cn:
