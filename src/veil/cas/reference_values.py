@@ -18,16 +18,26 @@ def _differs(name: str, expected: str | None, actual: object) -> str | None:
     return None
 
 
-def _snp(entry: SnpAttestation, v: HardwareVerdict) -> str | None:
-    c = v.claims
-    for name, expected in (
-        ("measurement", entry.measurement),
-        ("host_data", entry.host_data),
-        ("id_key_digest", entry.id_key_digest),
-    ):
-        problem = _differs(name, expected, c.get(name))
+def _first_difference(expected: dict[str, str | None], claims: dict[str, object]) -> str | None:
+    for name, value in expected.items():
+        problem = _differs(name, value, claims.get(name))
         if problem:
             return problem
+    return None
+
+
+def _snp(entry: SnpAttestation, v: HardwareVerdict) -> str | None:
+    c = v.claims
+    problem = _first_difference(
+        {
+            "measurement": entry.measurement,
+            "host_data": entry.host_data,
+            "id_key_digest": entry.id_key_digest,
+        },
+        c,
+    )
+    if problem:
+        return problem
     if entry.vmpl is not None and c.get("vmpl") != entry.vmpl:
         return f"VMPL {c.get('vmpl')} is not {entry.vmpl}"
     guest_svn = c.get("guest_svn")
@@ -46,10 +56,9 @@ def _snp(entry: SnpAttestation, v: HardwareVerdict) -> str | None:
 
 def _sgx(entry: SgxAttestation, v: HardwareVerdict) -> str | None:
     c = v.claims
-    for name, expected in (("mr_enclave", entry.mr_enclave), ("mr_signer", entry.mr_signer)):
-        problem = _differs(name, expected, c.get(name))
-        if problem:
-            return problem
+    problem = _first_difference({"mr_enclave": entry.mr_enclave, "mr_signer": entry.mr_signer}, c)
+    if problem:
+        return problem
     if entry.isv_prod_id is not None and c.get("isv_prod_id") != entry.isv_prod_id:
         return f"ISVPRODID {c.get('isv_prod_id')} is not {entry.isv_prod_id}"
     svn = c.get("isv_svn")

@@ -319,10 +319,9 @@ class Cas:
                 f"measurement {claims.measurement} matches no attestation entry of service '{service.name}'",
                 facts,
             )
-        problem = self._binding_problem(request, claims.report_data, claims.measurement)
-        if problem:
-            return _Decision(None, problem, facts)
-        return self._grant(request, record, service, facts, sim=True)
+        return self._bind_and_grant(
+            request, record, service, facts, claims.report_data, claims.measurement, sim=True
+        )
 
     def _decide_hardware(
         self, request: AttestationRequest, record: SessionRecord, service: Service
@@ -363,10 +362,9 @@ class Cas:
                 f"{platform} evidence matches no attestation entry of service '{service.name}'{detail}",
                 facts,
             )
-        problem = self._binding_problem(request, verdict.report_data, request.workload)
-        if problem:
-            return _Decision(None, problem, facts)
-        return self._grant(request, record, service, facts, sim=False)
+        return self._bind_and_grant(
+            request, record, service, facts, verdict.report_data, request.workload, sim=False
+        )
 
     @staticmethod
     def _binding_problem(request: AttestationRequest, report_data: bytes, workload: str) -> str | None:
@@ -387,14 +385,20 @@ class Cas:
         fmspc = pck_extensions(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
         return CollateralStore(self.collateral_dir).find(platform, fmspc)
 
-    def _grant(
+    def _bind_and_grant(
         self,
         request: AttestationRequest,
         record: SessionRecord,
         service: Service,
         facts: dict[str, object],
+        report_data: bytes,
+        workload: str,
         sim: bool,
     ) -> _Decision:
+        """The last check, common to all platforms, then the grant."""
+        problem = self._binding_problem(request, report_data, workload)
+        if problem:
+            return _Decision(None, problem, facts)
         session_name = record.name
         instance_key = load_p256_public_key(request.instance_public_key_der)
         secrets = self._secret_lookup(session_name)
