@@ -1,0 +1,55 @@
+"""Volume keys: the key file, and the keys derived from it (docs/volume-format.md, Keys)."""
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from veil.crypto.files import write_private_file
+from veil.volume.errors import VolumeError
+
+KEY_LEN = 32
+
+
+def derive(key: bytes, volume_id: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=volume_id, info=info).derive(key)
+
+
+@dataclass(frozen=True)
+class VolumeKeys:
+    volume_id: bytes
+    manifest: bytes = field(repr=False)
+    check: bytes = field(repr=False)
+    _root: bytes = field(repr=False)
+
+    @classmethod
+    def derive(cls, key: bytes, volume_id: bytes) -> "VolumeKeys":
+        if len(key) != KEY_LEN:
+            raise VolumeError(f"a volume key has {KEY_LEN} bytes, not {len(key)}")
+        return cls(
+            volume_id,
+            derive(key, volume_id, b"veil-volume-v1 manifest"),
+            derive(key, volume_id, b"veil-volume-v1 key-check"),
+            key,
+        )
+
+    def file_key(self, file_id: bytes) -> bytes:
+        return derive(self._root, self.volume_id, b"veil-volume-v1 file" + file_id)
+
+
+def load_or_create_key_file(path: Path) -> bytes:
+    """The raw 32-byte key in ``path``; a fresh random key (file mode 0600) if it is absent."""
+    if not path.exists():
+        key = os.urandom(KEY_LEN)
+        write_private_file(path, key)
+        return key
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise VolumeError(f"key file {path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+    key = path.read_bytes()
+    if len(key) != KEY_LEN:
+        raise VolumeError(f"key file {path} must hold exactly {KEY_LEN} raw bytes, it holds {len(key)}")
+    return key

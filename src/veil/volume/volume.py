@@ -1,0 +1,680 @@
+"""The protected volume: a Python API over the on-disk format of docs/volume-format.md.
+
+``Volume`` holds the manifest in memory and one shared state per open file (its object's
+descriptor, size and tag table). Writes go to the objects at once; tag tables and the
+manifest are written by ``flush()``, which returns the new volume tag. Namespace errors are
+OSError with an errno (as os functions raise); tampering raises IntegrityError.
+"""
+
+import contextlib
+import errno
+import fcntl
+import hmac
+import json
+import os
+import posixpath
+import stat as stat_module
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veil.volume.chunks import TAG, ChunkCodec, tags_root
+from veil.volume.errors import IntegrityError, StaleVolume, VolumeBusy, VolumeError, WrongKey
+from veil.volume.keys import VolumeKeys
+from veil.volume.manifest import Manifest, volume_tag
+
+FORMAT = "veil-volume"
+VERSION = 1
+MODES = ("encrypted", "authenticated")
+DEFAULT_CHUNK = 4096
+_IO_BLOCK = 1 << 20
+
+
+def _oserror(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
+def normalize(path: str) -> str:
+    """An absolute, normalised volume path; refuses to climb above the root."""
+    joined = posixpath.normpath("/" + path.lstrip("/"))
+    if joined.startswith("//"):
+        joined = "/" + joined.lstrip("/")
+    if "\0" in joined:
+        raise _oserror(errno.EINVAL, path)
+    return joined
+
+
+@dataclass(frozen=True)
+class VolumeStat:
+    path: str
+    type: str  # "file" or "dir"
+    size: int
+    mode: int
+    mtime: float
+
+    @property
+    def st_mode(self) -> int:
+        kind = stat_module.S_IFDIR if self.type == "dir" else stat_module.S_IFREG
+        return kind | self.mode
+
+
+@dataclass
+class _FileState:
+    path: str
+    file_id: bytes
+    codec: ChunkCodec
+    fd: int
+    size: int
+    tags: bytearray
+    refs: int = 0
+    dirty: bool = False
+    unlinked: bool = False
+
+
+@dataclass
+class Volume:
+    root: Path
+    keys: VolumeKeys
+    manifest: Manifest
+    tag: str
+    _lock_fd: int
+    _open: dict[bytes, _FileState] = field(default_factory=dict)
+    _children: dict[str, set[str]] = field(default_factory=dict)
+    _pending_deletes: list[bytes] = field(default_factory=list)
+    _dirty: bool = False
+    _closed: bool = False
+
+    # -- creating and opening ---------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, root: Path, key: bytes, mode: str = "encrypted", chunk_size: int = DEFAULT_CHUNK
+    ) -> "Volume":
+        if mode not in MODES:
+            raise VolumeError(f"mode must be one of {', '.join(MODES)}, not '{mode}'")
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            raise VolumeError(f"{root} is not empty; a volume is created in an empty directory")
+        volume_id = os.urandom(16)
+        keys = VolumeKeys.derive(key, volume_id)
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "mode": mode,
+            "volume_id": volume_id.hex(),
+            "chunk_size": chunk_size,
+            "key_check": hmac.new(keys.check, b"veil-volume-key-check", "sha256").hexdigest(),
+        }
+        (root / "objects").mkdir()
+        _write_atomic(root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
+        manifest = Manifest(volume_id, mode, chunk_size, 0, {"/": _dir_entry(0o755)})
+        _write_atomic(root / "manifest", manifest.seal(keys.manifest))
+        return cls.open(root, key)
+
+    @classmethod
+    def open(cls, root: Path, key: bytes, expected_tag: str | None = None) -> "Volume":
+        header = _read_header(root)
+        volume_id = bytes.fromhex(header["volume_id"])
+        keys = VolumeKeys.derive(key, volume_id)
+        check = hmac.new(keys.check, b"veil-volume-key-check", "sha256").hexdigest()
+        if not hmac.compare_digest(check, str(header.get("key_check", ""))):
+            raise WrongKey(f"the key does not open the volume in {root}")
+        lock_fd = _lock(root)
+        try:
+            try:
+                data = (root / "manifest").read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(f"{root}: the manifest is missing") from None
+            tag = volume_tag(data)
+            if expected_tag is not None and not hmac.compare_digest(tag, expected_tag):
+                raise StaleVolume(
+                    f"{root}: volume tag {tag[:16]}… is not the expected {expected_tag[:16]}… "
+                    "(an older copy, a modified volume, or another volume)"
+                )
+            manifest = Manifest.open(data, keys.manifest, volume_id)
+            if (manifest.mode, manifest.chunk_size) != (header["mode"], header["chunk_size"]):
+                raise IntegrityError(f"{root}: volume.json does not match the sealed manifest")
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        volume = cls(root, keys, manifest, tag, lock_fd)
+        volume._index()
+        return volume
+
+    def _index(self) -> None:
+        self._children = {p: set() for p, e in self.manifest.entries.items() if e["type"] == "dir"}
+        for path in self.manifest.entries:
+            if path != "/":
+                self._children.setdefault(posixpath.dirname(path), set()).add(posixpath.basename(path))
+
+    @property
+    def mode(self) -> str:
+        return self.manifest.mode
+
+    @property
+    def chunk_size(self) -> int:
+        return self.manifest.chunk_size
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty or any(s.dirty for s in self._open.values())
+
+    # -- paths of objects -------------------------------------------------------------
+
+    def _object(self, file_id: bytes) -> Path:
+        name = file_id.hex()
+        return self.root / "objects" / name[:2] / name
+
+    def _tags_path(self, file_id: bytes) -> Path:
+        path = self._object(file_id)
+        return path.with_name(path.name + ".tags")
+
+    # -- namespace --------------------------------------------------------------------
+
+    def _entry(self, path: str) -> dict[str, Any]:
+        entry = self.manifest.entries.get(path)
+        if entry is None:
+            raise _oserror(errno.ENOENT, path)
+        return entry
+
+    def _parent_dir(self, path: str) -> str:
+        parent = posixpath.dirname(path)
+        entry = self.manifest.entries.get(parent)
+        if entry is None:
+            raise _oserror(errno.ENOENT, parent)
+        if entry["type"] != "dir":
+            raise _oserror(errno.ENOTDIR, parent)
+        return parent
+
+    def exists(self, path: str) -> bool:
+        return normalize(path) in self.manifest.entries
+
+    def stat(self, path: str) -> VolumeStat:
+        path = normalize(path)
+        entry = self._entry(path)
+        size = int(entry.get("size", 0))
+        if entry["type"] == "file":
+            state = self._open.get(bytes.fromhex(entry["id"]))
+            if state is not None:
+                size = state.size
+        return VolumeStat(path, entry["type"], size, int(entry["mode"]), float(entry["mtime"]))
+
+    def listdir(self, path: str = "/") -> list[str]:
+        path = normalize(path)
+        if self._entry(path)["type"] != "dir":
+            raise _oserror(errno.ENOTDIR, path)
+        return sorted(self._children.get(path, ()))
+
+    def walk(self) -> Iterator[VolumeStat]:
+        for path in sorted(self.manifest.entries):
+            yield self.stat(path)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        path = normalize(path)
+        parent = self._parent_dir(path)
+        if path in self.manifest.entries:
+            raise _oserror(errno.EEXIST, path)
+        self.manifest.entries[path] = _dir_entry(mode)
+        self._children[parent].add(posixpath.basename(path))
+        self._children[path] = set()
+        self._touch(parent)
+
+    def rmdir(self, path: str) -> None:
+        path = normalize(path)
+        if path == "/":
+            raise _oserror(errno.EBUSY, path)
+        if self._entry(path)["type"] != "dir":
+            raise _oserror(errno.ENOTDIR, path)
+        if self._children.get(path):
+            raise _oserror(errno.ENOTEMPTY, path)
+        del self.manifest.entries[path]
+        del self._children[path]
+        parent = posixpath.dirname(path)
+        self._children[parent].discard(posixpath.basename(path))
+        self._touch(parent)
+
+    def unlink(self, path: str) -> None:
+        path = normalize(path)
+        entry = self._entry(path)
+        if entry["type"] == "dir":
+            raise _oserror(errno.EISDIR, path)
+        self._drop_file(path, entry)
+        parent = posixpath.dirname(path)
+        self._children[parent].discard(posixpath.basename(path))
+        self._touch(parent)
+
+    def _drop_file(self, path: str, entry: dict[str, Any]) -> None:
+        del self.manifest.entries[path]
+        file_id = bytes.fromhex(entry["id"])
+        state = self._open.get(file_id)
+        if state is not None:
+            state.unlinked = True
+        self._pending_deletes.append(file_id)
+        self._dirty = True
+
+    def rename(self, source: str, target: str) -> None:
+        source, target = normalize(source), normalize(target)
+        entry = self._entry(source)
+        if source == target:
+            return
+        if target.startswith(source + "/"):
+            raise _oserror(errno.EINVAL, target)
+        target_parent = self._parent_dir(target)
+        existing = self.manifest.entries.get(target)
+        if existing is not None:
+            if existing["type"] == "dir":
+                if entry["type"] != "dir":
+                    raise _oserror(errno.EISDIR, target)
+                if self._children.get(target):
+                    raise _oserror(errno.ENOTEMPTY, target)
+                del self.manifest.entries[target]
+                del self._children[target]
+            else:
+                if entry["type"] == "dir":
+                    raise _oserror(errno.ENOTDIR, target)
+                self._drop_file(target, existing)
+        moved = [p for p in self.manifest.entries if p == source or p.startswith(source + "/")]
+        for old in moved:
+            new = target + old[len(source) :]
+            self.manifest.entries[new] = self.manifest.entries.pop(old)
+            if old in self._children:
+                self._children[new] = self._children.pop(old)
+        for state in self._open.values():
+            if state.path == source or state.path.startswith(source + "/"):
+                state.path = target + state.path[len(source) :]
+        source_parent = posixpath.dirname(source)
+        self._children[source_parent].discard(posixpath.basename(source))
+        self._children[target_parent].add(posixpath.basename(target))
+        self._touch(source_parent)
+        self._touch(target_parent)
+
+    def chmod(self, path: str, mode: int) -> None:
+        entry = self._entry(normalize(path))
+        entry["mode"] = mode & 0o7777
+        self._dirty = True
+
+    def utime(self, path: str, mtime: float) -> None:
+        entry = self._entry(normalize(path))
+        entry["mtime"] = mtime
+        self._dirty = True
+
+    def _touch(self, path: str) -> None:
+        self.manifest.entries[path]["mtime"] = time.time()
+        self._dirty = True
+
+    # -- files ------------------------------------------------------------------------
+
+    def open_file(self, path: str, mode: str = "r", perm: int = 0o644) -> "VolumeFile":
+        """Open a file; ``mode`` is one of r, r+, w, w+, a, a+, x, x+ (always binary)."""
+        flags = mode.replace("b", "")
+        if flags not in ("r", "r+", "w", "w+", "a", "a+", "x", "x+"):
+            raise ValueError(f"invalid mode '{mode}'")
+        path = normalize(path)
+        entry = self.manifest.entries.get(path)
+        if entry is None:
+            if flags[0] == "r":
+                raise _oserror(errno.ENOENT, path)
+            entry = self._create_file(path, perm)
+        elif flags[0] == "x":
+            raise _oserror(errno.EEXIST, path)
+        elif entry["type"] == "dir":
+            raise _oserror(errno.EISDIR, path)
+        state = self._state(path, entry)
+        if flags[0] == "w":
+            self._resize(state, 0)
+        return VolumeFile(
+            self,
+            state,
+            readable=flags[0] == "r" or "+" in flags,
+            writable=flags != "r",
+            append=flags[0] == "a",
+        )
+
+    def _create_file(self, path: str, perm: int) -> dict[str, Any]:
+        parent = self._parent_dir(path)
+        file_id = os.urandom(16)
+        obj = self._object(file_id)
+        obj.parent.mkdir(exist_ok=True)
+        os.close(os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        _write_atomic(self._tags_path(file_id), b"")
+        entry = {
+            "type": "file",
+            "mode": perm & 0o7777,
+            "mtime": time.time(),
+            "size": 0,
+            "id": file_id.hex(),
+            "root": tags_root(b""),
+        }
+        self.manifest.entries[path] = entry
+        self._children[parent].add(posixpath.basename(path))
+        self._touch(parent)
+        return entry
+
+    def _state(self, path: str, entry: dict[str, Any]) -> _FileState:
+        file_id = bytes.fromhex(entry["id"])
+        state = self._open.get(file_id)
+        if state is None:
+            state = self._load_state(path, entry, file_id)
+            self._open[file_id] = state
+        state.refs += 1
+        return state
+
+    def _load_state(self, path: str, entry: dict[str, Any], file_id: bytes) -> _FileState:
+        codec = ChunkCodec(
+            self.mode == "encrypted", self.keys.volume_id, file_id, self.keys.file_key(file_id)
+        )
+        size = int(entry["size"])
+        try:
+            tags = bytearray(self._tags_path(file_id).read_bytes())
+            fd = os.open(self._object(file_id), os.O_RDWR)
+        except FileNotFoundError:
+            raise IntegrityError(f"{path}: its stored object is missing") from None
+        try:
+            if not hmac.compare_digest(tags_root(tags), str(entry["root"])):
+                raise IntegrityError(
+                    f"{path}: its tag table is not the current one (modified or rolled back)"
+                )
+            if len(tags) != _chunks(size, self.chunk_size) * TAG:
+                raise IntegrityError(f"{path}: its tag table does not fit its size")
+            if os.fstat(fd).st_size != self._object_size(size, codec):
+                raise IntegrityError(f"{path}: its stored object was truncated or extended")
+        except BaseException:
+            os.close(fd)
+            raise
+        return _FileState(path, file_id, codec, fd, size, tags)
+
+    def _release(self, state: _FileState) -> None:
+        state.refs -= 1
+        if state.refs == 0 and not state.dirty:
+            os.close(state.fd)
+            del self._open[state.file_id]
+
+    def _object_size(self, size: int, codec: ChunkCodec) -> int:
+        if size == 0:
+            return 0
+        count = _chunks(size, self.chunk_size)
+        last = size - (count - 1) * self.chunk_size
+        return (count - 1) * (self.chunk_size + codec.overhead) + last + codec.overhead
+
+    def _chunk_len(self, size: int, index: int) -> int:
+        return max(0, min(self.chunk_size, size - index * self.chunk_size))
+
+    def read_at(self, state: _FileState, offset: int, length: int) -> bytes:
+        if offset >= state.size or length <= 0:
+            return b""
+        end = min(state.size, offset + length)
+        cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
+        first, last = offset // cs, (end - 1) // cs
+        span = (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
+        raw = os.pread(state.fd, span, first * stride)
+        if len(raw) != span:
+            raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
+        out = bytearray()
+        for index in range(first, last + 1):
+            at = (index - first) * stride
+            record = raw[at : at + self._chunk_len(state.size, index) + state.codec.overhead]
+            out += state.codec.open(index, record, state.tags[index * TAG : (index + 1) * TAG], state.path)
+        start = offset - first * cs
+        return bytes(out[start : start + end - offset])
+
+    def write_at(self, state: _FileState, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        if offset > state.size:
+            self._resize(state, offset)
+        for block_start in range(0, len(data), _IO_BLOCK):
+            self._write_block(state, offset + block_start, data[block_start : block_start + _IO_BLOCK])
+        return len(data)
+
+    def _write_block(self, state: _FileState, offset: int, data: bytes) -> None:
+        cs, overhead = self.chunk_size, state.codec.overhead
+        stride = cs + overhead
+        end = offset + len(data)
+        old_size, new_size = state.size, max(state.size, end)
+        first, last = offset // cs, (end - 1) // cs
+        records = bytearray()
+        new_tags = bytearray()
+        for index in range(first, last + 1):
+            chunk_start = index * cs
+            chunk_end = min(chunk_start + cs, new_size)
+            lo, hi = max(offset, chunk_start), min(end, chunk_end)
+            if lo == chunk_start and hi == chunk_end:
+                plain = data[lo - offset : hi - offset]
+            else:
+                old_len = self._chunk_len(old_size, index)
+                old = self._read_chunk(state, index, old_len) if old_len else b""
+                buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
+                buf[lo - chunk_start : hi - chunk_start] = data[lo - offset : hi - offset]
+                plain = bytes(buf)
+            record, tag = state.codec.seal(index, plain)
+            records += record
+            new_tags += tag
+        os.pwrite(state.fd, records, first * stride)
+        needed = _chunks(new_size, cs) * TAG
+        if len(state.tags) < needed:
+            state.tags.extend(bytes(needed - len(state.tags)))
+        state.tags[first * TAG : (last + 1) * TAG] = new_tags
+        state.size = new_size
+        state.dirty = True
+
+    def _read_chunk(self, state: _FileState, index: int, length: int) -> bytes:
+        stride = self.chunk_size + state.codec.overhead
+        record = os.pread(state.fd, length + state.codec.overhead, index * stride)
+        return state.codec.open(index, record, state.tags[index * TAG : (index + 1) * TAG], state.path)
+
+    def _resize(self, state: _FileState, size: int) -> None:
+        if size == state.size:
+            return
+        if size > state.size:
+            while state.size < size:
+                self._write_block(state, state.size, bytes(min(_IO_BLOCK, size - state.size)))
+            return
+        count = _chunks(size, self.chunk_size)
+        tail = size - (count - 1) * self.chunk_size if count else 0
+        if count and tail < self._chunk_len(state.size, count - 1):
+            plain = self._read_chunk(state, count - 1, self._chunk_len(state.size, count - 1))[:tail]
+            record, tag = state.codec.seal(count - 1, plain)
+            os.pwrite(state.fd, record, (count - 1) * (self.chunk_size + state.codec.overhead))
+            state.tags[(count - 1) * TAG : count * TAG] = tag
+        os.ftruncate(state.fd, self._object_size(size, state.codec))
+        del state.tags[count * TAG :]
+        state.size = size
+        state.dirty = True
+
+    def truncate(self, path: str, size: int) -> None:
+        with self.open_file(path, "r+") as handle:
+            handle.truncate(size)
+
+    # -- flushing ---------------------------------------------------------------------
+
+    def flush(self, durable: bool = True) -> str:
+        """Write tag tables and the manifest (atomically); return the new volume tag."""
+        if self._closed:
+            raise VolumeError("the volume is closed")
+        if not self.dirty:
+            return self.tag
+        for state in list(self._open.values()):
+            if not state.dirty:
+                continue
+            if durable:
+                os.fsync(state.fd)
+            if not state.unlinked:
+                _write_atomic(self._tags_path(state.file_id), bytes(state.tags), durable)
+                entry = self.manifest.entries[state.path]
+                entry.update(size=state.size, root=tags_root(state.tags), mtime=time.time())
+            state.dirty = False
+            if state.refs == 0:
+                os.close(state.fd)
+                del self._open[state.file_id]
+        self.manifest.generation += 1
+        sealed = self.manifest.seal(self.keys.manifest)
+        _write_atomic(self.root / "manifest", sealed, durable)
+        self.tag = volume_tag(sealed)
+        for file_id in self._pending_deletes:
+            if file_id not in self._open:
+                for path in (self._object(file_id), self._tags_path(file_id)):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+        self._pending_deletes = [f for f in self._pending_deletes if f in self._open]
+        self._dirty = False
+        return self.tag
+
+    def close(self) -> str:
+        """Flush and release the volume; return the final tag."""
+        if self._closed:
+            return self.tag
+        tag = self.flush()
+        for state in self._open.values():
+            os.close(state.fd)
+        self._open.clear()
+        os.close(self._lock_fd)
+        self._closed = True
+        return tag
+
+    def __enter__(self) -> "Volume":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class VolumeFile:
+    """A file handle: read/write/seek/tell/truncate, like a binary Python file."""
+
+    def __init__(
+        self, volume: Volume, state: _FileState, readable: bool, writable: bool, append: bool
+    ) -> None:
+        self._volume, self._state = volume, state
+        self.readable, self.writable, self.append = readable, writable, append
+        self._pos = state.size if append else 0
+        self.closed = False
+
+    @property
+    def path(self) -> str:
+        return self._state.path
+
+    @property
+    def size(self) -> int:
+        return self._state.size
+
+    def _check(self, writing: bool) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on a closed file")
+        if writing and not self.writable:
+            raise _oserror(errno.EBADF, self.path)
+        if not writing and not self.readable:
+            raise _oserror(errno.EBADF, self.path)
+
+    def read(self, size: int = -1) -> bytes:
+        self._check(False)
+        length = self._state.size - self._pos if size < 0 else size
+        data = self._volume.read_at(self._state, self._pos, length)
+        self._pos += len(data)
+        return data
+
+    def pread(self, size: int, offset: int) -> bytes:
+        self._check(False)
+        return self._volume.read_at(self._state, offset, size)
+
+    def write(self, data: bytes) -> int:
+        self._check(True)
+        if self.append:
+            self._pos = self._state.size
+        written = self._volume.write_at(self._state, self._pos, bytes(data))
+        self._pos += written
+        return written
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        self._check(True)
+        return self._volume.write_at(self._state, offset, bytes(data))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._state.size}[whence]
+        if base + offset < 0:
+            raise _oserror(errno.EINVAL, self.path)
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        self._check(True)
+        target = self._pos if size is None else size
+        self._volume._resize(self._state, target)
+        return target
+
+    def flush(self) -> None:
+        """Data is in the object already; tag tables and the manifest follow Volume.flush()."""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._volume._release(self._state)
+
+    def __enter__(self) -> "VolumeFile":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _chunks(size: int, chunk_size: int) -> int:
+    return -(-size // chunk_size)
+
+
+def _dir_entry(mode: int) -> dict[str, Any]:
+    return {"type": "dir", "mode": mode & 0o7777, "mtime": time.time()}
+
+
+def _write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _read_header(root: Path) -> dict[str, Any]:
+    try:
+        header: dict[str, Any] = dict(json.loads((root / "volume.json").read_text()))
+    except FileNotFoundError:
+        raise VolumeError(f"{root} is not a veil volume (no volume.json)") from None
+    except ValueError:
+        raise IntegrityError(f"{root}/volume.json is not valid JSON") from None
+    if header.get("format") != FORMAT:
+        raise VolumeError(f"{root} is not a veil volume")
+    if header.get("version") != VERSION:
+        raise VolumeError(
+            f"volume format version {header.get('version')} is not supported (this veil reads {VERSION})"
+        )
+    if header.get("mode") not in MODES or not isinstance(header.get("chunk_size"), int):
+        raise IntegrityError(f"{root}/volume.json is damaged")
+    try:
+        if len(bytes.fromhex(str(header["volume_id"]))) != 16:
+            raise ValueError
+    except (KeyError, ValueError):
+        raise IntegrityError(f"{root}/volume.json has no valid volume id") from None
+    return header
+
+
+def _lock(root: Path) -> int:
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise VolumeBusy(f"{root} is open in another process") from None
+    return fd
