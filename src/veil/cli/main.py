@@ -12,6 +12,7 @@ from veil.cli.las import las
 from veil.cli.measure import measure
 from veil.cli.run import run
 from veil.cli.session import session
+from veil.cli.volume import volume
 from veil.errors import VeilError
 from veil.policy import PolicyError
 
@@ -31,6 +32,7 @@ cli.add_command(session)
 cli.add_command(audit)
 cli.add_command(evidence)
 cli.add_command(las)
+cli.add_command(volume)
 
 
 def main() -> None:

@@ -115,6 +115,7 @@ class Volume:
 
     @classmethod
     def open(cls, root: Path, key: bytes, expected_tag: str | None = None) -> "Volume":
+        root = root.resolve()
         header = _read_header(root)
         volume_id = bytes.fromhex(header["volume_id"])
         keys = VolumeKeys.derive(key, volume_id)

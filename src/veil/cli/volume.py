@@ -1,0 +1,243 @@
+"""`veil volume ...`: create, fill, read, check and mount protected volumes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from veil.cli.output import emit_json, note
+from veil.volume import MODES, Volume, VolumeError, load_or_create_key_file, verify_volume
+from veil.volume.mount import serve, state_file
+
+_KEY = click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File with the raw 32-byte volume key (create/encrypt: made with a fresh key if absent).",
+)
+_TAG = click.option("--tag", "tag", metavar="TAG", help="Refuse the volume unless its tag is TAG.")
+_BLOCK = 1 << 20
+
+
+def _existing_key(path: Path) -> bytes:
+    if not path.exists():
+        raise VolumeError(f"key file {path} does not exist")
+    return load_or_create_key_file(path)
+
+
+@click.group()
+def volume() -> None:
+    """Protected volumes: encrypted or authenticated, and fresh (see docs/volume-format.md)."""
+
+
+@volume.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(MODES), default="encrypted", show_default=True)
+@_KEY
+def create(directory: Path, mode: str, key_file: Path) -> None:
+    """Create an empty volume in DIRECTORY (which must be empty or absent); print its tag."""
+    key = load_or_create_key_file(key_file)
+    with Volume.create(directory, key, mode) as created:
+        click.echo(created.tag)
+
+
+def _sources(source: Path) -> Iterator[tuple[Path, str]]:
+    for directory, dirs, files in os.walk(source):
+        dirs.sort()
+        rel = os.path.relpath(directory, source)
+        base = "/" if rel == "." else "/" + rel
+        for name in sorted(dirs):
+            yield Path(directory) / name, os.path.join(base, name)
+        for name in sorted(files):
+            yield Path(directory) / name, os.path.join(base, name)
+
+
+@volume.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(MODES), default="encrypted", show_default=True)
+@_KEY
+def encrypt(source: Path, directory: Path, mode: str, key_file: Path) -> None:
+    """Copy the tree SOURCE into a new volume in DIRECTORY; print the volume's tag."""
+    key = load_or_create_key_file(key_file)
+    items = list(_sources(source))
+    total = sum(p.stat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
+    skipped = 0
+    with (
+        Volume.create(directory, key, mode) as target,
+        click.progressbar(length=total, label="encrypting", file=sys.stderr, show_pos=True) as bar,
+    ):
+        for path, inside in items:
+            info = path.lstat()
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                skipped += 1
+                continue
+            if path.is_dir():
+                target.mkdir(inside, info.st_mode & 0o7777)
+            else:
+                with path.open("rb") as src, target.open_file(inside, "x", info.st_mode & 0o7777) as dst:
+                    while block := src.read(_BLOCK):
+                        dst.write(block)
+                        bar.update(len(block))
+            target.utime(inside, info.st_mtime)
+        tag = target.flush()
+    if skipped:
+        note(f"skipped {skipped} symbolic link(s) or special file(s): volumes hold files and directories")
+    click.echo(tag)
+
+
+@volume.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@_KEY
+@_TAG
+def decrypt(directory: Path, destination: Path, key_file: Path, tag: str | None) -> None:
+    """Copy the files of the volume in DIRECTORY out to DESTINATION (new or empty)."""
+    if destination.exists() and any(destination.iterdir()):
+        raise click.UsageError(f"{destination} is not empty")
+    destination.mkdir(parents=True, exist_ok=True)
+    with Volume.open(directory, _existing_key(key_file), tag) as source:
+        entries = [e for e in source.walk() if e.path != "/"]
+        total = sum(e.size for e in entries if e.type == "file")
+        with click.progressbar(length=total, label="decrypting", file=sys.stderr, show_pos=True) as bar:
+            for entry in entries:
+                out = destination / entry.path.lstrip("/")
+                if entry.type == "dir":
+                    out.mkdir(mode=0o700, exist_ok=True)
+                else:
+                    with source.open_file(entry.path) as src, out.open("wb") as dst:
+                        while block := src.read(_BLOCK):
+                            dst.write(block)
+                            bar.update(len(block))
+                os.chmod(out, entry.mode)
+                os.utime(out, (entry.mtime, entry.mtime))
+
+
+@volume.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_KEY
+@_TAG
+@click.option("--json", "as_json", is_flag=True)
+def verify(directory: Path, key_file: Path, tag: str | None, as_json: bool) -> None:
+    """Check every chunk of every file, and the tag; exit 1 naming each problem."""
+    try:
+        current, problems = verify_volume(directory, _existing_key(key_file), tag)
+    except VolumeError as exc:
+        if as_json:
+            emit_json({"verified": False, "problems": [{"path": str(directory), "reason": str(exc)}]})
+            raise SystemExit(1) from None
+        raise
+    if as_json:
+        emit_json(
+            {
+                "verified": not problems,
+                "tag": current,
+                "problems": [{"path": p.path, "reason": p.reason} for p in problems],
+            }
+        )
+    else:
+        for problem in problems:
+            click.echo(f"{problem.path}: {problem.reason}", err=True)
+        if not problems:
+            click.echo(f"volume intact, tag {current}")
+    if problems:
+        raise SystemExit(1)
+
+
+@volume.command("ls")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_KEY
+@_TAG
+@click.option("--json", "as_json", is_flag=True)
+def ls_(directory: Path, key_file: Path, tag: str | None, as_json: bool) -> None:
+    """List the files and directories inside the volume."""
+    with Volume.open(directory, _existing_key(key_file), tag) as source:
+        entries = list(source.walk())
+    if as_json:
+        emit_json(
+            [
+                {"path": e.path, "type": e.type, "size": e.size, "mode": f"{e.mode:04o}", "mtime": e.mtime}
+                for e in entries
+            ]
+        )
+        return
+    for e in entries:
+        kind = "d" if e.type == "dir" else "-"
+        click.echo(f"{kind}{e.mode:04o} {e.size:>12} {e.path}")
+
+
+@volume.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_KEY
+def tag(directory: Path, key_file: Path) -> None:
+    """Print the volume's current tag (what a CAS or --tag compares)."""
+    with Volume.open(directory, _existing_key(key_file)) as source:
+        click.echo(source.tag)
+
+
+@volume.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_KEY
+@_TAG
+@click.option("--foreground", is_flag=True, help="Serve in this process until unmounted; then print the tag.")
+def mount(directory: Path, mountpoint: Path, key_file: Path, tag: str | None, foreground: bool) -> None:
+    """Mount the volume at MOUNTPOINT for unmodified programs; returns when the mount is ready.
+
+    A volume whose tag is not TAG is refused before anything is mounted.
+    """
+    opened = Volume.open(directory, _existing_key(key_file), tag)
+    if foreground:
+        click.echo(serve(opened, mountpoint.resolve()))
+        return
+    log = state_file(mountpoint).with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.setsid()
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        try:
+            serve(opened, mountpoint.resolve())
+        finally:
+            os._exit(0)
+    deadline = time.time() + 30
+    while not os.path.ismount(mountpoint):
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished or time.time() > deadline:
+            raise VolumeError(f"mount failed: {log.read_text().strip()[-500:] or 'no reason given'}")
+        time.sleep(0.02)
+    note(f"mounted {directory} at {mountpoint} (tag {opened.tag[:16]}…)")
+
+
+@volume.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def unmount(mountpoint: Path) -> None:
+    """Flush and unmount; print the volume's new tag as the last line."""
+    status = state_file(mountpoint)
+    if not status.exists():
+        raise VolumeError(f"{mountpoint} is not a mounted veil volume")
+    pid = int(json.loads(status.read_text())["pid"])
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    result = subprocess.run(
+        [tool or "umount", "-u" if tool else "", str(mountpoint)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise VolumeError(f"cannot unmount {mountpoint}: {result.stderr.strip()}")
+    deadline = time.time() + 60
+    while Path(f"/proc/{pid}").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    final = json.loads(status.read_text())
+    if not final.get("final"):
+        raise VolumeError(f"the volume daemon did not finish cleanly; last tag {final.get('tag')}")
+    status.unlink()
+    click.echo(final["tag"])

@@ -1,0 +1,246 @@
+"""The FUSE mount: serves a Volume to unmodified programs (mfusepy over libfuse3).
+
+Every operation runs under one lock; IntegrityError becomes EIO (and a log line naming the
+file); OSError keeps its errno. Tag tables and the manifest are written every
+``flush_interval`` seconds when something changed, on fsync, and at unmount, and the
+current tag is kept in a state file so that ``veil volume unmount`` can print the final one.
+"""
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import mfusepy as fuse  # type: ignore[import-untyped]
+
+from veil.volume.errors import IntegrityError
+from veil.volume.volume import Volume, VolumeFile
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def state_file(mountpoint: Path) -> Path:
+    """Where a mount's daemon records its pid and tag (per mountpoint). Call it before the
+    mount exists, or from outside the daemon: it resolves the path."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/veil-{os.getuid()}") / "mounts"
+    digest = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:24]
+    return base / f"{digest}.json"
+
+
+class VolumeFS(fuse.Operations):  # type: ignore[misc]
+    use_ns = True
+
+    def __init__(self, volume: Volume, mountpoint: Path, flush_interval: float = 2.0) -> None:
+        self.volume = volume
+        self.mountpoint = mountpoint
+        self._mutex = threading.RLock()
+        self.handles: dict[int, VolumeFile] = {}
+        self.next_handle = 1
+        self.flush_interval = flush_interval
+        self.final_tag: str | None = None
+        # Computed now: inside the daemon, touching the mountpoint would call into this very
+        # filesystem before it answers, and deadlock.
+        self.state_path = state_file(mountpoint)
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def init(self, path: str) -> None:
+        self._record(self.volume.tag)
+        self._flusher.start()
+
+    def destroy(self, path: str) -> None:
+        self._stop.set()
+        with self._mutex:
+            for handle in list(self.handles.values()):
+                handle.close()
+            self.handles.clear()
+            self.final_tag = self.volume.close()
+        self._record(self.final_tag, final=True)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            with self._mutex:
+                if self.volume.dirty:
+                    self._record(self.volume.flush(durable=False))
+
+    def _record(self, tag: str, final: bool = False) -> None:
+        target = self.state_path
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "volume": str(self.volume.root),
+                    "tag": tag,
+                    "final": final,
+                    "mountpoint": str(self.mountpoint),
+                }
+            )
+        )
+        temporary.replace(target)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _call(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._mutex:
+            try:
+                return work(*args, **kwargs)
+            except IntegrityError as exc:
+                log.error("integrity: %s", exc)
+                raise fuse.FuseOSError(errno.EIO) from None
+            except OSError as exc:
+                raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+
+    def _attrs(self, path: str) -> dict[str, Any]:
+        st = self.volume.stat(path)
+        ns = int(st.mtime * 1e9)
+        return {
+            "st_mode": st.st_mode,
+            "st_nlink": 2 if st.type == "dir" else 1,
+            "st_size": st.size,
+            "st_uid": os.getuid(),
+            "st_gid": os.getgid(),
+            "st_atime": ns,
+            "st_mtime": ns,
+            "st_ctime": ns,
+            "st_blocks": (st.size + 511) // 512,
+        }
+
+    def _new_handle(self, handle: VolumeFile) -> int:
+        number = self.next_handle
+        self.next_handle += 1
+        self.handles[number] = handle
+        return number
+
+    # -- operations -------------------------------------------------------------------
+
+    def _path(self, path: str | None, fh: int | None) -> str:
+        """FUSE 3 passes no path for calls on an open file (fgetattr, ftruncate)."""
+        if path is None:
+            if fh is None or fh not in self.handles:
+                raise fuse.FuseOSError(errno.EBADF)
+            return self.handles[fh].path
+        return path
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        return self._call(self._attrs, self._path(path, fh))
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self._call(self.volume.listdir, path)]
+
+    def open(self, path: str, flags: int) -> int:
+        def work() -> int:
+            access = flags & os.O_ACCMODE
+            mode = "r" if access == os.O_RDONLY else "r+"
+            handle = self.volume.open_file(path, mode)
+            if flags & os.O_TRUNC and access != os.O_RDONLY:
+                handle.truncate(0)
+            return self._new_handle(handle)
+
+        return self._call(work)
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        return self._call(lambda: self._new_handle(self.volume.open_file(path, "w+", mode & 0o7777)))
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self._call(lambda: self.handles[fh].pread(size, offset))
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self._call(lambda: self.handles[fh].pwrite(data, offset))
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        def work() -> int:
+            if fh is not None and fh in self.handles:
+                self.handles[fh].truncate(length)
+            else:
+                self.volume.truncate(self._path(path, fh), length)
+            return 0
+
+        return self._call(work)
+
+    def release(self, path: str, fh: int) -> int:
+        def work() -> int:
+            handle = self.handles.pop(fh, None)
+            if handle is not None:
+                handle.close()
+            return 0
+
+        return self._call(work)
+
+    def flush(self, path: str, fh: int) -> int:
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        def work() -> int:
+            self._record(self.volume.flush(durable=True))
+            return 0
+
+        return self._call(work)
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        return self.fsync(path, datasync, fh)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        self._call(self.volume.mkdir, path, mode & 0o7777)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        self._call(self.volume.rmdir, path)
+        return 0
+
+    def unlink(self, path: str) -> int:
+        self._call(self.volume.unlink, path)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        self._call(self.volume.rename, old, new)
+        return 0
+
+    def chmod(self, path: str, mode: int) -> int:
+        self._call(self.volume.chmod, path, mode)
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return 0  # ownership is not stored: every file belongs to the mounting user
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        mtime = times[1] / 1e9 if times else time.time()
+        self._call(self.volume.utime, path, mtime)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        st = os.statvfs(self.volume.root)
+        return {
+            k: getattr(st, k)
+            for k in (
+                "f_bsize",
+                "f_frsize",
+                "f_blocks",
+                "f_bfree",
+                "f_bavail",
+                "f_files",
+                "f_ffree",
+                "f_favail",
+                "f_namemax",
+            )
+        }
+
+
+def serve(
+    volume: Volume, mountpoint: Path, foreground_ready: Any = None, options: dict[str, Any] | None = None
+) -> str:
+    """Mount and serve until unmounted; return the final tag."""
+    operations = VolumeFS(volume, mountpoint)
+    fuse.FUSE(operations, str(mountpoint), foreground=True, nothreads=False, fsname="veil", **(options or {}))
+    return operations.final_tag or volume.tag

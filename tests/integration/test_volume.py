@@ -1,0 +1,222 @@
+"""Protected volumes through the CLI and a real FUSE mount, with real programs."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_root, veil
+
+pytestmark = requires_root
+
+
+def _flip_first_object_byte(volume: Path, offset: int = 30) -> None:
+    obj = next(
+        p
+        for p in sorted((volume / "objects").rglob("*"))
+        if p.is_file() and not p.name.endswith(".tags") and p.stat().st_size > offset
+    )
+    data = bytearray(obj.read_bytes())
+    data[offset] ^= 1
+    obj.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "empty").write_bytes(b"")
+    (src / "a" / "text.txt").write_text("hello\n" * 1000)
+    (src / "a" / "b" / "random.bin").write_bytes(random.Random(1).randbytes(300_000))
+    os.chmod(src / "a" / "text.txt", 0o640)
+    return src
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "authenticated"])
+def test_encrypt_ls_tag_verify_decrypt_round_trip(tmp_path: Path, tree: Path, mode: str) -> None:
+    key, vol, out = tmp_path / "k", tmp_path / "vol", tmp_path / "out"
+    made = veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key), "--mode", mode)
+    assert made.returncode == 0, made.stderr
+    tag = made.stdout.strip().splitlines()[-1]
+    assert key.stat().st_size == 32 and key.stat().st_mode & 0o777 == 0o600
+    assert veil("volume", "tag", str(vol), "--key-file", str(key)).stdout.strip() == tag
+    listing = json.loads(veil("volume", "ls", str(vol), "--key-file", str(key), "--json").stdout)
+    assert {e["path"]: e["size"] for e in listing if e["type"] == "file"} == {
+        "/a/b/random.bin": 300_000,
+        "/a/text.txt": 6000,
+        "/empty": 0,
+    }
+    checked = veil("volume", "verify", str(vol), "--key-file", str(key), "--tag", tag)
+    assert checked.returncode == 0 and tag in checked.stdout
+    back = veil("volume", "decrypt", str(vol), str(out), "--key-file", str(key), "--tag", tag)
+    assert back.returncode == 0, back.stderr
+    for path in tree.rglob("*"):
+        twin = out / path.relative_to(tree)
+        assert twin.exists(), twin
+        if path.is_file():
+            assert twin.read_bytes() == path.read_bytes()
+            assert twin.stat().st_mode & 0o777 == path.stat().st_mode & 0o777
+
+
+def test_verify_names_the_damaged_file_and_exits_1(tmp_path: Path, tree: Path) -> None:
+    key, vol = tmp_path / "k", tmp_path / "vol"
+    veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key))
+    _flip_first_object_byte(vol)
+    result = veil("volume", "verify", str(vol), "--key-file", str(key), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["verified"] is False
+    assert report["problems"][0]["path"].startswith("/")
+    assert "chunk 0" in report["problems"][0]["reason"]
+
+
+def test_verify_with_a_wrong_tag_or_key_exits_1(tmp_path: Path, tree: Path) -> None:
+    key, vol = tmp_path / "k", tmp_path / "vol"
+    veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key))
+    stale = veil("volume", "verify", str(vol), "--key-file", str(key), "--tag", "0" * 64)
+    assert stale.returncode == 1 and "is not the expected" in stale.stderr
+    other = tmp_path / "other"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    wrong = veil("volume", "verify", str(vol), "--key-file", str(other))
+    assert wrong.returncode == 1 and "does not open the volume" in wrong.stderr
+
+
+class Mounted:
+    def __init__(self, tmp_path: Path) -> None:
+        self.vol, self.key, self.mnt = tmp_path / "vol", tmp_path / "k", tmp_path / "mnt"
+        self.mnt.mkdir()
+        assert veil("volume", "create", str(self.vol), "--key-file", str(self.key)).returncode == 0
+
+    def mount(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return veil("volume", "mount", str(self.vol), str(self.mnt), "--key-file", str(self.key), *extra)
+
+    def unmount(self) -> str:
+        result = veil("volume", "unmount", str(self.mnt))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Mounted]:
+    m = Mounted(tmp_path)
+    assert m.mount().returncode == 0
+    yield m
+    if os.path.ismount(m.mnt):
+        m.unmount()
+
+
+def test_sqlite3_database_on_a_mounted_volume(mounted: Mounted) -> None:
+    db = mounted.mnt / "data" / "app.db"
+    db.parent.mkdir()
+    script = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);" + "".join(
+        f"INSERT INTO t(v) VALUES('row {i} {'x' * (i % 50)}');" for i in range(10_000)
+    )
+    result = subprocess.run(
+        ["sqlite3", str(db)], input="BEGIN;" + script + "COMMIT;", text=True, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    tag = mounted.unmount()
+    assert mounted.mount("--tag", tag).returncode == 0
+    check = subprocess.run(
+        ["sqlite3", str(db), "PRAGMA integrity_check; SELECT count(*) FROM t;"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.stdout.split() == ["ok", "10000"], check.stderr
+    tag = mounted.unmount()
+    assert (
+        veil("volume", "verify", str(mounted.vol), "--key-file", str(mounted.key), "--tag", tag).returncode
+        == 0
+    )
+    for path in mounted.vol.rglob("*"):
+        if path.is_file():
+            assert b"row 9999" not in path.read_bytes(), "rows are ciphertext on disk"
+
+
+def test_a_tampered_file_reads_as_eio_in_the_mount(mounted: Mounted) -> None:
+    (mounted.mnt / "victim").write_bytes(b"v" * 10_000)
+    (mounted.mnt / "bystander").write_bytes(b"b" * 100)
+    mounted.unmount()
+    listing = json.loads(
+        veil("volume", "ls", str(mounted.vol), "--key-file", str(mounted.key), "--json").stdout
+    )
+    assert {e["path"] for e in listing} >= {"/victim", "/bystander"}
+    victim = next(
+        p for p in (mounted.vol / "objects").rglob("*") if p.is_file() and p.stat().st_size > 10_000
+    )
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 1
+    victim.write_bytes(bytes(data))
+    assert mounted.mount().returncode == 0
+    result = subprocess.run(["cat", str(mounted.mnt / "victim")], capture_output=True, check=False)
+    assert result.returncode != 0 and b"Input/output error" in result.stderr
+    assert (mounted.mnt / "bystander").read_bytes() == b"b" * 100
+
+
+def test_mount_refuses_a_stale_volume_before_mounting(tmp_path: Path) -> None:
+    m = Mounted(tmp_path)
+    snapshot = tmp_path / "snapshot"
+    assert m.mount().returncode == 0
+    (m.mnt / "f").write_text("one")
+    tag_one = m.unmount()
+    shutil.copytree(m.vol, snapshot)
+    assert m.mount("--tag", tag_one).returncode == 0
+    (m.mnt / "f").write_text("two")
+    tag_two = m.unmount()
+    shutil.rmtree(m.vol)
+    shutil.copytree(snapshot, m.vol)
+    refused = m.mount("--tag", tag_two)
+    assert refused.returncode == 1 and "older copy" in refused.stderr
+    assert not os.path.ismount(m.mnt)
+
+
+def test_random_operations_through_the_mount_match_a_plain_directory(
+    mounted: Mounted, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    rnd = random.Random(7)
+    names = [f"f{i}" for i in range(6)]
+    for name in names:
+        (mounted.mnt / name).write_bytes(b"")
+        (plain / name).write_bytes(b"")
+    for step in range(200):
+        name = rnd.choice(names)
+        op = rnd.choice(["write", "write", "truncate", "rename", "read", "append"])
+        targets = (mounted.mnt / name, plain / name)
+        if op == "write":
+            offset, data = rnd.randint(0, 20_000), rnd.randbytes(rnd.choice([1, 100, 4096, 9000]))
+            for target in targets:
+                with open(target, "r+b") as handle:
+                    handle.seek(offset)
+                    handle.write(data)
+        elif op == "append":
+            data = rnd.randbytes(rnd.randint(1, 5000))
+            for target in targets:
+                with open(target, "ab") as handle:
+                    handle.write(data)
+        elif op == "truncate":
+            length = rnd.randint(0, 25_000)
+            for target in targets:
+                os.truncate(target, length)
+        elif op == "rename":
+            new = f"r{step}"
+            for base in (mounted.mnt, plain):
+                os.rename(base / name, base / new)
+            names[names.index(name)] = new
+        else:
+            assert targets[0].read_bytes() == targets[1].read_bytes(), (step, name)
+    for name in names:
+        assert (mounted.mnt / name).read_bytes() == (plain / name).read_bytes()
+    tag = mounted.unmount()
+    assert (
+        veil("volume", "verify", str(mounted.vol), "--key-file", str(mounted.key), "--tag", tag).returncode
+        == 0
+    )
