@@ -98,6 +98,46 @@ class BundleFile:
 
 
 @dataclass(frozen=True)
+class BundleVolume:
+    """A volume the runtime mounts: its key (from the CAS) and the tag the CAS expects."""
+
+    name: str
+    path: str
+    mode: str
+    key: bytes = field(repr=False)
+    #: None: no tag stored yet (first use); the runtime may create it if ``accept_fresh``.
+    tag: str | None
+    accept_fresh: bool
+
+
+@dataclass(frozen=True)
+class VolumeTagUpdate:
+    """A runtime reporting a volume's new tag, signed with its instance key.
+
+    The CAS applies it only if ``previous`` is the stored tag (compare-and-swap) and the
+    certificate was issued by the session's CA for a service that uses the volume.
+    """
+
+    config_id: str
+    volume: str
+    previous: str | None
+    tag: str
+    certificate_pem: str
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "domain": "veil-volume-tag-v1",
+                "config_id": self.config_id,
+                "volume": self.volume,
+                "previous": self.previous,
+                "tag": self.tag,
+            }
+        )
+
+
+@dataclass(frozen=True)
 class ConfigurationBundle:
     """What an attested runtime receives: exactly what it needs to start the program."""
 
@@ -109,6 +149,7 @@ class ConfigurationBundle:
     pwd: str
     files: list[BundleFile] = field(repr=False)
     allow_extra_args: bool = False
+    volumes: list[BundleVolume] = field(default_factory=list, repr=False)
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -124,6 +165,17 @@ class ConfigurationBundle:
                     for f in self.files
                 ],
                 "allow_extra_args": self.allow_extra_args,
+                "volumes": [
+                    {
+                        "name": v.name,
+                        "path": v.path,
+                        "mode": v.mode,
+                        "key": base64.b64encode(v.key).decode(),
+                        "tag": v.tag,
+                        "accept_fresh": v.accept_fresh,
+                    }
+                    for v in self.volumes
+                ],
             }
         )
 
@@ -143,6 +195,17 @@ class ConfigurationBundle:
                     for f in raw["files"]
                 ],
                 allow_extra_args=bool(raw["allow_extra_args"]),
+                volumes=[
+                    BundleVolume(
+                        str(v["name"]),
+                        str(v["path"]),
+                        str(v["mode"]),
+                        base64.b64decode(v["key"]),
+                        None if v["tag"] is None else str(v["tag"]),
+                        bool(v["accept_fresh"]),
+                    )
+                    for v in raw.get("volumes", [])
+                ],
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed configuration bundle: {exc}") from None

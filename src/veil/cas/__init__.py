@@ -11,6 +11,7 @@ from veil.cas.errors import (
     PredecessorMismatch,
     SessionNotFound,
     StorageCorrupted,
+    VolumeTagRefused,
 )
 from veil.cas.service import Cas, SessionRecord
 
@@ -25,4 +26,5 @@ __all__ = [
     "SessionNotFound",
     "SessionRecord",
     "StorageCorrupted",
+    "VolumeTagRefused",
 ]

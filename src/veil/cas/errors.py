@@ -29,3 +29,7 @@ class AccessDenied(CasError):
 
 class MasterKeyError(CasError):
     pass
+
+
+class VolumeTagRefused(CasError):
+    """A volume tag update was refused (not attested, not this volume's, or stale)."""

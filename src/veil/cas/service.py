@@ -5,24 +5,35 @@ knows about transport. Every change and every decision is written to the audit l
 """
 
 import base64
+import dataclasses
 import datetime as dt
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.cas.audit import AuditLog
 from veil.cas.bundle import build_bundle
-from veil.cas.errors import AccessDenied, CasError, Conflict, PredecessorMismatch, SessionNotFound
+from veil.cas.errors import (
+    AccessDenied,
+    CasError,
+    Conflict,
+    PredecessorMismatch,
+    SessionNotFound,
+    VolumeTagRefused,
+)
 from veil.cas.nonces import NonceRegistry
 from veil.cas.reference_values import mismatch
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
 from veil.cas.storage import RecordStore, SqliteStore
-from veil.crypto import AeadKey, constant_time_equal, seal_to_key
-from veil.crypto.certs import load_pem_chain
+from veil.crypto import AeadKey, SignatureInvalid, constant_time_equal, seal_to_key
+from veil.crypto.certs import check_valid_at, load_pem_chain, verify_ecdsa, verify_issued_by
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
 from veil.errors import VeilError
@@ -31,6 +42,8 @@ from veil.protocol import (
     AttestationGrant,
     AttestationRefused,
     AttestationRequest,
+    BundleVolume,
+    VolumeTagUpdate,
     bundle_info,
     expected_report_data,
     split_config_id,
@@ -47,6 +60,7 @@ _VERSION = "session-version"
 _SECRET = "secret"
 _CA = "session-ca"
 _PLATFORM = "platform"
+_VOLUME = "volume"
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Cas:
                 None,
             )
             self._sync_secrets(session)
+            self._sync_volumes(session)
             self.audit.append(
                 "session.create", self.sim_mode, session=session.name, hash=digest, owner=caller
             )
@@ -178,6 +193,7 @@ class Cas:
             record = SessionRecord(session.name, digest, text, current.creator, current.revision + 1, session)
             self._store_session(record, version)
             self._sync_secrets(session)
+            self._sync_volumes(session)
             self.audit.append(
                 "session.update",
                 self.sim_mode,
@@ -216,6 +232,114 @@ class Cas:
                 "value": base64.b64encode(make_secret_value(definition)).decode(),
             }
             self.records.put(_SECRET, key, value, existing[0] if existing else None)
+
+    def _sync_volumes(self, session: Session) -> None:
+        """A key for every new volume. Keys are never dropped: data written under a key
+        must stay readable if the volume comes back into the session."""
+        for definition in session.volumes:
+            key = f"{session.name}#{definition.name}"
+            if self.records.get(_VOLUME, key) is None:
+                value = {"key": base64.b64encode(os.urandom(32)).decode(), "tag": None}
+                self.records.put(_VOLUME, key, value, None)
+
+    def volume_tag(self, session_name: str, volume: str) -> str | None:
+        found = self.records.get(_VOLUME, f"{session_name}#{volume}")
+        if found is None:
+            raise CasError(f"session '{session_name}' has no volume '{volume}'")
+        tag = found[1]["tag"]
+        return None if tag is None else str(tag)
+
+    def _bundle_volumes(self, session: Session, service: Service) -> list[BundleVolume]:
+        volumes = []
+        for used in service.volumes:
+            definition = session.volume(used.name)
+            found = self.records.get(_VOLUME, f"{session.name}#{used.name}")
+            if definition is None or found is None:
+                raise CasError(f"volume '{used.name}' of service '{service.name}' is not defined")
+            stored = found[1]
+            volumes.append(
+                BundleVolume(
+                    used.name,
+                    used.path,
+                    definition.mode,
+                    base64.b64decode(stored["key"]),
+                    stored["tag"],
+                    definition.accept_fresh,
+                )
+            )
+        return volumes
+
+    def push_volume_tag(self, update: VolumeTagUpdate) -> None:
+        """Record a volume's new tag for an attested runtime (compare-and-swap), or refuse."""
+        try:
+            session_name, service_name = split_config_id(update.config_id)
+            facts = {
+                "config_id": update.config_id,
+                "volume": update.volume,
+                "previous": update.previous,
+                "tag": update.tag,
+            }
+            reason, fingerprint = self._tag_update_problem(update, session_name, service_name)
+        except VeilError as exc:
+            reason, fingerprint, facts = str(exc), "", {"config_id": update.config_id}
+        if reason:
+            self.audit.append("volume.tag.refuse", self.sim_mode, reason=reason, **facts)
+            raise VolumeTagRefused(reason)
+        key = f"{session_name}#{update.volume}"
+        with self.records.store.transaction():
+            found = self.records.get(_VOLUME, key)
+            assert found is not None
+            version, stored = found
+            current = stored["tag"]
+            if not (current is None and update.previous is None) and not (
+                current is not None
+                and update.previous is not None
+                and constant_time_equal(current, update.previous)
+            ):
+                reason = (
+                    f"volume '{update.volume}' has moved on: the CAS holds a newer tag than the one "
+                    "this update starts from (an old tag never overwrites a newer one)"
+                )
+                self.audit.append("volume.tag.refuse", self.sim_mode, reason=reason, **facts)
+                raise VolumeTagRefused(reason)
+            self.records.put(_VOLUME, key, {**stored, "tag": update.tag}, version)
+            self.audit.append("volume.tag", self.sim_mode, certificate=fingerprint, **facts)
+
+    def _tag_update_problem(
+        self, update: VolumeTagUpdate, session_name: str, service_name: str
+    ) -> tuple[str, str]:
+        found = self._record(session_name)
+        if found is None:
+            return f"unknown session '{session_name}'", ""
+        service = found[1].session.service(service_name)
+        if service is None or all(v.name != update.volume for v in service.volumes):
+            return (
+                f"service '{service_name}' of session '{session_name}' does not use volume '{update.volume}'",
+                "",
+            )
+        try:
+            certificate = load_pem_chain(update.certificate_pem.encode())[0]
+        except (VeilError, IndexError):
+            return "the runtime certificate does not parse", ""
+        ca = self._session_ca(session_name)
+        try:
+            verify_issued_by(certificate, ca.certificate)
+        except SignatureInvalid:
+            return f"the runtime certificate was not issued by the CA of session '{session_name}'", ""
+        problem = check_valid_at(certificate, self._clock())
+        if problem:
+            return problem, ""
+        uris = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if f"veil://{session_name}/{service_name}" not in uris.get_values_for_type(
+            x509.UniformResourceIdentifier
+        ):
+            return f"the runtime certificate is not for {session_name}/{service_name}", ""
+        key = certificate.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not verify_ecdsa(
+            key, update.signature, update.signed_bytes(), "sha256"
+        ):
+            return "the tag update is not signed by the runtime's instance key", ""
+        return "", certificate_fingerprint(certificate)
 
     def _secret_lookup(self, session_name: str) -> dict[str, bytes]:
         prefix = f"{session_name}#"
@@ -403,6 +527,7 @@ class Cas:
         instance_key = load_p256_public_key(request.instance_public_key_der)
         secrets = self._secret_lookup(session_name)
         bundle = build_bundle(session_name, record.hash, service, secrets.__getitem__)
+        bundle = dataclasses.replace(bundle, volumes=self._bundle_volumes(record.session, service))
         ciphertext = seal_to_key(
             bundle.to_bytes(), request.bundle_public_key, bundle_info(request.nonce, request.config_id)
         )

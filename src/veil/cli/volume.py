@@ -1,19 +1,15 @@
 """`veil volume ...`: create, fill, read, check and mount protected volumes."""
 
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from veil.cli.output import emit_json, note
-from veil.volume import MODES, Volume, VolumeError, load_or_create_key_file, verify_volume
-from veil.volume.mount import serve, state_file
+from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
+from veil.volume.mount import serve
 
 _KEY = click.option(
     "--key-file",
@@ -192,52 +188,16 @@ def mount(directory: Path, mountpoint: Path, key_file: Path, tag: str | None, fo
 
     A volume whose tag is not TAG is refused before anything is mounted.
     """
-    opened = Volume.open(directory, _existing_key(key_file), tag)
     if foreground:
+        opened = Volume.open(directory, _existing_key(key_file), tag)
         click.echo(serve(opened, mountpoint.resolve()))
         return
-    log = state_file(mountpoint).with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        os.setsid()
-        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        try:
-            serve(opened, mountpoint.resolve())
-        finally:
-            os._exit(0)
-    deadline = time.time() + 30
-    while not os.path.ismount(mountpoint):
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished or time.time() > deadline:
-            raise VolumeError(f"mount failed: {log.read_text().strip()[-500:] or 'no reason given'}")
-        time.sleep(0.02)
-    note(f"mounted {directory} at {mountpoint} (tag {opened.tag[:16]}…)")
+    mounted = daemon.start(directory, mountpoint, _existing_key(key_file), tag)
+    note(f"mounted {directory} at {mountpoint} (tag {mounted.initial_tag[:16]}…)")
 
 
 @volume.command()
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def unmount(mountpoint: Path) -> None:
     """Flush and unmount; print the volume's new tag as the last line."""
-    status = state_file(mountpoint)
-    if not status.exists():
-        raise VolumeError(f"{mountpoint} is not a mounted veil volume")
-    pid = int(json.loads(status.read_text())["pid"])
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    result = subprocess.run(
-        [tool or "umount", "-u" if tool else "", str(mountpoint)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise VolumeError(f"cannot unmount {mountpoint}: {result.stderr.strip()}")
-    deadline = time.time() + 60
-    while Path(f"/proc/{pid}").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    final = json.loads(status.read_text())
-    if not final.get("final"):
-        raise VolumeError(f"the volume daemon did not finish cleanly; last tag {final.get('tag')}")
-    status.unlink()
-    click.echo(final["tag"])
+    click.echo(daemon.stop(mountpoint))

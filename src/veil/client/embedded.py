@@ -7,7 +7,7 @@ runtime's code path does not depend on where the CAS runs.
 from dataclasses import dataclass
 
 from veil.cas import Cas
-from veil.protocol import AttestationGrant, AttestationRequest
+from veil.protocol import AttestationGrant, AttestationRequest, VolumeTagUpdate
 
 
 @dataclass
@@ -23,3 +23,6 @@ class EmbeddedCasClient:
 
     def attest(self, request: AttestationRequest) -> AttestationGrant:
         return self.cas.attest(request)
+
+    def push_volume_tag(self, update: VolumeTagUpdate) -> None:
+        self.cas.push_volume_tag(update)

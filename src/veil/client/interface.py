@@ -2,7 +2,7 @@
 
 from typing import Protocol
 
-from veil.protocol import AttestationGrant, AttestationRequest
+from veil.protocol import AttestationGrant, AttestationRequest, VolumeTagUpdate
 
 
 class CasClient(Protocol):
@@ -14,3 +14,5 @@ class CasClient(Protocol):
     def nonce(self) -> bytes: ...
 
     def attest(self, request: AttestationRequest) -> AttestationGrant: ...
+
+    def push_volume_tag(self, update: VolumeTagUpdate) -> None: ...

@@ -11,11 +11,13 @@ from veil.policy.model import (
     InjectedFile,
     SecretDefinition,
     Service,
+    ServiceVolume,
     Session,
     SgxAttestation,
     SimAttestation,
     SnpAttestation,
     TdxAttestation,
+    VolumeDefinition,
 )
 from veil.policy.placeholders import find_placeholders, substitute, substitute_text
 
@@ -27,11 +29,13 @@ __all__ = [
     "SecretDefinition",
     "SecretFormatError",
     "Service",
+    "ServiceVolume",
     "Session",
     "SgxAttestation",
     "SimAttestation",
     "SnpAttestation",
     "TdxAttestation",
+    "VolumeDefinition",
     "canonical_session_bytes",
     "find_placeholders",
     "load_session_file",

@@ -180,6 +180,37 @@ class InjectedFile(StrictModel):
         return int(self.mode, 8)
 
 
+class VolumeDefinition(StrictModel):
+    """A protected volume of the session; the CAS generates its key and tracks its tag."""
+
+    name: str
+    mode: Literal["encrypted", "authenticated"] = "encrypted"
+    #: on first use (no tag in the CAS yet), accept an empty storage directory and create
+    #: a fresh volume there; without it, such a volume is refused.
+    accept_fresh: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SERVICE_NAME.match(value):
+            raise ValueError("a volume name uses a-z, 0-9, '.', '_' and '-' and starts alphanumeric")
+        return value
+
+
+class ServiceVolume(StrictModel):
+    """Where a service sees a volume; the encrypted storage is that directory itself."""
+
+    name: str
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or "/../" in value or value.endswith("/..") or value == "/":
+            raise ValueError("a volume path is an absolute directory other than /, without '..'")
+        return value.rstrip("/")
+
+
 class Service(StrictModel):
     name: str
     attestation: Annotated[list[AttestationEntry], Field(min_length=1)]
@@ -187,6 +218,7 @@ class Service(StrictModel):
     environment: dict[str, str] = Field(default_factory=dict)
     pwd: str = "/"
     files: list[InjectedFile] = Field(default_factory=list)
+    volumes: list[ServiceVolume] = Field(default_factory=list)
     #: whether `veil run ... -- ARGS` may append arguments; they are neither measured nor
     #: part of the session, so a host could choose them.
     allow_extra_args: bool = False
@@ -305,6 +337,7 @@ class Session(StrictModel):
     security: Security = Field(default_factory=Security)
     services: list[Service] = Field(default_factory=list)
     secrets: list[SecretDefinition] = Field(default_factory=list)
+    volumes: list[VolumeDefinition] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -330,6 +363,9 @@ class Session(StrictModel):
 
     def secret(self, name: str) -> SecretDefinition | None:
         return next((s for s in self.secrets if s.name == name), None)
+
+    def volume(self, name: str) -> VolumeDefinition | None:
+        return next((v for v in self.volumes if v.name == name), None)
 
     @property
     def tolerates_sim(self) -> bool:

@@ -44,6 +44,34 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
         problems.append(
             doc.problem(("secrets", index, "name"), f"duplicate secret name '{session.secrets[index].name}'")
         )
+    for index in _duplicates([v.name for v in session.volumes]):
+        problems.append(
+            doc.problem(("volumes", index, "name"), f"duplicate volume name '{session.volumes[index].name}'")
+        )
+    volumes = {v.name for v in session.volumes}
+    for s_index, service in enumerate(session.services):
+        paths: set[str] = set()
+        for v_index, used in enumerate(service.volumes):
+            where = ("services", s_index, "volumes", v_index)
+            if used.name not in volumes:
+                known_volumes = ", ".join(sorted(volumes)) or "none"
+                problems.append(
+                    doc.problem(
+                        (*where, "name"),
+                        f"unknown volume '{used.name}'",
+                        f"define it under 'volumes:'; known: {known_volumes}",
+                    )
+                )
+            overlapping = [
+                p
+                for p in paths
+                if used.path == p or used.path.startswith(p + "/") or p.startswith(used.path + "/")
+            ]
+            if overlapping:
+                problems.append(
+                    doc.problem((*where, "path"), f"volume path {used.path} overlaps {overlapping[0]}")
+                )
+            paths.add(used.path)
     known = {s.name: s for s in session.secrets}
     for path, text, must_be_text in _strings_with_text_context(session):
         if malformed_placeholder_at(text) is not None:

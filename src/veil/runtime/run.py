@@ -17,6 +17,7 @@ from veil.runtime.attest import provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
 from veil.runtime.supervisor import LaunchSpec, supervise
+from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
 
 #: The owner identity of whoever runs the embedded CAS on this machine.
@@ -92,26 +93,28 @@ def run_with_policy(
             "(set allow_extra_args: true to allow them)"
         )
     cas, platform_key = home.open()
+    client = EmbeddedCasClient(cas)
     try:
         report(register_or_update(cas, session, text, str(policy)))
         measurement = measure_command(service.command, service.pwd, service.environment.get("PATH"))
-        source = evidence_source(mode, platform_key)
         provisioned = provision(
-            EmbeddedCasClient(cas),
-            source,
-            f"{session.name}/{service.name}",
-            measurement.value,
+            client, evidence_source(mode, platform_key), f"{session.name}/{service.name}", measurement.value
         )
+        bundle = provisioned.bundle
+        report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
+        active = mount_volumes(client, provisioned, report)
+        try:
+            code = supervise(
+                LaunchSpec(
+                    executable=measurement.executable,
+                    argv=[*bundle.argv, *extra_args],
+                    environment=bundle.environment,
+                    pwd=bundle.pwd,
+                    files=bundle.files,
+                )
+            )
+        finally:
+            unmount_volumes(client, provisioned, active, report)
+        return code
     finally:
         cas.close()
-    bundle = provisioned.bundle
-    report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
-    return supervise(
-        LaunchSpec(
-            executable=measurement.executable,
-            argv=[*bundle.argv, *extra_args],
-            environment=bundle.environment,
-            pwd=bundle.pwd,
-            files=bundle.files,
-        )
-    )

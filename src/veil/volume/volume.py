@@ -115,7 +115,9 @@ class Volume:
 
     @classmethod
     def open(cls, root: Path, key: bytes, expected_tag: str | None = None) -> "Volume":
-        root = root.resolve()
+        # absolute, not resolved: /proc/self/fd/N must stay a handle on the storage directory
+        # even when a mount now covers its path (see veil.volume.daemon)
+        root = root.absolute()
         header = _read_header(root)
         volume_id = bytes.fromhex(header["volume_id"])
         keys = VolumeKeys.derive(key, volume_id)
