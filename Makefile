@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint unit os-packages clean help
+.PHONY: demo test lint unit os-packages clean help bench-volume bench-evidence
 
 help:
 	@echo "make demo   - install into .venv and run examples/quickstart on the embedded CAS (sim mode)"
@@ -38,6 +38,13 @@ lint: $(STAMP_DEV)
 
 test: $(STAMP_DEV) os-packages lint
 	$(BIN)/pytest
+
+bench-evidence: $(STAMP_DEV)
+	$(BIN)/python bench/evidence.py
+
+bench-volume: $(STAMP_DEV)
+	@bash scripts/install-os-packages scripts/bench-packages.txt
+	$(BIN)/python bench/volume.py
 
 clean:
 	rm -rf $(VENV) .veil-demo .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ import click
 from veil.cli.output import emit_json, note
 from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
 from veil.volume.mount import serve
+from veil.volume.volume import DEFAULT_CHUNK
 
 _KEY = click.option(
     "--key-file",
@@ -18,6 +19,13 @@ _KEY = click.option(
     help="File with the raw 32-byte volume key (create/encrypt: made with a fresh key if absent).",
 )
 _TAG = click.option("--tag", "tag", metavar="TAG", help="Refuse the volume unless its tag is TAG.")
+_CHUNK = click.option(
+    "--chunk-size",
+    type=click.IntRange(512, 1 << 20),
+    default=DEFAULT_CHUNK,
+    show_default=True,
+    help="Bytes per encrypted chunk: larger is faster for streaming, smaller for small random writes.",
+)
 _BLOCK = 1 << 20
 
 
@@ -36,10 +44,11 @@ def volume() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--mode", type=click.Choice(MODES), default="encrypted", show_default=True)
 @_KEY
-def create(directory: Path, mode: str, key_file: Path) -> None:
+@_CHUNK
+def create(directory: Path, mode: str, key_file: Path, chunk_size: int) -> None:
     """Create an empty volume in DIRECTORY (which must be empty or absent); print its tag."""
     key = load_or_create_key_file(key_file)
-    with Volume.create(directory, key, mode) as created:
+    with Volume.create(directory, key, mode, chunk_size) as created:
         click.echo(created.tag)
 
 
@@ -59,7 +68,8 @@ def _sources(source: Path) -> Iterator[tuple[Path, str]]:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--mode", type=click.Choice(MODES), default="encrypted", show_default=True)
 @_KEY
-def encrypt(source: Path, directory: Path, mode: str, key_file: Path) -> None:
+@_CHUNK
+def encrypt(source: Path, directory: Path, mode: str, key_file: Path, chunk_size: int) -> None:
     """Copy the tree SOURCE into a new volume in DIRECTORY; print the volume's tag."""
     key = load_or_create_key_file(key_file)
     items = list(_sources(source))

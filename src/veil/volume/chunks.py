@@ -14,6 +14,7 @@ from veil.volume.errors import IntegrityError
 NONCE = 12
 TAG = 16
 _AAD_PREFIX = b"veil-chunk-v1"
+_INDEX_LENGTH = struct.Struct(">QI")
 
 
 def chunk_aad(volume_id: bytes, file_id: bytes, index: int, length: int) -> bytes:
@@ -28,17 +29,16 @@ class ChunkCodec:
     volume_id: bytes
     file_id: bytes
     key: bytes = field(repr=False)
+    overhead: int = field(init=False)
 
     def __post_init__(self) -> None:
         self._aead = AESGCM(self.key) if self.encrypted else None
-
-    @property
-    def overhead(self) -> int:
-        return NONCE + TAG if self.encrypted else TAG
+        self._aad_prefix = _AAD_PREFIX + self.volume_id + self.file_id
+        self.overhead = NONCE + TAG if self.encrypted else TAG
 
     def seal(self, index: int, plaintext: bytes) -> tuple[bytes, bytes]:
         """(stored record, its 16-byte tag)."""
-        aad = chunk_aad(self.volume_id, self.file_id, index, len(plaintext))
+        aad = self._aad_prefix + _INDEX_LENGTH.pack(index, len(plaintext))
         if self._aead is not None:
             nonce = os.urandom(NONCE)
             sealed = self._aead.encrypt(nonce, plaintext, aad)
@@ -46,7 +46,9 @@ class ChunkCodec:
         tag = hmac.new(self.key, aad + plaintext, hashlib.sha256).digest()[:TAG]
         return plaintext + tag, tag
 
-    def open(self, index: int, record: bytes, expected_tag: bytes | bytearray, where: str) -> bytes:
+    def open(
+        self, index: int, record: bytes | memoryview, expected_tag: bytes | bytearray, where: str
+    ) -> bytes:
         length = len(record) - self.overhead
         if length < 0:
             raise IntegrityError(f"{where}: chunk {index} is truncated")
@@ -61,7 +63,7 @@ class ChunkCodec:
                 return self._aead.decrypt(record[:NONCE], record[NONCE:], aad)
             except InvalidTag:
                 raise IntegrityError(f"{where}: chunk {index} fails authentication") from None
-        plaintext = record[:-TAG]
+        plaintext = bytes(record[:-TAG])
         if not hmac.compare_digest(hmac.new(self.key, aad + plaintext, hashlib.sha256).digest()[:TAG], tag):
             raise IntegrityError(f"{where}: chunk {index} fails authentication")
         return plaintext
