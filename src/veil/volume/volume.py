@@ -420,13 +420,7 @@ class Volume:
         raw = os.pread(state.fd, span, first * stride)
         if len(raw) != span:
             raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
-        out = bytearray()
-        opener, tags, overhead, size = state.codec.open, state.tags, state.codec.overhead, state.size
-        view = memoryview(raw)
-        for index in range(first, last + 1):
-            at = (index - first) * stride
-            length = min(cs, size - index * cs) + overhead
-            out += opener(index, view[at : at + length], tags[index * TAG : (index + 1) * TAG], state.path)
+        out = state.codec.open_many(first, raw, state.tags, cs, state.size, state.path)
         start = offset - first * cs
         return bytes(out[start : start + end - offset])
 
@@ -445,23 +439,21 @@ class Volume:
         end = offset + len(data)
         old_size, new_size = state.size, max(state.size, end)
         first, last = offset // cs, (end - 1) // cs
-        records = bytearray()
-        new_tags = bytearray()
+        plains: list[bytes | memoryview] = []
+        view = memoryview(data)
         for index in range(first, last + 1):
             chunk_start = index * cs
             chunk_end = min(chunk_start + cs, new_size)
             lo, hi = max(offset, chunk_start), min(end, chunk_end)
             if lo == chunk_start and hi == chunk_end:
-                plain = data[lo - offset : hi - offset]
+                plains.append(view[lo - offset : hi - offset])
             else:
                 old_len = self._chunk_len(old_size, index)
                 old = self._read_chunk(state, index, old_len) if old_len else b""
                 buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
                 buf[lo - chunk_start : hi - chunk_start] = data[lo - offset : hi - offset]
-                plain = bytes(buf)
-            record, tag = state.codec.seal(index, plain)
-            records += record
-            new_tags += tag
+                plains.append(bytes(buf))
+        records, new_tags = state.codec.seal_many(first, plains)
         os.pwrite(state.fd, records, first * stride)
         needed = _chunks(new_size, cs) * TAG
         if len(state.tags) < needed:
