@@ -150,6 +150,8 @@ class ConfigurationBundle:
     files: list[BundleFile] = field(repr=False)
     allow_extra_args: bool = False
     volumes: list[BundleVolume] = field(default_factory=list, repr=False)
+    #: the service's ``network`` section (shield rules) as plain JSON
+    network: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -195,6 +197,7 @@ class ConfigurationBundle:
                     for f in raw["files"]
                 ],
                 allow_extra_args=bool(raw["allow_extra_args"]),
+                network=dict(raw.get("network", {})),
                 volumes=[
                     BundleVolume(
                         str(v["name"]),

@@ -24,4 +24,5 @@ def build_bundle(
         pwd=service.pwd,
         files=files,
         allow_extra_args=service.allow_extra_args,
+        network=service.network.model_dump(mode="json"),
     )

@@ -8,7 +8,15 @@ live in ``veil.policy.rules``.
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -211,6 +219,54 @@ class ServiceVolume(StrictModel):
         return value.rstrip("/")
 
 
+_ADDRESS = re.compile(r"^(unix:/.+|\[?[0-9A-Za-z.:\-]*\]?:[0-9]{1,5})$")
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.match(value):
+        raise ValueError("an address is HOST:PORT or unix:/PATH")
+    if not value.startswith("unix:") and not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+        raise ValueError("a port is between 1 and 65535")
+    return value
+
+
+class ShieldServer(StrictModel):
+    """TLS terminated in the runtime for clients of the program: listen -> forward (plain)."""
+
+    listen: Annotated[str, AfterValidator(_address)]
+    forward: Annotated[str, AfterValidator(_address)]
+    identity: Literal["instance"] = "instance"
+    client_auth: Literal["session-ca", "none"] = "session-ca"
+
+
+class ShieldClient(StrictModel):
+    """The program connects in plain to ``listen`` (loopback); the runtime opens TLS to
+    ``connect`` and checks the server against the session CA and ``server_name``."""
+
+    listen: Annotated[str, AfterValidator(_address)]
+    connect: Annotated[str, AfterValidator(_address)]
+    server_name: str
+    server_auth: Literal["session-ca"] = "session-ca"
+    identity: Literal["instance"] = "instance"
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if not (
+            value.startswith("127.")
+            or value.startswith("[::1]:")
+            or value.startswith("localhost:")
+            or value.startswith("unix:")
+        ):
+            raise ValueError("a client shield listens on loopback (127.0.0.1:PORT) or a unix socket")
+        return value
+
+
+class Network(StrictModel):
+    servers: list[ShieldServer] = Field(default_factory=list)
+    clients: list[ShieldClient] = Field(default_factory=list)
+
+
 class Service(StrictModel):
     name: str
     attestation: Annotated[list[AttestationEntry], Field(min_length=1)]
@@ -219,6 +275,7 @@ class Service(StrictModel):
     pwd: str = "/"
     files: list[InjectedFile] = Field(default_factory=list)
     volumes: list[ServiceVolume] = Field(default_factory=list)
+    network: Network = Field(default_factory=Network)
     #: whether `veil run ... -- ARGS` may append arguments; they are neither measured nor
     #: part of the session, so a host could choose them.
     allow_extra_args: bool = False

@@ -7,7 +7,7 @@ check`` reports every problem at once.
 from collections.abc import Iterator
 
 from veil.policy.errors import PolicyProblem
-from veil.policy.model import Session
+from veil.policy.model import Network, Session
 from veil.policy.placeholders import FORMATS, find_placeholders, malformed_placeholder_at
 from veil.policy.yamlsource import Path, YamlDocument
 
@@ -30,6 +30,31 @@ def _strings_with_text_context(session: Session) -> Iterator[tuple[Path, str, bo
             yield (*base, "environment", key), value, True
         for f_index, injected in enumerate(service.files):
             yield (*base, "files", f_index, "content"), injected.content, False
+
+
+def _network_problems(s_index: int, network: Network, doc: YamlDocument) -> list[PolicyProblem]:
+    """Two shields of one service may not listen on the same address, nor forward to a
+    shield's own listening address (a loop)."""
+    problems: list[PolicyProblem] = []
+    seen: dict[str, Path] = {}
+    listeners = [(("servers", i), s.listen) for i, s in enumerate(network.servers)]
+    listeners += [(("clients", i), c.listen) for i, c in enumerate(network.clients)]
+    for where, address in listeners:
+        path: Path = ("services", s_index, "network", *where, "listen")
+        if address in seen:
+            problems.append(
+                doc.problem(path, f"port conflict: {address} is also the listen address of another shield")
+            )
+        seen[address] = path
+    for index, server in enumerate(network.servers):
+        if server.forward in seen:
+            problems.append(
+                doc.problem(
+                    ("services", s_index, "network", "servers", index, "forward"),
+                    f"a server shield forwards to {server.forward}, which is a shield's own listen address",
+                )
+            )
+    return problems
 
 
 def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
@@ -72,6 +97,8 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
                     doc.problem((*where, "path"), f"volume path {used.path} overlaps {overlapping[0]}")
                 )
             paths.add(used.path)
+    for s_index, service in enumerate(session.services):
+        problems.extend(_network_problems(s_index, service.network, doc))
     known = {s.name: s for s in session.secrets}
     for path, text, must_be_text in _strings_with_text_context(session):
         if malformed_placeholder_at(text) is not None:

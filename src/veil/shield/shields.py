@@ -1,0 +1,186 @@
+"""Shield proxies on one asyncio loop in a background thread of the runtime."""
+
+import asyncio
+import contextlib
+import os
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from veil.errors import VeilError
+from veil.policy.model import Network, ShieldClient, ShieldServer
+
+_BUFFER = 1 << 18
+
+
+class ShieldError(VeilError):
+    """A shield cannot start (address in use, bad address) or was misconfigured."""
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """The runtime's TLS identity: instance certificate and key, and the session CA."""
+
+    certificate_pem: bytes
+    key_pem: bytes = field(repr=False)
+    ca_pem: bytes
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        # The stdlib loads keys from files only; a memfd keeps the key off every disk.
+        fd = os.memfd_create("veil-instance-key", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, self.key_pem + self.certificate_pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        context.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+
+    def server_context(self, client_auth: str) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._load(context)
+        context.verify_mode = ssl.CERT_REQUIRED if client_auth == "session-ca" else ssl.CERT_NONE
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+        self._load(context)
+        return context
+
+
+def split_address(address: str) -> tuple[str, int] | str:
+    """(host, port), or a unix socket path."""
+    if address.startswith("unix:"):
+        return address[len("unix:") :]
+    host, _, port = address.rpartition(":")
+    # ":PORT" means every interface: a server shield is what remote clients reach
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+async def _open(address: str, **tls: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    target = split_address(address)
+    if isinstance(target, str):
+        return await asyncio.open_unix_connection(target, limit=_BUFFER, **tls)
+    return await asyncio.open_connection(target[0], target[1], limit=_BUFFER, **tls)  # type: ignore[arg-type]
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_BUFFER):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+
+
+async def _splice(
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    try:
+        await asyncio.gather(_pump(client[0], upstream[1]), _pump(upstream[0], client[1]))
+    finally:
+        for _, writer in (client, upstream):
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class ShieldSet:
+    """All shields of a service; ``start`` returns once every listener is bound."""
+
+    def __init__(self, network: Network, identity: TlsIdentity) -> None:
+        self.network = network
+        self.identity = identity
+        self._loop = asyncio.new_event_loop()
+        self._servers: list[asyncio.Server] = []
+        self._thread = threading.Thread(target=self._loop.run_forever, name="veil-shield", daemon=True)
+        self.connections = 0
+        self.refused = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start_all(), self._loop)
+        try:
+            future.result(timeout=30)
+        except OSError as exc:
+            self.stop()
+            raise ShieldError(f"a shield cannot listen: {exc.strerror or exc}") from None
+
+    async def _start_all(self) -> None:
+        for server in self.network.servers:
+            self._servers.append(
+                await self._listen(
+                    server.listen,
+                    self._server_handler(server),
+                    self.identity.server_context(server.client_auth),
+                )
+            )
+        for client in self.network.clients:
+            self._servers.append(await self._listen(client.listen, self._client_handler(client), None))
+
+    async def _listen(
+        self,
+        address: str,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        context: ssl.SSLContext | None,
+    ) -> asyncio.Server:
+        target = split_address(address)
+        if isinstance(target, str):
+            return await asyncio.start_unix_server(handler, target, ssl=context, limit=_BUFFER)
+        return await asyncio.start_server(
+            handler, target[0], target[1], ssl=context, limit=_BUFFER, reuse_address=True
+        )
+
+    def _server_handler(
+        self, spec: ShieldServer
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # asyncio completes the TLS handshake (and the client certificate check) before
+            # calling us: a refused peer never reaches the program.
+            self.connections += 1
+            try:
+                upstream = await _open(spec.forward)
+            except OSError:
+                writer.close()
+                return
+            await _splice((reader, writer), upstream)
+
+        return handle
+
+    def _client_handler(
+        self, spec: ShieldClient
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        context = self.identity.client_context()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                upstream = await _open(spec.connect, ssl=context, server_hostname=spec.server_name)
+            except (OSError, ssl.SSLError):
+                self.refused += 1
+                writer.close()
+                return
+            await _splice((reader, writer), upstream)
+
+        return handle
+
+    def stop(self) -> None:
+        async def close_all() -> None:
+            for server in self._servers:
+                server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
