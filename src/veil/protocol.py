@@ -167,6 +167,7 @@ class ConfigurationBundle:
                     for f in self.files
                 ],
                 "allow_extra_args": self.allow_extra_args,
+                "network": self.network,
                 "volumes": [
                     {
                         "name": v.name,

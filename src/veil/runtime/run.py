@@ -16,6 +16,7 @@ from veil.policy import Session, load_session_file, parse_session, session_hash,
 from veil.runtime.attest import provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
+from veil.runtime.network import start_shields
 from veil.runtime.supervisor import LaunchSpec, supervise
 from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
@@ -103,7 +104,9 @@ def run_with_policy(
         bundle = provisioned.bundle
         report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
         active = mount_volumes(client, provisioned, report)
+        shields = None
         try:
+            shields = start_shields(provisioned, report)
             code = supervise(
                 LaunchSpec(
                     executable=measurement.executable,
@@ -114,6 +117,8 @@ def run_with_policy(
                 )
             )
         finally:
+            if shields is not None:
+                shields.stop()
             unmount_volumes(client, provisioned, active, report)
         return code
     finally:

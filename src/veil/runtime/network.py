@@ -1,0 +1,27 @@
+"""Starting a service's shields with the runtime's attested identity."""
+
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from veil.policy.model import Network
+from veil.runtime.attest import Provisioned
+from veil.shield import ShieldSet, TlsIdentity
+
+
+def start_shields(provisioned: Provisioned, report: Callable[[str], None]) -> ShieldSet | None:
+    network = Network.model_validate(provisioned.bundle.network or {})
+    if not network.servers and not network.clients:
+        return None
+    identity = TlsIdentity(
+        provisioned.instance_certificate.public_bytes(Encoding.PEM),
+        provisioned.instance_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+        provisioned.session_ca.public_bytes(Encoding.PEM),
+    )
+    shields = ShieldSet(network, identity)
+    shields.start()
+    for server in network.servers:
+        report(f"shield: TLS on {server.listen} -> {server.forward} (client auth: {server.client_auth})")
+    for client in network.clients:
+        report(f"shield: {client.listen} -> TLS {client.connect} ({client.server_name})")
+    return shields
