@@ -1,5 +1,6 @@
 """Starting a service's shields with the runtime's attested identity."""
 
+import resource
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -18,6 +19,11 @@ def start_shields(provisioned: Provisioned, report: Callable[[str], None]) -> Sh
         provisioned.instance_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
         provisioned.session_ca.public_bytes(Encoding.PEM),
     )
+    # Each shielded connection holds two descriptors; the default soft limit (1024) would cap
+    # a busy service near 500 connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
     shields = ShieldSet(network, identity)
     shields.start()
     for server in network.servers:

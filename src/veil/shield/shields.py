@@ -72,19 +72,25 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     except (ConnectionError, ssl.SSLError, OSError):
         pass
-    finally:
-        with contextlib.suppress(Exception):
-            if writer.can_write_eof():
-                writer.write_eof()
 
 
 async def _splice(
     client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 ) -> None:
+    """Copy both ways until either side ends, then close both. One side is always TLS, and
+    asyncio cannot half-close TLS, so an end in one direction ends the connection (a client
+    that shuts down its sending side and then waits for a reply is not supported)."""
+    directions = [
+        asyncio.ensure_future(_pump(client[0], upstream[1])),
+        asyncio.ensure_future(_pump(upstream[0], client[1])),
+    ]
     try:
-        await asyncio.gather(_pump(client[0], upstream[1]), _pump(upstream[0], client[1]))
+        await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for direction in directions:
+            direction.cancel()
+        await asyncio.gather(*directions, return_exceptions=True)
         for _, writer in (client, upstream):
             writer.close()
             with contextlib.suppress(Exception):
@@ -174,9 +180,13 @@ class ShieldSet:
         async def close_all() -> None:
             for server in self._servers:
                 server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for server in self._servers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 5)
 
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
