@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint unit os-packages clean help bench-volume bench-evidence
+.PHONY: demo test lint unit os-packages clean help bench-volume bench-evidence bench-shield
 
 help:
 	@echo "make demo   - install into .venv and run examples/quickstart on the embedded CAS (sim mode)"
@@ -45,6 +45,10 @@ bench-evidence: $(STAMP_DEV)
 bench-volume: $(STAMP_DEV)
 	@bash scripts/install-os-packages scripts/bench-packages.txt
 	$(BIN)/python bench/volume.py
+
+bench-shield: $(STAMP_DEV)
+	@bash scripts/install-os-packages scripts/bench-packages.txt
+	$(BIN)/python bench/shield.py
 
 clean:
 	rm -rf $(VENV) .veil-demo .pytest_cache .mypy_cache .ruff_cache

@@ -97,13 +97,23 @@ async def _splice(
                 await writer.wait_closed()
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (measured faster, docs/benchmarks.md), else asyncio's own loop."""
+    try:
+        import uvloop  # noqa: PLC0415
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
 class ShieldSet:
     """All shields of a service; ``start`` returns once every listener is bound."""
 
     def __init__(self, network: Network, identity: TlsIdentity) -> None:
         self.network = network
         self.identity = identity
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._servers: list[asyncio.Server] = []
         self._thread = threading.Thread(target=self._loop.run_forever, name="veil-shield", daemon=True)
         self.connections = 0
