@@ -1,16 +1,14 @@
 """Two services of one session talk mutual TLS through their shields; another session cannot."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from tests.conftest import PYTHON, TESTS, measurement_of, requires_root, veil
-from tests.integration.test_shield import free_port
+from tests.net import free_port, wait_port
 
 pytestmark = requires_root
 
@@ -33,16 +31,6 @@ def write(path: Path, name: str, services: list[dict[str, object]]) -> Path:
         )
     )
     return path
-
-
-def wait_port(port: int) -> None:
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def test_mutual_tls_between_services_and_another_session_refused(tmp_path: Path) -> None:

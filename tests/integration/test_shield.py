@@ -12,15 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from tests.net import free_port
 from veil.crypto.x509ca import CertificateAuthority
 from veil.policy.model import Network, ShieldClient, ShieldServer
 from veil.shield import ShieldError, ShieldSet, TlsIdentity
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def identity(

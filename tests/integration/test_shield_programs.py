@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_shield import free_port, identity
+from tests.integration.test_shield import identity
+from tests.net import free_port, wait_port
 from veil.crypto.x509ca import CertificateAuthority
 from veil.policy.model import Network, ShieldClient, ShieldServer
 from veil.shield import ShieldSet
@@ -25,16 +26,6 @@ pytestmark = pytest.mark.skipif(
     ),
     reason="needs memcached, redis-server, redis-tools and tcpdump (scripts/os-packages.txt)",
 )
-
-
-def wait_port(port: int) -> None:
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 class Shielded:
