@@ -6,6 +6,8 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import PYTHON, TESTS, measurement_of, requires_root, veil
+from veil.cas import Cas
+from veil.volume import Volume
 
 pytestmark = requires_root
 
@@ -78,3 +80,39 @@ def test_unknown_data_in_place_of_a_fresh_volume_is_refused(tmp_path: Path) -> N
     code, _, err = run(tmp_path, "one")
     assert code == 1
     assert "refusing to adopt data the CAS has never seen" in err
+
+
+def _crash_like_change(tmp_path: Path) -> None:
+    """What a crash after a flush leaves: the volume moved on, the CAS never heard of it."""
+    cas = Cas.open_embedded(tmp_path / "home" / "cas")
+    try:
+        key = cas.volume_key_for_owner("test/journal", "data", "local")
+    finally:
+        cas.close()
+    with Volume.open(tmp_path / "data", key) as volume, volume.open_file("/log/journal.txt", "a") as handle:
+        handle.write(b"entry written before the crash\n")
+
+
+def test_an_owner_accepts_a_volume_after_a_crash_but_not_a_damaged_one(tmp_path: Path) -> None:
+    assert run(tmp_path, "one")[0] == 0
+    _crash_like_change(tmp_path)
+    code, _, err = run(tmp_path, "two")
+    assert code == 1 and "is refused" in err
+
+    policy = str(tmp_path / "session.yaml")
+    home = {"VEIL_HOME": str(tmp_path / "home")}
+    accepted = veil("volume", "accept", "--policy", policy, "--volume", "data", env=home)
+    assert accepted.returncode == 0, accepted.stderr
+    code, out, err = run(tmp_path, "three")
+    assert code == 0, err
+    assert out == "entry one\nentry written before the crash\nentry three\n"
+    assert "volume.tag.accept" in veil("audit", "show", env=home).stdout
+
+    victim = next(
+        p for p in (tmp_path / "data" / "objects").rglob("*") if p.is_file() and p.stat().st_size > 50
+    )
+    data = bytearray(victim.read_bytes())
+    data[40] ^= 1
+    victim.write_bytes(bytes(data))
+    refused = veil("volume", "accept", "--policy", policy, "--volume", "data", env=home)
+    assert refused.returncode == 1 and "cannot be accepted" in refused.stderr

@@ -249,6 +249,37 @@ class Cas:
         tag = found[1]["tag"]
         return None if tag is None else str(tag)
 
+    def volume_key_for_owner(self, session_name: str, volume: str, caller: str) -> bytes:
+        """The key of a volume, for an owner who may update the session (recovery only)."""
+        record = self.get_session(session_name, caller)
+        if not _may(record.session.access_policy.update, caller, record.creator):
+            raise AccessDenied(f"you may not manage the volumes of session '{session_name}'")
+        found = self.records.get(_VOLUME, f"{session_name}#{volume}")
+        if found is None:
+            raise CasError(f"session '{session_name}' has no volume '{volume}'")
+        return base64.b64decode(found[1]["key"])
+
+    def accept_volume_tag(self, session_name: str, volume: str, tag: str, caller: str, reason: str) -> None:
+        """An owner accepts a volume's current state (after a crash): its tag becomes the
+        expected one. Audited with the tag it replaces."""
+        self.volume_key_for_owner(session_name, volume, caller)
+        key = f"{session_name}#{volume}"
+        with self.records.store.transaction():
+            found = self.records.get(_VOLUME, key)
+            assert found is not None
+            version, stored = found
+            self.records.put(_VOLUME, key, {**stored, "tag": tag}, version)
+            self.audit.append(
+                "volume.tag.accept",
+                self.sim_mode,
+                session=session_name,
+                volume=volume,
+                previous=stored["tag"],
+                tag=tag,
+                owner=caller,
+                reason=reason,
+            )
+
     def _bundle_volumes(self, session: Session, service: Service) -> list[BundleVolume]:
         volumes = []
         for used in service.volumes:

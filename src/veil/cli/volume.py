@@ -8,6 +8,9 @@ from pathlib import Path
 import click
 
 from veil.cli.output import emit_json, note
+from veil.cli.run import default_home
+from veil.policy import load_session_file
+from veil.runtime.run import EMBEDDED_OWNER, EmbeddedHome
 from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
 from veil.volume.mount import serve
 from veil.volume.volume import DEFAULT_CHUNK
@@ -211,3 +214,49 @@ def mount(directory: Path, mountpoint: Path, key_file: Path, tag: str | None, fo
 def unmount(mountpoint: Path) -> None:
     """Flush and unmount; print the volume's new tag as the last line."""
     click.echo(daemon.stop(mountpoint))
+
+
+@volume.command()
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The session file that defines the volume.",
+)
+@click.option("--volume", "name", required=True, help="The volume's name in the session.")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data directory of the embedded CAS [default: $VEIL_HOME or ./.veil].",
+)
+@click.option(
+    "--reason", default="accepted after a crash", show_default=True, help="Recorded in the audit log."
+)
+def accept(policy: Path, name: str, home: Path | None, reason: str) -> None:
+    """Accept a volume's current state as fresh (after a crash left it newer than the CAS's tag).
+
+    Every chunk is verified with the key the CAS holds first; a damaged volume is refused.
+    Only an owner who may update the session can do this, and it is audited.
+    """
+    session, _ = load_session_file(policy)
+    paths = {v.path for s in session.services for v in s.volumes if v.name == name}
+    if len(paths) != 1:
+        raise click.UsageError(
+            f"volume '{name}' must be used at exactly one path in {policy} (found {len(paths)})"
+        )
+    storage = Path(paths.pop())
+    cas, _ = EmbeddedHome(home or default_home()).open()
+    try:
+        key = cas.volume_key_for_owner(session.name, name, EMBEDDED_OWNER)
+        previous = cas.volume_tag(session.name, name)
+        tag, problems = verify_volume(storage, key)
+        if problems:
+            for problem in problems:
+                click.echo(f"{problem.path}: {problem.reason}", err=True)
+            raise VolumeError(f"volume '{name}' at {storage} is damaged; it cannot be accepted")
+        cas.accept_volume_tag(session.name, name, tag, EMBEDDED_OWNER, reason)
+    finally:
+        cas.close()
+    note(f"volume '{name}': tag {str(previous)[:16]}… replaced by {tag[:16]}… (audited)")
+    click.echo(tag)
