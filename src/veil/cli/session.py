@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from veil.cli.output import emit_json
-from veil.policy import PolicyError, load_session_file, session_hash
+from veil.policy import PolicyError, Session, load_session_file, session_hash
 
 
 @click.group()
@@ -68,3 +68,16 @@ def hash_(file: Path, as_json: bool) -> None:
         emit_json({"name": parsed.name, "hash": digest})
     else:
         click.echo(digest)
+
+
+@session.command()
+def schema() -> None:
+    """Print the JSON Schema of the session language (for editors and CI checks).
+
+    It is generated from the same model that validates sessions, so it cannot drift.
+    """
+    document = Session.model_json_schema(mode="validation")
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["$id"] = "https://veil.dev/schemas/session-v1.json"
+    document["title"] = "veil session, language version 1"
+    emit_json(document)

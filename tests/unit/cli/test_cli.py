@@ -4,6 +4,9 @@ import json
 import sqlite3
 from pathlib import Path
 
+import jsonschema
+import yaml
+
 from tests.conftest import PYTHON, SHOW, session_yaml, veil
 
 
@@ -84,3 +87,17 @@ def test_help_explains_every_command() -> None:
         result = veil(*command)
         assert result.returncode == 0
         assert "Usage:" in result.stdout
+
+
+def test_session_schema_is_json_schema_that_accepts_a_valid_session_and_rejects_unknown_keys(
+    tmp_path: Path,
+) -> None:
+    result = veil("session", "schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    good = yaml.safe_load(session_yaml())
+    assert list(validator.iter_errors(good)) == []
+    bad = dict(good, bogus=1)
+    assert any("bogus" in e.message for e in validator.iter_errors(bad))
