@@ -1,13 +1,11 @@
 """Building a service's configuration bundle: the policy with its secrets substituted."""
 
-from collections.abc import Callable
-
-from veil.policy import Service, substitute, substitute_text
+from veil.policy import SecretRenderer, Service, substitute, substitute_text
 from veil.protocol import BundleFile, ConfigurationBundle
 
 
 def build_bundle(
-    session_name: str, session_hash: str, service: Service, secret: Callable[[str], bytes]
+    session_name: str, session_hash: str, service: Service, secret: SecretRenderer
 ) -> ConfigurationBundle:
     where = f"service '{service.name}'"
     argv = [substitute_text(a, secret, f"{where} command[{i}]") for i, a in enumerate(service.command)]

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.cas.audit import AuditLog
 from veil.cas.bundle import build_bundle
+from veil.cas.certificate_secrets import certificate_order, issue_for, new_private_key, renderer
 from veil.cas.errors import (
     AccessDenied,
     CasError,
@@ -37,7 +38,7 @@ from veil.crypto.certs import check_valid_at, load_pem_chain, verify_ecdsa, veri
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
 from veil.errors import VeilError
-from veil.policy import Service, Session, SimAttestation, parse_session, session_hash
+from veil.policy import SecretRenderer, Service, Session, SimAttestation, parse_session, session_hash
 from veil.protocol import (
     AttestationGrant,
     AttestationRefused,
@@ -192,7 +193,7 @@ class Cas:
                 )
             record = SessionRecord(session.name, digest, text, current.creator, current.revision + 1, session)
             self._store_session(record, version)
-            self._sync_secrets(session)
+            self._sync_secrets(session, updating=True)
             self._sync_volumes(session)
             self.audit.append(
                 "session.update",
@@ -214,24 +215,57 @@ class Cas:
         self.records.put(_SESSION, record.name, value, expected_version)
         self.records.put(_VERSION, f"{record.name}@{record.hash}", {**value, "time": int(time.time())}, None)
 
-    def _sync_secrets(self, session: Session) -> None:
-        """Generate new or changed secrets; keep unchanged ones; drop removed ones."""
+    def _sync_secrets(self, session: Session, updating: bool = False) -> None:
+        """Generate new or changed values; keep unchanged ones (private keys only with
+        ``migrate``); issue every certificate again; drop removed secrets."""
         prefix = f"{session.name}#"
         wanted = {d.name: d for d in session.secrets}
         for key in self.records.keys(_SECRET, prefix):
             if key[len(prefix) :] not in wanted:
                 self.records.delete(_SECRET, key)
+        values: dict[str, dict[str, object]] = {}
         for name, definition in wanted.items():
+            if definition.kind in ("x509", "x509-ca"):
+                continue
             key = prefix + name
             fingerprint = definition_fingerprint(definition)
             existing = self.records.get(_SECRET, key)
-            if existing and existing[1]["fingerprint"] == fingerprint:
+            keep = existing is not None and existing[1]["fingerprint"] == fingerprint
+            if definition.kind == "private-key":
+                keep = keep and (not updating or bool(definition.migrate))
+            if keep and existing is not None:
+                values[name] = existing[1]
                 continue
-            value = {
-                "fingerprint": fingerprint,
-                "value": base64.b64encode(make_secret_value(definition)).decode(),
+            raw = (
+                new_private_key(definition)
+                if definition.kind == "private-key"
+                else make_secret_value(definition)
+            )
+            values[name] = {"fingerprint": fingerprint, "value": base64.b64encode(raw).decode()}
+            self.records.put(_SECRET, key, values[name], existing[0] if existing else None)
+        session_ca = self._session_ca(session.name)
+        for definition in certificate_order(session.secrets):
+            issued = {
+                "fingerprint": definition_fingerprint(definition),
+                **issue_for(definition, values, session_ca),
             }
-            self.records.put(_SECRET, key, value, existing[0] if existing else None)
+            values[definition.name] = issued
+            existing = self.records.get(_SECRET, prefix + definition.name)
+            self.records.put(_SECRET, prefix + definition.name, issued, existing[0] if existing else None)
+
+    def _secret_renderer(self, session: Session) -> SecretRenderer:
+        prefix = f"{session.name}#"
+        records = {}
+        for key in self.records.keys(_SECRET, prefix):
+            found = self.records.get(_SECRET, key)
+            if found:
+                records[key[len(prefix) :]] = found[1]
+        return renderer({d.name: d for d in session.secrets}, records)
+
+    def session_ca_pem(self, session_name: str, caller: str) -> str:
+        """The session CA's certificate, for whoever may read the session."""
+        self.get_session(session_name, caller)
+        return self._session_ca(session_name).certificate_pem
 
     def _sync_volumes(self, session: Session) -> None:
         """A key for every new volume. Keys are never dropped: data written under a key
@@ -556,8 +590,7 @@ class Cas:
             return _Decision(None, problem, facts)
         session_name = record.name
         instance_key = load_p256_public_key(request.instance_public_key_der)
-        secrets = self._secret_lookup(session_name)
-        bundle = build_bundle(session_name, record.hash, service, secrets.__getitem__)
+        bundle = build_bundle(session_name, record.hash, service, self._secret_renderer(record.session))
         bundle = dataclasses.replace(bundle, volumes=self._bundle_volumes(record.session, service))
         ciphertext = seal_to_key(
             bundle.to_bytes(), request.bundle_public_key, bundle_info(request.nonce, request.config_id)

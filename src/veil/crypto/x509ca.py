@@ -5,11 +5,12 @@ service name, for TLS hostname checks) and as a URI SAN ``veil://SESSION/SERVICE
 """
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -151,3 +152,84 @@ class CertificateAuthority:
 
 def certificate_fingerprint(cert: x509.Certificate) -> str:
     return sha256_hex(cert.public_bytes(Encoding.DER))
+
+
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+
+
+def generate_private_key(key_type: str) -> PrivateKey:
+    """P-256, P-384, Ed25519, RSA-2048 or RSA-3072."""
+    if key_type == "P-256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "P-384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "Ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if key_type in ("RSA-2048", "RSA-3072"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    raise CryptoError(f"unknown key type '{key_type}'")
+
+
+def private_key_der(key: PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+
+
+def load_private_key(der: bytes) -> PrivateKey:
+    key = load_der_private_key(der, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        raise CryptoError("unsupported private key type")
+    return key
+
+
+def issue_certificate(
+    issuer_key: PrivateKey,
+    issuer_certificate: x509.Certificate,
+    subject_key: PrivateKey,
+    common_name: str,
+    dns: list[str],
+    ips: list[str],
+    usage: list[str],
+    is_ca: bool,
+    valid_days: int,
+) -> x509.Certificate:
+    """A certificate for ``subject_key`` signed by the issuer (the session CA or a CA secret)."""
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer_certificate.subject)
+        .public_key(subject_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if is_ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    else:
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        purposes = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
+        builder = builder.add_extension(x509.ExtendedKeyUsage([purposes[u] for u in usage]), critical=False)
+    algorithm = None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(issuer_key, algorithm)

@@ -19,7 +19,13 @@ from veil.policy.model import (
     TdxAttestation,
     VolumeDefinition,
 )
-from veil.policy.placeholders import find_placeholders, substitute, substitute_text
+from veil.policy.placeholders import (
+    SecretRenderer,
+    find_placeholders,
+    substitute,
+    substitute_text,
+    value_renderer,
+)
 
 __all__ = [
     "AttestationEntry",
@@ -28,6 +34,7 @@ __all__ = [
     "PolicyProblem",
     "SecretDefinition",
     "SecretFormatError",
+    "SecretRenderer",
     "Service",
     "ServiceVolume",
     "Session",
@@ -43,5 +50,6 @@ __all__ = [
     "session_hash",
     "substitute",
     "substitute_text",
+    "value_renderer",
     "with_predecessor",
 ]

@@ -5,6 +5,7 @@ single values lives here; rules that span the document (secret references, uniqu
 live in ``veil.policy.rules``.
 """
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -314,14 +315,37 @@ class Service(StrictModel):
         return value
 
 
+KEY_TYPES = ("P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072")
+CERTIFICATE_KINDS = ("x509", "x509-ca")
+_KIND_FIELDS = {
+    "ascii": {"size", "value", "encoding"},
+    "binary": {"size", "value", "encoding"},
+    "private-key": {"key_type", "migrate"},
+    "x509": {"private_key", "issuer", "common_name", "dns", "ip", "usage", "valid_days"},
+    "x509-ca": {"private_key", "issuer", "common_name", "valid_days"},
+}
+_OPTIONAL_FIELDS = set().union(*_KIND_FIELDS.values())
+
+
 class SecretDefinition(StrictModel):
-    """A secret the CAS generates (``size``) or holds as given (``value``)."""
+    """A secret the CAS generates or holds: ascii / binary values (``size`` or ``value``),
+    private keys, and X.509 certificates and CAs issued by the session CA or a session CA secret."""
 
     name: str
-    kind: Literal["ascii", "binary"]
+    kind: Literal["ascii", "binary", "private-key", "x509", "x509-ca"]
     size: Annotated[int, Field(ge=1, le=65536)] | None = None
     value: str | None = None
     encoding: Literal["utf-8", "hex", "base64"] | None = None
+    key_type: Literal["P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072"] | None = None
+    #: private keys: keep the key when the session is updated (otherwise a new key is made)
+    migrate: bool | None = None
+    private_key: str | None = None
+    issuer: str | None = None
+    common_name: str | None = None
+    dns: list[str] | None = None
+    ip: list[str] | None = None
+    usage: list[Literal["server", "client"]] | None = None
+    valid_days: Annotated[int, Field(ge=1, le=3650)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -335,8 +359,27 @@ class SecretDefinition(StrictModel):
     def _value(cls, value: Any) -> Any:
         return _scalar_to_text(value, "a secret value")
 
+    @field_validator("ip")
+    @classmethod
+    def _ips(cls, value: list[str] | None) -> list[str] | None:
+        for address in value or []:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"'{address}' is not an IP address") from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "SecretDefinition":
+        misplaced = sorted(
+            f for f in _OPTIONAL_FIELDS - _KIND_FIELDS[self.kind] if getattr(self, f) is not None
+        )
+        if misplaced:
+            raise ValueError(
+                f"{', '.join(repr(f) for f in misplaced)} does not apply to a {self.kind} secret"
+            )
+        if self.kind in CERTIFICATE_KINDS and self.private_key is None:
+            raise ValueError(f"a {self.kind} secret names its key: private_key: <a private-key secret>")
         if self.value is not None and self.size is not None:
             raise ValueError("give either 'size' (generated) or 'value' (explicit), not both")
         if self.value is None and self.encoding is not None:
@@ -354,6 +397,22 @@ class SecretDefinition(StrictModel):
     @property
     def generated_size(self) -> int:
         return self.size if self.size is not None else 32
+
+    @property
+    def effective_key_type(self) -> str:
+        return self.key_type or "P-256"
+
+    @property
+    def effective_issuer(self) -> str:
+        return self.issuer or "session-ca"
+
+    @property
+    def effective_usage(self) -> list[str]:
+        return list(self.usage) if self.usage else ["server", "client"]
+
+    @property
+    def effective_valid_days(self) -> int:
+        return self.valid_days or (3650 if self.kind == "x509-ca" else 365)
 
 
 class AccessPolicy(StrictModel):

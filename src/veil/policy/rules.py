@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from veil.policy.errors import PolicyProblem
 from veil.policy.model import Network, Session
-from veil.policy.placeholders import FORMATS, find_placeholders, malformed_placeholder_at
+from veil.policy.placeholders import BINARY_FORMATS, KIND_FORMATS, find_placeholders, malformed_placeholder_at
 from veil.policy.yamlsource import Path, YamlDocument
 
 
@@ -57,6 +57,47 @@ def _network_problems(s_index: int, network: Network, doc: YamlDocument) -> list
     return problems
 
 
+def _text_formats(kind: str) -> str:
+    return ", ".join(f for f in KIND_FORMATS[kind] if (kind, f) not in BINARY_FORMATS)
+
+
+def _certificate_problems(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    """Certificates name an existing private key and an existing CA, without cycles."""
+    problems: list[PolicyProblem] = []
+    kinds = {s.name: s.kind for s in session.secrets}
+    issuers = {s.name: s.effective_issuer for s in session.secrets if s.kind == "x509-ca"}
+    for index, secret in enumerate(session.secrets):
+        if secret.private_key is not None and kinds.get(secret.private_key) != "private-key":
+            problems.append(
+                doc.problem(
+                    ("secrets", index, "private_key"),
+                    f"'{secret.private_key}' is not a private-key secret of this session",
+                )
+            )
+        if secret.kind in ("x509", "x509-ca"):
+            issuer = secret.effective_issuer
+            if issuer != "session-ca" and kinds.get(issuer) != "x509-ca":
+                problems.append(
+                    doc.problem(
+                        ("secrets", index, "issuer"),
+                        f"issuer '{issuer}' is neither session-ca nor an x509-ca secret",
+                        "use session-ca, or the name of an x509-ca secret",
+                    )
+                )
+            seen = {secret.name}
+            while issuer in issuers:
+                if issuer in seen:
+                    problems.append(
+                        doc.problem(
+                            ("secrets", index, "issuer"), f"CA secrets issue each other in a cycle ({issuer})"
+                        )
+                    )
+                    break
+                seen.add(issuer)
+                issuer = issuers[issuer]
+    return problems
+
+
 def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
     problems: list[PolicyProblem] = []
     for index in _duplicates([s.name for s in session.services]):
@@ -99,6 +140,7 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
             paths.add(used.path)
     for s_index, service in enumerate(session.services):
         problems.extend(_network_problems(s_index, service.network, doc))
+    problems.extend(_certificate_problems(session, doc))
     known = {s.name: s for s in session.secrets}
     for path, text, must_be_text in _strings_with_text_context(session):
         if malformed_placeholder_at(text) is not None:
@@ -113,20 +155,23 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
                 hint = f"define it under 'secrets:'; known: {', '.join(sorted(known)) or 'none'}"
                 problems.append(doc.problem(path, f"unknown secret '{ph.name}'", hint))
                 continue
-            if ph.format not in FORMATS:
+            if ph.format_for(secret.kind) not in KIND_FORMATS[secret.kind]:
                 problems.append(
                     doc.problem(
                         path,
                         f"unknown format '{ph.format}' for secret '{ph.name}'",
-                        f"use one of {', '.join(FORMATS)}",
+                        f"a {secret.kind} secret is written as {', '.join(KIND_FORMATS[secret.kind])}",
                     )
                 )
-            elif must_be_text and ph.format == "raw" and secret.kind == "binary":
+            elif must_be_text and (secret.kind, ph.format_for(secret.kind)) in BINARY_FORMATS:
                 problems.append(
                     doc.problem(
                         path,
-                        f"binary secret '{ph.name}' cannot be placed raw in a command or environment",
-                        f"use $$VEIL::{ph.name}:hex$$ or $$VEIL::{ph.name}:base64$$",
+                        f"{secret.kind} secret '{ph.name}' cannot be placed {ph.format_for(secret.kind)} "
+                        "in a command or environment",
+                        f"use $$VEIL::{ph.name}:hex$$ or $$VEIL::{ph.name}:base64$$"
+                        if secret.kind == "binary"
+                        else f"use a text format ({_text_formats(secret.kind)}) or put it in a file",
                     )
                 )
     return problems
