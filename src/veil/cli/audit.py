@@ -6,15 +6,8 @@ from pathlib import Path
 import click
 
 from veil.cli.output import emit_json
-from veil.cli.run import default_home
+from veil.cli.run import default_home, home_option
 from veil.runtime.run import EmbeddedHome
-
-_home_option = click.option(
-    "--home",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Data directory of the embedded CAS [default: $VEIL_HOME or ./.veil].",
-)
 
 
 @click.group()
@@ -23,7 +16,7 @@ def audit() -> None:
 
 
 @audit.command()
-@_home_option
+@home_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(home: Path | None, as_json: bool) -> None:
     """Check that no audit entry was edited, reordered or removed (exit 1 if one was)."""
@@ -39,7 +32,7 @@ def verify(home: Path | None, as_json: bool) -> None:
 
 
 @audit.command()
-@_home_option
+@home_option
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def show(home: Path | None, as_json: bool) -> None:
     """Print the audit log, oldest first."""

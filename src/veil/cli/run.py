@@ -14,17 +14,20 @@ def default_home() -> Path:
     return Path(os.environ.get("VEIL_HOME", ".veil"))
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.option(
-    "--policy", "policy", type=click.Path(path_type=Path), required=True, help="The session file (YAML)."
-)
-@click.option("--service", "service", required=True, help="The service of the session to run.")
-@click.option(
+home_option = click.option(
     "--home",
     type=click.Path(path_type=Path),
     default=None,
     help="Data directory of the embedded CAS [default: $VEIL_HOME or ./.veil].",
 )
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--policy", "policy", type=click.Path(path_type=Path), required=True, help="The session file (YAML)."
+)
+@click.option("--service", "service", required=True, help="The service of the session to run.")
+@home_option
 @click.option("--quiet", "-q", is_flag=True, help="Do not report progress (the sim banner stays).")
 @click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context

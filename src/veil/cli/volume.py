@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from veil.cli.output import emit_json, note
-from veil.cli.run import default_home
+from veil.cli.run import default_home, home_option
 from veil.policy import load_session_file
 from veil.runtime.run import EMBEDDED_OWNER, EmbeddedHome
 from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
@@ -224,12 +224,7 @@ def unmount(mountpoint: Path) -> None:
     help="The session file that defines the volume.",
 )
 @click.option("--volume", "name", required=True, help="The volume's name in the session.")
-@click.option(
-    "--home",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Data directory of the embedded CAS [default: $VEIL_HOME or ./.veil].",
-)
+@home_option
 @click.option(
     "--reason", default="accepted after a crash", show_default=True, help="Recorded in the audit log."
 )
