@@ -6,6 +6,7 @@ knows about transport. Every change and every decision is written to the audit l
 
 import base64
 import dataclasses
+import functools
 import datetime as dt
 import os
 import time
@@ -81,6 +82,17 @@ class _Decision:
     details: dict[str, object]
 
 
+@functools.lru_cache(maxsize=512)
+def _parse_stored(text: str, name: str) -> Session:
+    """Stored sessions are immutable per text; parse each once (YAML parsing is slow)."""
+    return parse_session(text, f"stored session {name}")
+
+
+@functools.lru_cache(maxsize=512)
+def _ca_from_der(key_der: bytes, cert_der: bytes) -> CertificateAuthority:
+    return CertificateAuthority.from_der(key_der, cert_der)
+
+
 def _may(owners: list[str], caller: str, creator: str) -> bool:
     if "ANY" in owners:
         return True
@@ -124,7 +136,7 @@ class Cas:
         if found is None:
             return None
         version, raw = found
-        session = parse_session(raw["text"], f"stored session {name}")
+        session = _parse_stored(raw["text"], name)
         return version, SessionRecord(
             name, raw["hash"], raw["text"], raw["creator"], int(raw["revision"]), session
         )
@@ -419,9 +431,7 @@ class Cas:
         found = self.records.get(_CA, session_name)
         if found is None:
             raise CasError(f"session '{session_name}' has no CA")
-        return CertificateAuthority.from_der(
-            base64.b64decode(found[1]["key"]), base64.b64decode(found[1]["cert"])
-        )
+        return _ca_from_der(base64.b64decode(found[1]["key"]), base64.b64decode(found[1]["cert"]))
 
     # -- platforms --------------------------------------------------------------------
 
