@@ -7,7 +7,7 @@ sides compute the report_data binding with the same code.
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from veil.crypto import canonical_json, sha256, sha512
 from veil.errors import VeilError
@@ -15,6 +15,7 @@ from veil.errors import VeilError
 REPORT_DATA_DOMAIN = b"veil-report-data-v1\0"
 KEYS_DOMAIN = b"veil-runtime-keys-v1\0"
 BUNDLE_INFO_DOMAIN = b"veil-bundle-v1\0"
+CAS_IDENTITY_DOMAIN = b"veil-cas-identity-v1\0"
 NONCE_LEN = 32
 
 
@@ -28,6 +29,27 @@ class AttestationRefused(VeilError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"attestation refused: {reason}")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(value: object, what: str) -> bytes:
+    """Strict base64 of a wire field; a ProtocolError naming the field otherwise."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ProtocolError(f"{what} is not valid base64") from None
+
+
+def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
+    value = raw.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"field '{name}' is missing or not a {kind.__name__}")
+    return value
 
 
 def _lp(data: bytes) -> bytes:
@@ -44,6 +66,16 @@ def expected_report_data(nonce: bytes, key_digest: bytes, workload_digest: bytes
     if len(nonce) != NONCE_LEN or len(key_digest) != 32 or len(workload_digest) != 32:
         raise ProtocolError("report_data inputs have the wrong length")
     return sha512(REPORT_DATA_DOMAIN + nonce + key_digest + workload_digest)
+
+
+def cas_report_data(nonce: bytes, identity_digest: str, measurement: str) -> bytes:
+    """What a CAS's own evidence binds: the client's nonce, the CAS identity key and the
+    CAS software measurement (``veil cas attest``)."""
+    return expected_report_data(
+        nonce,
+        sha256(CAS_IDENTITY_DOMAIN + bytes.fromhex(identity_digest)),
+        bytes.fromhex(measurement.removeprefix("sha256:")),
+    )
 
 
 def bundle_info(nonce: bytes, config_id: str) -> bytes:
@@ -66,6 +98,12 @@ class Evidence:
     data: bytes
 
 
+class EvidenceSource(Protocol):
+    """A platform that produces evidence over 64 bytes of report_data."""
+
+    def collect(self, report_data: bytes, measurement: str) -> Evidence: ...
+
+
 @dataclass(frozen=True)
 class AttestationRequest:
     config_id: str
@@ -81,6 +119,30 @@ class AttestationRequest:
     def key_digest(self) -> bytes:
         return runtime_key_digest(self.instance_public_key_der, self.bundle_public_key)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config_id": self.config_id,
+            "nonce": b64(self.nonce),
+            "evidence": {"platform": self.evidence.platform, "data": b64(self.evidence.data)},
+            "instance_public_key": b64(self.instance_public_key_der),
+            "bundle_public_key": b64(self.bundle_public_key),
+            "workload": self.workload,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "AttestationRequest":
+        evidence = _field(raw, "evidence", dict)
+        return cls(
+            config_id=_field(raw, "config_id", str),
+            nonce=unb64(raw.get("nonce"), "nonce"),
+            evidence=Evidence(
+                _field(evidence, "platform", str), unb64(evidence.get("data"), "evidence.data")
+            ),
+            instance_public_key_der=unb64(raw.get("instance_public_key"), "instance_public_key"),
+            bundle_public_key=unb64(raw.get("bundle_public_key"), "bundle_public_key"),
+            workload=str(raw.get("workload", "")),
+        )
+
 
 @dataclass(frozen=True)
 class AttestationGrant:
@@ -88,6 +150,23 @@ class AttestationGrant:
     instance_certificate_pem: str
     session_ca_pem: str
     sim: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bundle": b64(self.bundle_ciphertext),
+            "instance_certificate": self.instance_certificate_pem,
+            "session_ca": self.session_ca_pem,
+            "sim": self.sim,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "AttestationGrant":
+        return cls(
+            bundle_ciphertext=unb64(raw.get("bundle"), "bundle"),
+            instance_certificate_pem=_field(raw, "instance_certificate", str),
+            session_ca_pem=_field(raw, "session_ca", str),
+            sim=_field(raw, "sim", bool),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +213,30 @@ class VolumeTagUpdate:
                 "previous": self.previous,
                 "tag": self.tag,
             }
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config_id": self.config_id,
+            "volume": self.volume,
+            "previous": self.previous,
+            "tag": self.tag,
+            "certificate": self.certificate_pem,
+            "signature": b64(self.signature),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "VolumeTagUpdate":
+        previous = raw.get("previous")
+        if previous is not None and not isinstance(previous, str):
+            raise ProtocolError("field 'previous' must be a string or null")
+        return cls(
+            config_id=_field(raw, "config_id", str),
+            volume=_field(raw, "volume", str),
+            previous=previous,
+            tag=_field(raw, "tag", str),
+            certificate_pem=_field(raw, "certificate", str),
+            signature=unb64(raw.get("signature"), "signature"),
         )
 
 

@@ -64,7 +64,7 @@ def issue_for(
     certificate = issue_certificate(
         issuer_key,
         issuer_cert,
-        subject_key,
+        subject_key.public_key(),
         definition.common_name or definition.name,
         definition.dns or [],
         definition.ip or [],

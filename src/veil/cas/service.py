@@ -6,8 +6,8 @@ knows about transport. Every change and every decision is written to the audit l
 
 import base64
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -149,6 +149,25 @@ class Cas:
         if not _may(record.session.access_policy.read, caller, record.creator):
             raise AccessDenied(f"you may not read session '{name}'")
         return record
+
+    def list_sessions(self, caller: str) -> list[str]:
+        """The names of the sessions ``caller`` may read."""
+        names = []
+        for name in self.records.keys(_SESSION):
+            found = self._record(name)
+            if found and _may(found[1].session.access_policy.read, caller, found[1].creator):
+                names.append(name)
+        return names
+
+    def launch_descriptor(self, config_id: str) -> tuple[list[str], str, str | None]:
+        """What a service runs, for a runtime to measure before it attests: the command as
+        written (placeholders not substituted, so no secret value), pwd and PATH."""
+        session_name, service_name = split_config_id(config_id)
+        found = self._record(session_name)
+        service = found[1].session.service(service_name) if found else None
+        if service is None:
+            raise SessionNotFound(f"no service '{config_id}'")
+        return list(service.command), service.pwd, service.environment.get("PATH")
 
     def session_hash_of(self, name: str) -> str | None:
         found = self._record(name)

@@ -1,12 +1,20 @@
-"""`veil audit ...`: read and verify the embedded CAS's audit log."""
+"""`veil audit ...`: read and verify the audit log of the embedded or a network CAS."""
 
 import datetime as dt
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from veil.cas.audit import verify_export
+from veil.cli.options import cas_url_option
 from veil.cli.output import emit_json
 from veil.cli.run import default_home, home_option
+from veil.client.config import ClientConfig
+from veil.client.http import OwnerClient
+from veil.crypto.certs import load_pem_chain, verify_ecdsa
 from veil.runtime.run import EmbeddedHome
 
 
@@ -15,20 +23,70 @@ def audit() -> None:
     """Read and verify the CAS audit log."""
 
 
+def _pinned_signature_check(cas_url: str | None) -> tuple[str, Callable[[bytes, bytes], bool]]:
+    config = ClientConfig.load()
+    url = config.resolve_url(cas_url)
+    key = load_pem_chain(config.pin(url).ca_certificate.encode())[0].public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise click.ClickException(f"the pinned identity of {url} is not an ECDSA key")
+    return url, lambda message, signature: verify_ecdsa(key, signature, message, "sha256")
+
+
 @audit.command()
 @home_option
+@cas_url_option
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Verify an exported log (veil audit export) against the pinned CAS identity.",
+)
+@click.option("--network", is_flag=True, help="Verify the log of the network CAS (--cas or the default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(home: Path | None, as_json: bool) -> None:
-    """Check that no audit entry was edited, reordered or removed (exit 1 if one was)."""
-    cas, _ = EmbeddedHome(home or default_home()).open()
-    try:
-        count = cas.audit.verify()
-    finally:
-        cas.close()
+def verify(
+    home: Path | None, cas_url: str | None, export_file: Path | None, network: bool, as_json: bool
+) -> None:
+    """Check that no audit entry was edited, reordered or removed (exit 1 if one was).
+
+    Without --cas/--network/--file: the embedded CAS under --home. With them: a network
+    CAS's export (fetched, or read from --file), whose head must be signed by the pinned
+    CAS identity key.
+    """
+    if cas_url is not None or network or export_file is not None:
+        url, signature_valid = _pinned_signature_check(cas_url)
+        if export_file is not None:
+            document = json.loads(export_file.read_text())
+        else:
+            document = OwnerClient(url, ClientConfig.load()).audit_export()
+        count = verify_export(document, signature_valid)
+    else:
+        cas, _ = EmbeddedHome(home or default_home()).open()
+        try:
+            count = cas.audit.verify()
+        finally:
+            cas.close()
     if as_json:
         emit_json({"verified": True, "entries": count})
     else:
         click.echo(f"audit log intact: {count} entries")
+
+
+@audit.command()
+@cas_url_option
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File [stdout]."
+)
+def export(cas_url: str | None, output: Path | None) -> None:
+    """Export a network CAS's audit log with its signed head (JSON), for offline checks."""
+    config = ClientConfig.load()
+    document = OwnerClient(config.resolve_url(cas_url), config).audit_export()
+    text = json.dumps(document, indent=1)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n")
+        click.echo(f"veil: wrote {len(document['entries'])} entries to {output}", err=True)
 
 
 @audit.command()

@@ -1,15 +1,18 @@
 """The `veil` command: subcommands, one-line errors, exit codes (0 ok, 1 refused, 2 usage)."""
 
 import logging
+import os
 import sys
 
 import click
 
 from veil import __version__
 from veil.cli.audit import audit
+from veil.cli.cas import cas
 from veil.cli.evidence import evidence
 from veil.cli.las import las
 from veil.cli.measure import measure
+from veil.cli.owner import owner
 from veil.cli.run import run
 from veil.cli.session import session
 from veil.cli.volume import volume
@@ -33,6 +36,8 @@ cli.add_command(audit)
 cli.add_command(evidence)
 cli.add_command(las)
 cli.add_command(volume)
+cli.add_command(cas)
+cli.add_command(owner)
 
 
 def main() -> None:
@@ -54,4 +59,9 @@ def main() -> None:
     except VeilError as exc:
         click.echo(f"veil: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("VEIL_DEBUG"):
+            raise
+        click.echo(f"veil: internal error: {type(exc).__name__}: {exc} (VEIL_DEBUG=1 shows where)", err=True)
+        sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -12,6 +12,12 @@ SIM_BANNER = (
 )
 
 
+NETWORK_SIM_BANNER = (
+    "veil: SIM MODE: no TEE protects this CAS or the programs it provisions (sim evidence, "
+    "master key in a plain file); root on their hosts can read every secret. For development only."
+)
+
+
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
@@ -20,6 +26,6 @@ def note(message: str) -> None:
     click.echo(f"veil: {message}", err=True)
 
 
-def sim_banner() -> None:
+def sim_banner(text: str = SIM_BANNER) -> None:
     tty = sys.stderr.isatty()
-    click.echo(click.style(SIM_BANNER, fg="yellow" if tty else None, bold=tty), err=True)
+    click.echo(click.style(text, fg="yellow" if tty else None, bold=tty), err=True)

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import click
 
-from veil.cli.output import note, sim_banner
-from veil.runtime.evidence_sources import resolve_mode
-from veil.runtime.run import EmbeddedHome, run_with_policy
+from veil.cli.output import NETWORK_SIM_BANNER, note, sim_banner
+from veil.client.config import ClientConfig
+from veil.client.http import HttpCasClient
+from veil.crypto import PlatformSigningKey
+from veil.las.client import LasClient
+from veil.protocol import EvidenceSource
+from veil.runtime.evidence_sources import evidence_source, resolve_mode
+from veil.runtime.run import EmbeddedHome, run_from_cas, run_with_policy
 
 
 def default_home() -> Path:
@@ -23,40 +28,76 @@ home_option = click.option(
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--policy", "policy", type=click.Path(path_type=Path), help="Embedded CAS: the session file.")
+@click.option("--service", "service", help="Embedded CAS: the service of the session to run.")
+@click.option("--cas", "cas_url", default=None, help="Network CAS URL [default: $VEIL_CAS_ADDR].")
 @click.option(
-    "--policy", "policy", type=click.Path(path_type=Path), required=True, help="The session file (YAML)."
+    "--config-id",
+    envvar="VEIL_CONFIG_ID",
+    default=None,
+    help="Network CAS: SESSION/SERVICE [$VEIL_CONFIG_ID].",
 )
-@click.option("--service", "service", required=True, help="The service of the session to run.")
 @home_option
 @click.option("--quiet", "-q", is_flag=True, help="Do not report progress (the sim banner stays).")
 @click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
     ctx: click.Context,
-    policy: Path,
-    service: str,
+    policy: Path | None,
+    service: str | None,
+    cas_url: str | None,
+    config_id: str | None,
     home: Path | None,
     quiet: bool,
     extra_args: tuple[str, ...],
 ) -> None:
-    """Attest and run SERVICE of the session in POLICY on the embedded CAS (sim mode).
+    """Attest and run a service: SERVICE of POLICY on the embedded CAS (sim mode), or
+    --config-id SESSION/SERVICE from a network CAS.
 
-    The session is registered (or updated) in the embedded CAS, the program is measured and
-    attested, and it starts with exactly the policy's arguments, environment, working
-    directory and injected files. veil stays as supervisor: signals are forwarded and its
-    exit code is the program's (128+N if a signal ended it).
+    Embedded: the session is registered (or updated) in the embedded CAS under --home.
+    Network: the CAS must be pinned (`veil cas attest URL`, or VEIL_CAS_CA=FILE holding its
+    CA certificate); the runtime measures the command the CAS names for the service.
 
-    Arguments after `--` are appended only if the service sets allow_extra_args.
+    The program starts with exactly the policy's arguments, environment, working directory,
+    injected files, volumes and shields. veil stays as supervisor: signals are forwarded
+    and its exit code is the program's (128+N if a signal ended it). Arguments after `--`
+    are appended only if the service sets allow_extra_args.
 
-    VEIL_MODE chooses the evidence: sim (default), hw (this machine's TEE: configfs-tsm,
-    /dev/sev-guest or Gramine's /dev/attestation), auto (hw if present, else sim).
+    VEIL_MODE chooses the evidence: sim (default; a LAS at VEIL_LAS_ADDR, else the platform
+    key under --home), hw (this machine's TEE: configfs-tsm, /dev/sev-guest or Gramine's
+    /dev/attestation), auto (hw if present, else sim).
     """
     mode = resolve_mode(os.environ.get("VEIL_MODE", "sim"))
-    sim_banner()
     report = (lambda _m: None) if quiet else note
-    if mode == "hw":
-        report("evidence from this machine's TEE (VEIL_MODE); the embedded CAS itself is not protected")
-    code = run_with_policy(
-        policy, service, list(extra_args), EmbeddedHome(home or default_home()), report, mode=mode
-    )
-    ctx.exit(code)
+    if policy is not None:
+        if service is None or config_id is not None or cas_url is not None:
+            raise click.UsageError("--policy goes with --service (embedded CAS), not with --cas/--config-id")
+        sim_banner()
+        if mode == "hw":
+            report("evidence from this machine's TEE (VEIL_MODE); the embedded CAS itself is not protected")
+        code = run_with_policy(
+            policy, service, list(extra_args), EmbeddedHome(home or default_home()), report, mode=mode
+        )
+        ctx.exit(code)
+    if config_id is None:
+        raise click.UsageError(
+            "give --policy FILE --service NAME, or --config-id SESSION/SERVICE (network CAS)"
+        )
+    config = ClientConfig.load()
+    url = config.resolve_url(cas_url)
+    pinned_ca = os.environ.get("VEIL_CAS_CA")
+    client = HttpCasClient.pinned(url, config, Path(pinned_ca).read_text() if pinned_ca else None)
+    if mode == "sim":
+        sim_banner(NETWORK_SIM_BANNER)
+        las = os.environ.get("VEIL_LAS_ADDR")
+        evidence: EvidenceSource = (
+            LasClient(las)
+            if las
+            else evidence_source(
+                "sim",
+                PlatformSigningKey.load_or_create(EmbeddedHome(home or default_home()).platform_key_file),
+            )
+        )
+    else:
+        evidence = evidence_source("hw", PlatformSigningKey.generate())
+    ctx.exit(run_from_cas(client, config_id, evidence, list(extra_args), report))

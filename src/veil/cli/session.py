@@ -1,11 +1,15 @@
-"""`veil session ...`: check and hash session files."""
+"""`veil session ...`: check and hash session files; create, update and read them on a CAS."""
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from veil.cli.output import emit_json
-from veil.policy import PolicyError, Session, load_session_file, session_hash
+from veil.cli.options import cas_url_option
+from veil.cli.output import emit_json, note
+from veil.client.config import ClientConfig
+from veil.client.http import OwnerClient
+from veil.policy import PolicyError, Session, load_session_file, session_hash, with_predecessor
 
 
 @click.group()
@@ -81,3 +85,74 @@ def schema() -> None:
     document["$id"] = "https://veil.dev/schemas/session-v1.json"
     document["title"] = "veil session, language version 1"
     emit_json(document)
+
+
+def _owner_client(cas_url: str | None) -> OwnerClient:
+    config = ClientConfig.load()
+    return OwnerClient(config.resolve_url(cas_url), config)
+
+
+def _say_stored(result: dict[str, Any], verb: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"{verb} session {result['name']} revision {result['revision']}: {result['hash']}")
+    if result.get("sim"):
+        note("the CAS runs in sim mode: it protects nothing (development only)")
+
+
+@session.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the stored session's identity as JSON.")
+def create(file: Path, cas_url: str | None, as_json: bool) -> None:
+    """Create the session in FILE on the CAS; you become its creator (owner)."""
+    load_session_file(file)  # report every problem locally, with positions, first
+    _say_stored(_owner_client(cas_url).create_session(file.read_text()), "created", as_json)
+
+
+@session.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the stored session's identity as JSON.")
+def update(file: Path, cas_url: str | None, as_json: bool) -> None:
+    """Update a session on the CAS to FILE.
+
+    FILE names the hash it replaces as `predecessor`; without one, the CAS's current hash
+    is filled in (so a change made meanwhile by someone else is overwritten only if you
+    read it first; name the predecessor to be safe).
+    """
+    parsed, text = load_session_file(file)
+    client = _owner_client(cas_url)
+    if parsed.predecessor is None:
+        current = str(client.get_session(parsed.name)["hash"])
+        text = with_predecessor(text, current)
+    _say_stored(client.update_session(text), "updated", as_json)
+
+
+@session.command()
+@click.argument("name")
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print hash, revision, creator, text and CA as JSON.")
+def show(name: str, cas_url: str | None, as_json: bool) -> None:
+    """Print the stored session NAME (if its access policy lets you read it)."""
+    result = _owner_client(cas_url).get_session(name)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"# session {result['name']} revision {result['revision']} hash {result['hash']}")
+    click.echo(f"# creator {result['creator']}")
+    click.echo(str(result["text"]).rstrip("\n"))
+
+
+@session.command("list")
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the names as JSON.")
+def list_(cas_url: str | None, as_json: bool) -> None:
+    """List the sessions on the CAS that you may read."""
+    names = _owner_client(cas_url).list_sessions()
+    if as_json:
+        emit_json(names)
+    else:
+        for name in names:
+            click.echo(name)

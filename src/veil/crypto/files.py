@@ -13,3 +13,11 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600) atomically: a reader sees the old or the new file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    write_private_file(temporary, data)
+    os.replace(temporary, path)

@@ -152,11 +152,17 @@ class CertificateAuthority:
         )
 
 
+def spki_sha256(key: "PublicKey") -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo DER, in hex (owner and CAS identities)."""
+    return sha256_hex(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
 def certificate_fingerprint(cert: x509.Certificate) -> str:
     return sha256_hex(cert.public_bytes(Encoding.DER))
 
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 
 def generate_private_key(key_type: str) -> PrivateKey:
@@ -186,7 +192,7 @@ def load_private_key(der: bytes) -> PrivateKey:
 def issue_certificate(
     issuer_key: PrivateKey,
     issuer_certificate: x509.Certificate,
-    subject_key: PrivateKey,
+    subject_key: PublicKey,
     common_name: str,
     dns: list[str],
     ips: list[str],
@@ -200,12 +206,12 @@ def issue_certificate(
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(issuer_certificate.subject)
-        .public_key(subject_key.public_key())
+        .public_key(subject_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,

@@ -6,7 +6,6 @@ are bound into the evidence's report_data together with the nonce and the worklo
 """
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -17,16 +16,12 @@ from veil.crypto.x509ca import public_key_der
 from veil.protocol import (
     AttestationRequest,
     ConfigurationBundle,
-    Evidence,
+    EvidenceSource,
     ProtocolError,
     bundle_info,
     expected_report_data,
     runtime_key_digest,
 )
-
-
-class EvidenceSource(Protocol):
-    def collect(self, report_data: bytes, measurement: str) -> Evidence: ...
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veil.crypto import PlatformSigningKey
-from veil.protocol import Evidence
-from veil.runtime.attest import EvidenceSource
+from veil.protocol import Evidence, EvidenceSource
 from veil.runtime.errors import RuntimeFailure
 from veil.tee import SimEvidenceSource
 from veil.tee.collect import GRAMINE_ATTESTATION, SEV_GUEST, TSM_REPORT, HardwareSource, hardware_source

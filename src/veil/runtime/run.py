@@ -1,8 +1,8 @@
-"""`veil run --policy FILE --service NAME`: the whole path on the embedded CAS (sim mode).
+"""`veil run`: on the embedded CAS (``--policy FILE --service NAME``, sim mode) or on a
+network CAS (``--cas URL --config-id SESSION/SERVICE``).
 
-Register or update the session, measure the program, attest, receive the bundle, start and
-supervise the program. The protocol runs through the same client interface the network CAS
-will use.
+Measure the program, attest, receive the bundle, mount volumes, start shields, supervise
+the program, push volume tags. Both paths use the same client interface.
 """
 
 from collections.abc import Callable
@@ -10,16 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veil.cas import Cas
-from veil.client import EmbeddedCasClient
+from veil.client import CasClient, EmbeddedCasClient
+from veil.client.http import HttpCasClient
 from veil.crypto import PlatformSigningKey
 from veil.policy import Session, load_session_file, parse_session, session_hash, with_predecessor
-from veil.runtime.attest import provision
+from veil.protocol import EvidenceSource
+from veil.runtime.attest import Provisioned, provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
 from veil.runtime.network import start_shields
 from veil.runtime.supervisor import LaunchSpec, supervise
 from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
+from veil.tee.measure import Measurement
 
 #: The owner identity of whoever runs the embedded CAS on this machine.
 EMBEDDED_OWNER = "local"
@@ -101,25 +104,58 @@ def run_with_policy(
         provisioned = provision(
             client, evidence_source(mode, platform_key), f"{session.name}/{service.name}", measurement.value
         )
-        bundle = provisioned.bundle
-        report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
-        active = mount_volumes(client, provisioned, report)
-        shields = None
-        try:
-            shields = start_shields(provisioned, report)
-            code = supervise(
-                LaunchSpec(
-                    executable=measurement.executable,
-                    argv=[*bundle.argv, *extra_args],
-                    environment=bundle.environment,
-                    pwd=bundle.pwd,
-                    files=bundle.files,
-                )
-            )
-        finally:
-            if shields is not None:
-                shields.stop()
-            unmount_volumes(client, provisioned, active, report)
-        return code
+        return run_provisioned(client, provisioned, measurement, extra_args, report)
     finally:
         cas.close()
+
+
+def run_from_cas(
+    client: HttpCasClient,
+    config_id: str,
+    evidence: EvidenceSource,
+    extra_args: list[str],
+    report: Callable[[str], None],
+) -> int:
+    """``veil run --cas URL --config-id SESSION/SERVICE``: the service as the CAS defines it.
+
+    The runtime measures the command the CAS names for the service (its template, without
+    secret values), attests with that measurement and executes exactly the measured file.
+    """
+    launch = client.launch(config_id)
+    measurement = measure_command(launch.command, launch.pwd, launch.path)
+    provisioned = provision(client, evidence, config_id, measurement.value)
+    if extra_args and not provisioned.bundle.allow_extra_args:
+        raise RuntimeFailure(
+            f"service '{config_id}' does not accept extra arguments; they would not be attested "
+            "(set allow_extra_args: true to allow them)"
+        )
+    return run_provisioned(client, provisioned, measurement, extra_args, report)
+
+
+def run_provisioned(
+    client: CasClient,
+    provisioned: Provisioned,
+    measurement: Measurement,
+    extra_args: list[str],
+    report: Callable[[str], None],
+) -> int:
+    """Mount volumes, start shields, supervise the program, then stop and push tags."""
+    bundle = provisioned.bundle
+    report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
+    active = mount_volumes(client, provisioned, report)
+    shields = None
+    try:
+        shields = start_shields(provisioned, report)
+        return supervise(
+            LaunchSpec(
+                executable=measurement.executable,
+                argv=[*bundle.argv, *extra_args],
+                environment=bundle.environment,
+                pwd=bundle.pwd,
+                files=bundle.files,
+            )
+        )
+    finally:
+        if shields is not None:
+            shields.stop()
+        unmount_volumes(client, provisioned, active, report)

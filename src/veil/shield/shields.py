@@ -2,12 +2,13 @@
 
 import asyncio
 import contextlib
-import os
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from veil.crypto import tls
+from veil.crypto.tls import load_chain_in_memory
 from veil.errors import VeilError
 from veil.policy.model import Network, ShieldClient, ShieldServer
 
@@ -27,24 +28,18 @@ class TlsIdentity:
     ca_pem: bytes
 
     def _load(self, context: ssl.SSLContext) -> None:
-        # The stdlib loads keys from files only; a memfd keeps the key off every disk.
-        fd = os.memfd_create("veil-instance-key", os.MFD_CLOEXEC)
-        try:
-            os.write(fd, self.key_pem + self.certificate_pem)
-            context.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
+        load_chain_in_memory(context, self.certificate_pem, self.key_pem)
         context.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
-        context.minimum_version = ssl.TLSVersion.TLSv1_3
 
     def server_context(self, client_auth: str) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context = tls.server_context()
         self._load(context)
         context.verify_mode = ssl.CERT_REQUIRED if client_auth == "session-ca" else ssl.CERT_NONE
         return context
 
     def client_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
         self._load(context)
         return context
 

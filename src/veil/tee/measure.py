@@ -10,6 +10,7 @@ session and its hash), shared libraries, files the program opens later, the envi
 import hashlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +107,17 @@ def measure_command(argv: list[str], pwd: str = "/", search_path: str | None = N
     except OSError as exc:
         raise MeasurementError(f"cannot read a file to measure: {exc}") from None
     return Measurement(executable, tuple(covered))
+
+
+def measure_veil() -> str:
+    """The measurement of this veil installation (what a sim CAS reports about itself).
+
+    SHA-256 over the Python interpreter and every module of the ``veil`` package, by
+    relative path and content. On hardware the launch measurement covers the CAS instead.
+    """
+    package = Path(__file__).resolve().parents[1]
+    items = [{"path": "python", "sha256": _file_sha256(os.path.realpath(sys.executable))}]
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".yaml", ".pem"):
+            items.append({"path": str(path.relative_to(package)), "sha256": _file_sha256(str(path))})
+    return "sha256:" + sha256(b"veil-installation-v1\n" + canonical_json(items)).hex()

@@ -1,0 +1,154 @@
+"""The CAS's own identity: a P-256 key and a self-signed CA certificate.
+
+The CA certificate is what clients pin (``veil cas attest``). The key signs the CAS's TLS
+server certificate, the owner certificates it issues on enrolment, and audit log heads.
+In sim mode the key is a 0600 file in the data directory, like the master key.
+"""
+
+import datetime as dt
+import ipaddress
+import ssl
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from veil.cas.errors import CasError, MasterKeyError
+from veil.crypto import tls
+from veil.crypto.files import write_private_file
+from veil.crypto.tls import load_chain_in_memory
+from veil.crypto.x509ca import CertificateAuthority, PublicKey, spki_sha256
+
+SERVER_VALIDITY = dt.timedelta(days=90)
+OWNER_VALIDITY = dt.timedelta(days=365)
+_SKEW = dt.timedelta(minutes=5)
+
+
+class EnrolmentRefused(CasError):
+    """An owner certificate request is malformed or its signature does not verify."""
+
+
+def owner_id(public_key: PublicKey) -> str:
+    """An owner is the SHA-256 of its public key (SubjectPublicKeyInfo DER), in hex."""
+    return spki_sha256(public_key)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class CasIdentity:
+    ca: CertificateAuthority = field(repr=False)
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> "CasIdentity":
+        key_file, cert_file = data_dir / "identity.key", data_dir / "identity.crt"
+        if key_file.exists():
+            mode = stat.S_IMODE(key_file.stat().st_mode)
+            if mode & 0o077:
+                raise MasterKeyError(
+                    f"{key_file} is readable by others (mode {mode:04o}); run: chmod 600 {key_file}"
+                )
+            key = load_pem_private_key(key_file.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise MasterKeyError(f"{key_file} does not hold an ECDSA key")
+            return cls(CertificateAuthority(key, x509.load_pem_x509_certificate(cert_file.read_bytes())))
+        ca = CertificateAuthority.create("veil CAS")
+        write_private_file(key_file, ca.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        cert_file.write_bytes(ca.certificate.public_bytes(Encoding.PEM))
+        return cls(ca)
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.ca.certificate_pem
+
+    @property
+    def digest(self) -> str:
+        return spki_sha256(self.ca.key.public_key())
+
+    def sign(self, message: bytes) -> bytes:
+        return self.ca.key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def _issue(
+        self,
+        subject: x509.Name,
+        public_key: PublicKey,
+        validity: dt.timedelta,
+        purpose: x509.ObjectIdentifier,
+        names: list[x509.GeneralName],
+    ) -> x509.Certificate:
+        now = _now()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.ca.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _SKEW)
+            .not_valid_after(now + validity)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(self.ca.key, hashes.SHA256())
+
+    def server_context(self, host_names: list[str]) -> ssl.SSLContext:
+        """TLS 1.3 server context with a fresh server certificate for ``host_names``.
+
+        Client certificates are optional at the TLS layer (runtimes have none); when one
+        is sent it must be an owner certificate this CAS issued.
+        """
+        names: list[x509.GeneralName] = []
+        for name in dict.fromkeys(host_names):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                names.append(x509.DNSName(name))
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veil CAS server")])
+        cert = self._issue(subject, key.public_key(), SERVER_VALIDITY, ExtendedKeyUsageOID.SERVER_AUTH, names)
+        context = tls.server_context()
+        load_chain_in_memory(
+            context,
+            cert.public_bytes(Encoding.PEM) + self.certificate_pem.encode(),
+            key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+        )
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cadata=self.certificate_pem)
+        return context
+
+    def issue_owner_certificate(self, csr_pem: str) -> tuple[str, str]:
+        """Enrol an owner: a client certificate for the key of a signed CSR.
+
+        The CSR's signature proves possession of the key; the owner is the key's hash. The
+        certificate only makes the key presentable in TLS; it grants nothing by itself.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+            valid = csr.is_signature_valid
+            public_key = csr.public_key()
+        except (ValueError, InvalidSignature, TypeError):
+            raise EnrolmentRefused("the certificate request does not parse (PEM CSR expected)") from None
+        if not valid:
+            raise EnrolmentRefused("the certificate request's signature does not verify")
+        if not isinstance(
+            public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+        ):
+            raise EnrolmentRefused("owner keys must be ECDSA, Ed25519 or RSA")
+        owner = owner_id(public_key)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, owner)])
+        cert = self._issue(subject, public_key, OWNER_VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        return owner, cert.public_bytes(Encoding.PEM).decode("ascii")

@@ -1,0 +1,315 @@
+"""HTTP handlers of the network CAS (docs/cas-api.md, openapi.yaml): thin, over ``Cas``.
+
+Each handler parses JSON, calls one use case and maps its result or error to a response.
+Owner endpoints need a client certificate the CAS issued (POST /v1/owners); the owner is
+the hash of that certificate's public key. Runtime endpoints need no TLS client identity:
+evidence and instance-key signatures authenticate them.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+from aiohttp import web
+from cryptography import x509
+
+from veil import __version__
+from veil.cas.errors import AccessDenied, Conflict, PredecessorMismatch, SessionNotFound, VolumeTagRefused
+from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_id
+from veil.cas.server.metrics import CasMetrics
+from veil.cas.service import Cas
+from veil.errors import VeilError
+from veil.policy import PolicyError
+from veil.protocol import (
+    NONCE_LEN,
+    AttestationRefused,
+    AttestationRequest,
+    EvidenceSource,
+    ProtocolError,
+    VolumeTagUpdate,
+    b64,
+    cas_report_data,
+    unb64,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class CasSelf:
+    """What the CAS says about itself: identity, measurement, and how it proves them."""
+
+    identity: CasIdentity
+    measurement: str
+    evidence: EvidenceSource
+    #: sim only: the key that signs the CAS's own sim evidence (proves nothing but consistency)
+    platform_public_key: bytes | None
+
+
+class _Fail(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+
+
+def openapi_document() -> dict[str, Any]:
+    text = resources.files("veil.cas.server").joinpath("openapi.yaml").read_text()
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
+
+
+def _status_of(exc: VeilError) -> int:
+    if isinstance(exc, PolicyError):
+        return 422
+    if isinstance(exc, SessionNotFound):
+        return 404
+    if isinstance(exc, AccessDenied | AttestationRefused):
+        return 403
+    if isinstance(exc, Conflict | PredecessorMismatch | VolumeTagRefused):
+        return 409
+    return 400
+
+
+class CasApp:
+    def __init__(self, cas: Cas, me: CasSelf) -> None:
+        self.cas = cas
+        self.me = me
+        self.metrics = CasMetrics(lambda: len(cas.records.keys("session")), cas.sim_mode)
+        self._owners: dict[bytes, str] = {}
+        self._openapi = json.dumps(openapi_document()).encode()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=4 << 20)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/v1/openapi.json", self.openapi)
+        app.router.add_get("/v1/cas", self.cas_info)
+        app.router.add_post("/v1/cas/evidence", self.cas_evidence)
+        app.router.add_post("/v1/owners", self.enrol)
+        app.router.add_post("/v1/nonces", self.nonce)
+        app.router.add_get("/v1/launch", self.launch)
+        app.router.add_post("/v1/attest", self.attest)
+        app.router.add_post("/v1/volume-tags", self.volume_tag)
+        app.router.add_get("/v1/sessions", self.sessions_get)
+        app.router.add_post("/v1/sessions", self.session_create)
+        app.router.add_put("/v1/sessions", self.session_update)
+        app.router.add_post("/v1/platforms", self.platform_add)
+        app.router.add_get("/v1/audit", self.audit)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except _Fail as fail:
+            response = self._json(fail.body, fail.status)
+        except PolicyError as exc:
+            response = self._json(
+                {"error": "the session is not valid", "problems": [str(p) for p in exc.problems]}, 422
+            )
+        except VeilError as exc:
+            response = self._json({"error": str(exc)}, _status_of(exc))
+        except web.HTTPException as exc:
+            response = self._json({"error": exc.reason}, exc.status)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = self._json({"error": "internal error (see the CAS log)"}, 500)
+        if self.cas.sim_mode:
+            response.headers["Veil-Sim"] = "true"
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        self.metrics.requests.labels(name, str(response.status)).observe(time.perf_counter() - started)
+        return response
+
+    def _json(self, body: dict[str, Any], status: int = 200) -> web.Response:
+        return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json")
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise _Fail(400, {"error": "the request body is not JSON"}) from None
+        if not isinstance(body, dict):
+            raise _Fail(400, {"error": "the request body must be a JSON object"})
+        return body
+
+    @staticmethod
+    def _text(body: dict[str, Any], name: str) -> str:
+        value = body.get(name)
+        if not isinstance(value, str):
+            raise _Fail(400, {"error": f"field '{name}' is missing or not a string"})
+        return value
+
+    def _owner(self, request: web.Request) -> str:
+        """The authenticated owner: the key hash of the client certificate, or 401."""
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            raise _Fail(
+                401,
+                {"error": "this API needs an owner client certificate (veil enrols one on first use)"},
+            )
+        owner = self._owners.get(der)
+        if owner is None:
+            public_key = x509.load_der_x509_certificate(der).public_key()
+            owner = owner_id(public_key)  # type: ignore[arg-type]
+            if len(self._owners) > 10_000:
+                self._owners.clear()
+            self._owners[der] = owner
+        return owner
+
+    # -- health, metrics, documents ------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return self._json({"status": "ok", "sim": self.cas.sim_mode})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            self.cas.records.keys("audit-head")
+        except Exception as exc:  # the store is down, whatever the driver raises
+            return self._json({"error": f"store not ready: {type(exc).__name__}"}, 503)
+        return self._json({"status": "ready", "sim": self.cas.sim_mode})
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    # -- the CAS itself ------------------------------------------------------------------
+
+    def _identity_fields(self) -> dict[str, Any]:
+        return {
+            "ca_certificate": self.me.identity.certificate_pem,
+            "identity": self.me.identity.digest,
+            "measurement": self.me.measurement,
+            "sim": self.cas.sim_mode,
+        }
+
+    async def cas_info(self, request: web.Request) -> web.Response:
+        return self._json({**self._identity_fields(), "version": __version__})
+
+    async def cas_evidence(self, request: web.Request) -> web.Response:
+        nonce = unb64((await self._body(request)).get("nonce"), "nonce")
+        if len(nonce) != NONCE_LEN:
+            raise ProtocolError(f"the nonce must be {NONCE_LEN} bytes")
+        report_data = cas_report_data(nonce, self.me.identity.digest, self.me.measurement)
+        evidence = self.me.evidence.collect(report_data, self.me.measurement)
+        body = {
+            **self._identity_fields(),
+            "evidence": {"platform": evidence.platform, "data": b64(evidence.data)},
+        }
+        if self.me.platform_public_key is not None:
+            body["platform_public_key"] = b64(self.me.platform_public_key)
+        return self._json(body)
+
+    async def enrol(self, request: web.Request) -> web.Response:
+        csr = self._text(await self._body(request), "csr")
+        try:
+            owner, certificate = self.me.identity.issue_owner_certificate(csr)
+        except EnrolmentRefused as exc:
+            raise _Fail(400, {"error": str(exc)}) from None
+        return self._json({"owner": owner, "certificate": certificate}, 201)
+
+    # -- runtimes ------------------------------------------------------------------------
+
+    async def nonce(self, request: web.Request) -> web.Response:
+        return self._json({"nonce": b64(self.cas.new_nonce())}, 201)
+
+    async def launch(self, request: web.Request) -> web.Response:
+        config_id = request.query.get("config_id")
+        if not config_id:
+            raise _Fail(400, {"error": "query parameter config_id=SESSION/SERVICE is required"})
+        command, pwd, path = self.cas.launch_descriptor(config_id)
+        return self._json(
+            {"config_id": config_id, "command": command, "pwd": pwd, "path": path, "sim": self.cas.sim_mode}
+        )
+
+    async def attest(self, request: web.Request) -> web.Response:
+        attestation = AttestationRequest.from_json(await self._body(request))
+        try:
+            grant = self.cas.attest(attestation)
+        except AttestationRefused as exc:
+            self.metrics.attestations.labels("refuse").inc()
+            raise _Fail(403, {"error": str(exc), "reason": exc.reason}) from None
+        self.metrics.attestations.labels("grant").inc()
+        return self._json(grant.to_json())
+
+    async def volume_tag(self, request: web.Request) -> web.Response:
+        self.cas.push_volume_tag(VolumeTagUpdate.from_json(await self._body(request)))
+        return web.Response(status=204)
+
+    # -- owners --------------------------------------------------------------------------
+
+    def _session_info(self, name: str, owner: str, with_text: bool) -> dict[str, Any]:
+        record = self.cas.get_session(name, owner)
+        info: dict[str, Any] = {
+            "name": record.name,
+            "hash": record.hash,
+            "revision": record.revision,
+            "creator": record.creator,
+            "sim": self.cas.sim_mode,
+        }
+        if with_text:
+            info["text"] = record.text
+            info["session_ca"] = self.cas.session_ca_pem(name, owner)
+        return info
+
+    async def sessions_get(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        name = request.query.get("name")
+        if name is None:
+            return self._json({"sessions": self.cas.list_sessions(owner)})
+        return self._json(self._session_info(name, owner, with_text=True))
+
+    async def session_create(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        record = self.cas.create_session(self._text(await self._body(request), "text"), owner)
+        return self._json(self._session_info(record.name, owner, with_text=False), 201)
+
+    async def session_update(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        record = self.cas.update_session(self._text(await self._body(request), "text"), owner)
+        try:
+            return self._json(self._session_info(record.name, owner, with_text=False))
+        except AccessDenied:  # may update but not read
+            return self._json(
+                {
+                    "name": record.name,
+                    "hash": record.hash,
+                    "revision": record.revision,
+                    "creator": record.creator,
+                    "sim": self.cas.sim_mode,
+                }
+            )
+
+    async def platform_add(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        body = await self._body(request)
+        if body.get("kind") != "sim":
+            raise _Fail(
+                400, {"error": "only sim platforms are registered; hardware is verified by its vendor chain"}
+            )
+        public_key = unb64(body.get("public_key"), "public_key")
+        if len(public_key) != 32:
+            raise _Fail(400, {"error": "a sim platform key is a 32-byte Ed25519 public key"})
+        return self._json({"platform_id": self.cas.register_sim_platform(public_key, owner)}, 201)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        self._owner(request)
+        return self._json(self.cas.audit.export(self.me.identity.sign))
+
+
+__all__ = ["CasApp", "CasSelf", "openapi_document"]

@@ -1,0 +1,238 @@
+"""The network CAS client: HTTPS (TLS 1.3) to a pinned CAS, keep-alive, JSON bodies.
+
+``HttpCasClient`` speaks the runtime's side (nonce, launch, attest, volume tags);
+``OwnerClient`` adds the owner's side, authenticated by the owner's client certificate.
+Every connection verifies the CAS against the pinned CA certificate only, so a CAS that
+does not hold the pinned key is refused at the TLS handshake.
+"""
+
+import http.client
+import json
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
+
+from veil.client.config import ClientConfig, ClientConfigError
+from veil.crypto import tls
+from veil.crypto.tls import load_chain_in_memory
+from veil.errors import VeilError
+from veil.protocol import (
+    AttestationGrant,
+    AttestationRefused,
+    AttestationRequest,
+    VolumeTagUpdate,
+    b64,
+    unb64,
+)
+
+_TIMEOUT = 60.0
+
+
+class CasRequestFailed(VeilError):
+    """The CAS answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, status: int = 0, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+class CasNotTrusted(CasRequestFailed):
+    """The server does not present the pinned CAS identity."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a service runs, as the CAS states it (placeholders not substituted)."""
+
+    command: list[str]
+    pwd: str
+    path: str | None
+
+
+class CasConnection:
+    """One keep-alive HTTPS connection per thread to ``url``, verified against ``ca_pem``."""
+
+    def __init__(self, url: str, ca_pem: str | None, client_chain: tuple[bytes, bytes] | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ClientConfigError(f"{url} is not an https:// URL")
+        self.url = url
+        self._host = parts.hostname
+        self._port = parts.port or 443
+        self._context = tls.client_context(ca_pem)
+        if client_chain is not None:
+            load_chain_in_memory(self._context, client_chain[0], client_chain[1])
+        self._local = threading.local()
+        #: the last answer's Veil-Sim header
+        self.sim = False
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, context=self._context, timeout=_TIMEOUT
+            )
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise CasNotTrusted(
+                    f"the server at {self.url} is not the pinned CAS ({exc.verify_message}); if the CAS "
+                    f"was reinstalled on purpose, verify it again with: veil cas attest {self.url}"
+                ) from None
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()  # the CAS closed an idle keep-alive connection: retry once
+                if attempt == 2:
+                    raise CasRequestFailed(f"the CAS at {self.url} closed the connection") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise CasRequestFailed(f"cannot reach the CAS at {self.url}: {reason}") from None
+        self.sim = response.getheader("Veil-Sim") == "true"
+        if not raw:
+            return response.status, {}
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            raise CasRequestFailed(
+                f"the CAS answered {response.status} with a body that is not JSON"
+            ) from None
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A request that must succeed (2xx); otherwise CasRequestFailed with the CAS's words."""
+        status, answer = self.request(method, path, body)
+        if status // 100 != 2:
+            raise _failure(status, answer)
+        return answer
+
+
+def _failure(status: int, answer: Any) -> CasRequestFailed:
+    body = answer if isinstance(answer, dict) else {}
+    message = str(body.get("error", f"the CAS answered HTTP {status}"))
+    problems = body.get("problems")
+    if isinstance(problems, list) and problems:
+        message += "\n" + "\n".join(str(p) for p in problems)
+    return CasRequestFailed(message, status, body)
+
+
+class HttpCasClient:
+    """The runtime's CAS client over the network (``CasClient``)."""
+
+    def __init__(self, connection: CasConnection) -> None:
+        self.connection = connection
+
+    @classmethod
+    def pinned(cls, url: str, config: ClientConfig, ca_pem: str | None = None) -> "HttpCasClient":
+        """A client for ``url`` trusting only its pin (or ``ca_pem``, e.g. from VEIL_CAS_CA)."""
+        return cls(CasConnection(url, ca_pem or config.pin(url).ca_certificate))
+
+    @property
+    def sim(self) -> bool:
+        return self.connection.sim
+
+    def nonce(self) -> bytes:
+        return unb64(self.connection.call("POST", "/v1/nonces").get("nonce"), "nonce")
+
+    def launch(self, config_id: str) -> Launch:
+        answer = self.connection.call("GET", f"/v1/launch?config_id={quote(config_id, safe='')}")
+        command = answer.get("command")
+        if not isinstance(command, list) or not command:
+            raise CasRequestFailed(f"the CAS sent no command for {config_id}")
+        path = answer.get("path")
+        return Launch(
+            [str(a) for a in command], str(answer.get("pwd", "/")), None if path is None else str(path)
+        )
+
+    def attest(self, request: AttestationRequest) -> AttestationGrant:
+        status, answer = self.connection.request("POST", "/v1/attest", request.to_json())
+        if status == 403 and isinstance(answer, dict) and "reason" in answer:
+            raise AttestationRefused(str(answer["reason"]))
+        if status != 200:
+            raise _failure(status, answer)
+        return AttestationGrant.from_json(answer)
+
+    def push_volume_tag(self, update: VolumeTagUpdate) -> None:
+        self.connection.call("POST", "/v1/volume-tags", update.to_json())
+
+
+def enrol_owner(url: str, config: ClientConfig) -> str:
+    """The owner certificate for ``url``: the stored one, or a new one from the CAS."""
+    pin = config.pin(url)
+    if pin.owner_certificate is not None:
+        return pin.owner_certificate
+    key = config.owner_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veil owner")]))
+        .sign(key, hashes.SHA256())
+    )
+    answer = CasConnection(url, pin.ca_certificate).call(
+        "POST", "/v1/owners", {"csr": csr.public_bytes(Encoding.PEM).decode()}
+    )
+    pin.owner_certificate = str(answer["certificate"])
+    config.save()
+    return pin.owner_certificate
+
+
+class OwnerClient:
+    """Owner actions on a pinned CAS, authenticated with the owner's client certificate."""
+
+    def __init__(self, url: str, config: ClientConfig) -> None:
+        certificate = enrol_owner(url, config)
+        key_pem = config.owner_key().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        self.url = url
+        self.connection = CasConnection(url, config.pin(url).ca_certificate, (certificate.encode(), key_pem))
+
+    def create_session(self, text: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.connection.call("POST", "/v1/sessions", {"text": text})
+        return result
+
+    def update_session(self, text: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.connection.call("PUT", "/v1/sessions", {"text": text})
+        return result
+
+    def get_session(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.connection.call("GET", f"/v1/sessions?name={quote(name, safe='')}")
+        return result
+
+    def list_sessions(self) -> list[str]:
+        return [str(n) for n in self.connection.call("GET", "/v1/sessions")["sessions"]]
+
+    def register_platform(self, public_key: bytes) -> str:
+        return str(
+            self.connection.call("POST", "/v1/platforms", {"kind": "sim", "public_key": b64(public_key)})[
+                "platform_id"
+            ]
+        )
+
+    def audit_export(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.connection.call("GET", "/v1/audit")
+        return result
+
+
+__all__ = ["CasConnection", "CasNotTrusted", "CasRequestFailed", "HttpCasClient", "Launch", "OwnerClient"]

@@ -1,0 +1,109 @@
+"""``veil cas attest``: verify a CAS's own evidence and pin its identity.
+
+The first contact cannot verify TLS (nothing is pinned yet), so trust comes from the
+evidence: it binds a fresh client nonce, the SHA-256 of the CAS CA's public key and the
+CAS measurement. A second connection, now verified against that CA, proves the server
+holds the key. Sim evidence proves nothing about the machine (anyone can make a key);
+it is accepted only with ``--tolerate sim`` and said loudly.
+"""
+
+import datetime as dt
+import os
+from collections.abc import Collection
+
+from veil.client.config import CasPin
+from veil.client.http import CasConnection, CasRequestFailed
+from veil.crypto import constant_time_equal
+from veil.crypto.certs import load_pem_chain
+from veil.crypto.encoding import sha256_hex
+from veil.crypto.x509ca import spki_sha256
+from veil.errors import VeilError
+from veil.protocol import NONCE_LEN, Evidence, b64, cas_report_data, unb64
+from veil.tee import EvidenceError, verify_sim_evidence
+from veil.tee.hardware_evidence import HardwareEvidence
+from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
+
+
+class CasAttestationFailed(VeilError):
+    """The CAS's evidence does not verify, or is not acceptable."""
+
+
+def _check_evidence(
+    evidence: Evidence,
+    answer: dict[str, object],
+    expected_report_data: bytes,
+    tolerate: Collection[str],
+) -> str:
+    """Verify the evidence; return the measurement it attests."""
+    if evidence.platform == "sim":
+        if "sim" not in tolerate:
+            raise CasAttestationFailed(
+                "the CAS runs in sim mode: its evidence proves nothing about the machine "
+                "(pass --tolerate sim for development)"
+            )
+        platform_key = unb64(answer.get("platform_public_key"), "platform_public_key")
+        claims = verify_sim_evidence(
+            evidence.data, lambda pid: platform_key if sha256_hex(platform_key) == pid else None
+        )
+        report_data, measurement = claims.report_data, claims.measurement
+    elif evidence.platform in HARDWARE_PLATFORMS:
+        hardware = HardwareEvidence.from_evidence(evidence)
+        verdict = verify_hardware_evidence(
+            evidence.platform,
+            hardware.primary,
+            endorsement_key=hardware.endorsement_key,
+            at=dt.datetime.now(dt.UTC),
+            event_log=hardware.event_log,
+        )
+        problem = refusal(verdict, tolerate)
+        if problem:
+            raise CasAttestationFailed(problem)
+        report_data, measurement = verdict.report_data, verdict.measurement.hex()
+    else:
+        raise CasAttestationFailed(f"the CAS sent evidence of unknown platform '{evidence.platform}'")
+    if not constant_time_equal(report_data, expected_report_data):
+        raise CasAttestationFailed(
+            "the CAS evidence does not bind this request's nonce and the CAS identity key "
+            "(replayed or relayed?)"
+        )
+    return measurement
+
+
+def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | None) -> CasPin:
+    nonce = os.urandom(NONCE_LEN)
+    answer = CasConnection(url, None).call("POST", "/v1/cas/evidence", {"nonce": b64(nonce)})
+    try:
+        ca_pem = str(answer["ca_certificate"])
+        ca = load_pem_chain(ca_pem.encode())[0]
+        measurement = str(answer["measurement"])
+        raw = answer["evidence"]
+        evidence = Evidence(str(raw["platform"]), unb64(raw.get("data"), "evidence.data"))
+        expected = cas_report_data(nonce, spki_sha256(ca.public_key()), measurement)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CasAttestationFailed(f"the CAS answer is malformed: {exc}") from None
+    try:
+        attested = _check_evidence(evidence, answer, expected, tolerate)
+    except EvidenceError as exc:
+        raise CasAttestationFailed(f"the CAS evidence does not verify: {exc}") from None
+    if evidence.platform == "sim" and attested != measurement:
+        raise CasAttestationFailed("the CAS evidence attests another measurement than the CAS states")
+    if expected_measurement is not None and not constant_time_equal(
+        expected_measurement.removeprefix("sha256:"), attested.removeprefix("sha256:")
+    ):
+        raise CasAttestationFailed(
+            f"the CAS measurement is {attested}, not the expected {expected_measurement}"
+        )
+    verified = CasConnection(url, ca_pem)
+    try:
+        verified.call("GET", "/v1/cas")
+    except CasRequestFailed as exc:
+        raise CasAttestationFailed(f"the CAS's TLS endpoint does not hold the attested key: {exc}") from None
+    finally:
+        verified.close()
+    return CasPin(
+        url=url,
+        ca_certificate=ca_pem,
+        identity=spki_sha256(ca.public_key()),  # type: ignore[arg-type]
+        measurement=attested,
+        sim=evidence.platform == "sim",
+    )
