@@ -1,6 +1,19 @@
-"""The configuration bundle survives its encoding exactly."""
+"""Protocol messages survive their encodings exactly; malformed wire fields are refused."""
 
-from veil.protocol import BundleFile, BundleVolume, ConfigurationBundle
+import json
+
+import pytest
+
+from veil.protocol import (
+    AttestationGrant,
+    AttestationRequest,
+    BundleFile,
+    BundleVolume,
+    ConfigurationBundle,
+    Evidence,
+    ProtocolError,
+    VolumeTagUpdate,
+)
 
 
 def test_every_bundle_field_round_trips() -> None:
@@ -17,3 +30,24 @@ def test_every_bundle_field_round_trips() -> None:
         network={"servers": [{"listen": "127.0.0.1:1", "forward": "127.0.0.1:2"}], "clients": []},
     )
     assert ConfigurationBundle.from_bytes(bundle.to_bytes()) == bundle
+
+
+def test_wire_forms_round_trip_and_reject_bad_fields() -> None:
+    request = AttestationRequest("s/a", b"n" * 32, Evidence("sim", b"{}"), b"k", b"b" * 32, "sha256:00")
+    assert AttestationRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    grant = AttestationGrant(b"ct", "cert", "ca", sim=True)
+    assert AttestationGrant.from_json(grant.to_json()) == grant
+    update = VolumeTagUpdate("s/a", "data", None, "t", "pem", b"sig")
+    assert VolumeTagUpdate.from_json(update.to_json()) == update
+    for broken in (
+        {**request.to_json(), "nonce": "not base64!"},
+        {**request.to_json(), "config_id": 7},
+        {k: v for k, v in request.to_json().items() if k != "evidence"},
+        {**request.to_json(), "evidence": {"platform": "sim"}},
+    ):
+        with pytest.raises(ProtocolError):
+            AttestationRequest.from_json(broken)
+    with pytest.raises(ProtocolError):
+        VolumeTagUpdate.from_json({**update.to_json(), "previous": 3})
+    with pytest.raises(ProtocolError):
+        AttestationGrant.from_json({**grant.to_json(), "sim": "yes"})

@@ -1,0 +1,88 @@
+"""A real `veil cas serve` on loopback for tests, and owners with their own config dirs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import veil
+from tests.net import free_port
+
+
+@dataclass
+class Owner:
+    """A user with an own $XDG_CONFIG_HOME (owner key, pins)."""
+
+    home: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"XDG_CONFIG_HOME": str(self.home)}
+
+    def veil(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return veil(*args, env={**self.env, **(env or {})})
+
+    def pin(self, url: str) -> dict[str, Any]:
+        config = json.loads((self.home / "veil" / "cas.json").read_text())
+        return dict(config["pins"][url])
+
+
+@dataclass
+class CasServer:
+    data: Path
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> "CasServer":
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "veil",
+                    "cas",
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--data",
+                    str(self.data),
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.time() + 30
+        while b"listening on" not in self.log.read_bytes():
+            if self.process.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"the CAS did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+def start_cas(root: Path, name: str = "cas", port: int | None = None) -> CasServer:
+    root.mkdir(parents=True, exist_ok=True)
+    return CasServer(root / name, port or free_port(), root / f"{name}.log").start()
+
+
+def pinned_owner(root: Path, cas: CasServer, name: str = "alice") -> Owner:
+    owner = Owner(root / name)
+    result = owner.veil("cas", "attest", cas.url, "--tolerate", "sim")
+    assert result.returncode == 0, result.stderr
+    return owner
+
+
+__all__ = ["CasServer", "Owner", "pinned_owner", "start_cas"]
