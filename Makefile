@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint unit os-packages clean help bench-volume bench-evidence bench-shield
+.PHONY: demo test lint unit os-packages clean help bench-volume bench-evidence bench-shield bench-cas
 
 help:
 	@echo "make demo   - install into .venv and run examples/quickstart on the embedded CAS (sim mode)"
@@ -45,6 +45,9 @@ bench-evidence: $(STAMP_DEV)
 bench-volume: $(STAMP_DEV)
 	@bash scripts/install-os-packages scripts/bench-packages.txt
 	$(BIN)/python bench/volume.py
+
+bench-cas: $(STAMP_DEV)
+	$(BIN)/python bench/cas.py
 
 bench-shield: $(STAMP_DEV)
 	@bash scripts/install-os-packages scripts/bench-packages.txt
