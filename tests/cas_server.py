@@ -36,6 +36,7 @@ class CasServer:
     data: Path
     port: int
     log: Path
+    db: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None)
 
     @property
@@ -43,24 +44,17 @@ class CasServer:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> "CasServer":
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
+            argv = ["cas", "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
+            argv += ["--db", self.db] if self.db else []
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "veil",
-                    "cas",
-                    "serve",
-                    "--listen",
-                    f"127.0.0.1:{self.port}",
-                    "--data",
-                    str(self.data),
-                ],
+                [sys.executable, "-m", "veil", *argv],
                 stdout=log,
                 stderr=log,
             )
         deadline = time.time() + 30
-        while b"listening on" not in self.log.read_bytes():
+        while b"listening on" not in self.log.read_bytes()[offset:]:
             if self.process.poll() is not None or time.time() > deadline:
                 raise AssertionError(f"the CAS did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
@@ -73,9 +67,12 @@ class CasServer:
         self.process = None
 
 
-def start_cas(root: Path, name: str = "cas", port: int | None = None) -> CasServer:
+def start_cas(
+    root: Path, name: str = "cas", port: int | None = None, db: str | None = None, data: Path | None = None
+) -> CasServer:
+    """A CAS with its own data directory (or a shared one: replicas on one PostgreSQL)."""
     root.mkdir(parents=True, exist_ok=True)
-    return CasServer(root / name, port or free_port(), root / f"{name}.log").start()
+    return CasServer(data or root / name, port or free_port(), root / f"{name}.log", db).start()
 
 
 def pinned_owner(root: Path, cas: CasServer, name: str = "alice") -> Owner:

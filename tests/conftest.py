@@ -15,6 +15,8 @@ from veil.cas import Cas
 from veil.crypto import PlatformSigningKey
 from veil.tee import measure_command
 
+pytest_plugins = ["tests.postgres"]
+
 TESTS = Path(__file__).parent
 SHOW = TESTS / "programs" / "show.py"
 PYTHON = os.path.realpath(sys.executable)

@@ -47,7 +47,7 @@ class RecordStore(Protocol):
     def close(self) -> None: ...
 
 
-def _blob(value: object, where: str) -> bytes:
+def checked_blob(value: object, where: str) -> bytes:
     """A stored value must be a BLOB; anything else was written by someone other than the CAS."""
     if not isinstance(value, bytes):
         raise StorageCorrupted(f"{where} is not a sealed blob: the database was modified outside the CAS")
@@ -109,7 +109,7 @@ class SqliteStore:
             row = self._db.execute(
                 "SELECT version, blob FROM records WHERE kind = ? AND key = ?", (kind, key)
             ).fetchone()
-        return StoredRecord(int(row[0]), _blob(row[1], f"record {kind}/{key}")) if row else None
+        return StoredRecord(int(row[0]), checked_blob(row[1], f"record {kind}/{key}")) if row else None
 
     def put(self, kind: str, key: str, blob: bytes, expected_version: int | None) -> int:
         with self.transaction():
@@ -154,7 +154,11 @@ class SqliteStore:
                 "SELECT seq, body, chain FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
             ).fetchall()
         return [
-            LogEntry(int(r[0]), _blob(r[1], f"audit entry {r[0]}"), _blob(r[2], f"audit entry {r[0]}"))
+            LogEntry(
+                int(r[0]),
+                checked_blob(r[1], f"audit entry {r[0]}"),
+                checked_blob(r[2], f"audit entry {r[0]}"),
+            )
             for r in rows
         ]
 

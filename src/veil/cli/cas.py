@@ -8,9 +8,10 @@ import click
 
 from veil.cas import Cas
 from veil.cas.identity import CasIdentity
+from veil.cas.postgres import PostgresStore
 from veil.cas.sealing import load_or_create_master_key
 from veil.cas.server import CasApp, CasSelf, serve
-from veil.cas.storage import SqliteStore
+from veil.cas.storage import RecordStore, SqliteStore
 from veil.cli.options import cas_url_option
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
 from veil.client.config import ClientConfig, normalize_url
@@ -36,9 +37,18 @@ def cas() -> None:
     required=True,
     help="Data directory: SQLite store, master key, identity key.",
 )
+@click.option(
+    "--db",
+    default=None,
+    help="postgresql://... : records in PostgreSQL (replicas share it) [default: SQLite in --data].",
+)
 @click.option("--name", "names", multiple=True, help="Extra host name for the TLS certificate (repeatable).")
-def serve_command(listen: str, data: Path, names: tuple[str, ...]) -> None:
+def serve_command(listen: str, data: Path, db: str | None, names: tuple[str, ...]) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
+
+    Replicas: several processes with --db on one PostgreSQL serve the same sessions; for
+    now they share the identity and master key by copying --data (the attested hand-over
+    of the master key between replicas is not built yet).
 
     The first start creates the CAS identity (key and CA certificate, what clients pin with
     `veil cas attest`) and the master key that seals every stored record. VEIL_MODE=hw
@@ -61,7 +71,7 @@ def serve_command(listen: str, data: Path, names: tuple[str, ...]) -> None:
         evidence=evidence_source(mode, platform_key),
         platform_public_key=platform_key.public_bytes if mode == "sim" else None,
     )
-    store = SqliteStore(data / "cas.db")
+    store: RecordStore = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
     service = Cas(store, load_or_create_master_key(data / "master.key"), sim_mode=mode == "sim")
     app = CasApp(service, me)
 

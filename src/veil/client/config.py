@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from veil.crypto.files import replace_private_file, write_private_file
+from veil.crypto.files import create_private_file_once, replace_private_file
 from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 
@@ -95,8 +95,9 @@ class ClientConfig:
         if not path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private_file(path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-            return key
+            pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+            if create_private_file_once(path, pem):
+                return key
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise ClientConfigError(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")

@@ -17,7 +17,23 @@ def write_private_file(path: Path, data: bytes) -> None:
 
 def replace_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (0600) atomically: a reader sees the old or the new file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     temporary.unlink(missing_ok=True)
     write_private_file(temporary, data)
     os.replace(temporary, path)
+
+
+def create_private_file_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` (0600) with ``data`` unless it exists; False if another writer won.
+
+    The file appears complete or not at all (written aside, then hard-linked into place).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    write_private_file(temporary, data)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()
+    return True

@@ -1,0 +1,136 @@
+"""``PostgresStore``: the record store on PostgreSQL (psycopg 3), for several CAS replicas.
+
+Same contract as ``SqliteStore``. Every write transaction first takes one transaction-level
+advisory lock, so writes of all replicas are serialised exactly as SQLite's ``BEGIN
+IMMEDIATE`` serialises them: compare-and-swap reads see the last committed state, audit
+sequence numbers stay contiguous and the chain never forks. Reads take no lock.
+"""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from veil.cas.errors import CasError, Conflict
+from veil.cas.storage import LogEntry, StoredRecord, checked_blob
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS veil_records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    blob BYTEA NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS veil_audit_log (
+    seq BIGINT PRIMARY KEY,
+    body BYTEA NOT NULL,
+    chain BYTEA NOT NULL
+);
+"""
+#: the advisory lock every write transaction of every replica takes
+_WRITE_LOCK = 0x7665696C  # "veil"
+
+
+class StoreUnavailable(CasError):
+    """The database cannot be reached."""
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        try:
+            self._db = psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+        with self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+            self._db.execute(_SCHEMA)
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                with self._db.transaction():
+                    self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                    yield
+            finally:
+                self._depth = 0
+
+    def get(self, kind: str, key: str) -> StoredRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version, blob FROM veil_records WHERE kind = %s AND key = %s", (kind, key)
+            ).fetchone()
+        return StoredRecord(int(row[0]), checked_blob(row[1], f"record {kind}/{key}")) if row else None
+
+    def put(self, kind: str, key: str, blob: bytes, expected_version: int | None) -> int:
+        with self.transaction():
+            if expected_version is None:
+                cursor = self._db.execute(
+                    "INSERT INTO veil_records (kind, key, version, blob) VALUES (%s, %s, 1, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (kind, key, blob),
+                )
+                if cursor.rowcount != 1:
+                    raise Conflict(f"{kind} '{key}' already exists")
+                return 1
+            cursor = self._db.execute(
+                "UPDATE veil_records SET version = %s, blob = %s "
+                "WHERE kind = %s AND key = %s AND version = %s",
+                (expected_version + 1, blob, kind, key, expected_version),
+            )
+            if cursor.rowcount != 1:
+                raise Conflict(f"{kind} '{key}' was changed concurrently")
+            return expected_version + 1
+
+    def delete(self, kind: str, key: str) -> bool:
+        with self.transaction():
+            cursor = self._db.execute("DELETE FROM veil_records WHERE kind = %s AND key = %s", (kind, key))
+            return cursor.rowcount > 0
+
+    def keys(self, kind: str, prefix: str = "") -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM veil_records WHERE kind = %s AND left(key, %s) = %s ORDER BY key",
+                (kind, len(prefix), prefix),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def append_log(self, body: bytes, chain: bytes) -> int:
+        with self.transaction():
+            row = self._db.execute(
+                "INSERT INTO veil_audit_log (seq, body, chain) "
+                "SELECT COALESCE(MAX(seq), 0) + 1, %s, %s FROM veil_audit_log RETURNING seq",
+                (body, chain),
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def read_log(self, after_seq: int = 0) -> list[LogEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, body, chain FROM veil_audit_log WHERE seq > %s ORDER BY seq", (after_seq,)
+            ).fetchall()
+        return [
+            LogEntry(
+                int(r[0]),
+                checked_blob(r[1], f"audit entry {r[0]}"),
+                checked_blob(r[2], f"audit entry {r[0]}"),
+            )
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
