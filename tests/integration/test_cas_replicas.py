@@ -104,40 +104,42 @@ def test_three_replicas_lose_no_update_and_never_regress_a_tag(tmp_path: Path, p
 
 def test_sigkill_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
     server: CasServer = start_cas(tmp_path)
-    alice = pinned_owner(tmp_path, server, "alice")
-    config = ClientConfig.load(alice.home / "veil")
-    OwnerClient(server.url, config)  # enrol once
-    acknowledged: list[str] = []
-    for round_ in range(3):
-        stop = threading.Event()
+    try:
+        alice = pinned_owner(tmp_path, server, "alice")
+        config = ClientConfig.load(alice.home / "veil")
+        OwnerClient(server.url, config)  # enrol once
+        acknowledged: list[str] = []
+        for round_ in range(3):
+            stop = threading.Event()
 
-        def write(prefix: str, stop: threading.Event = stop) -> None:
-            client = OwnerClient(server.url, config)
-            n = 0
-            while not stop.is_set():
-                name = f"crash/{prefix}-{n}"
-                text = yaml.safe_dump(session_dict(name=name), sort_keys=False)
-                try:
-                    client.create_session(text)
-                except CasRequestFailed:
-                    return  # the CAS died under us: this write was not acknowledged
-                acknowledged.append(name)
-                n += 1
+            def write(prefix: str, stop: threading.Event = stop) -> None:
+                client = OwnerClient(server.url, config)
+                n = 0
+                while not stop.is_set():
+                    name = f"crash/{prefix}-{n}"
+                    text = yaml.safe_dump(session_dict(name=name), sort_keys=False)
+                    try:
+                        client.create_session(text)
+                    except CasRequestFailed:
+                        return  # the CAS died under us: this write was not acknowledged
+                    acknowledged.append(name)
+                    n += 1
 
-        writers = [threading.Thread(target=write, args=(f"r{round_}w{w}",)) for w in range(4)]
-        for writer in writers:
-            writer.start()
-        time.sleep(random.uniform(0.5, 2.0))
-        server.stop(signal.SIGKILL)
-        stop.set()
-        for writer in writers:
-            writer.join()
-        server.start()
-    assert len(acknowledged) > 10
-    client = OwnerClient(server.url, config)
-    stored = set(client.list_sessions())
-    missing = [name for name in acknowledged if name not in stored]
-    assert not missing
-    verified = alice.veil("audit", "verify", "--network", "--json")
-    assert verified.returncode == 0, verified.stderr
-    server.stop()
+            writers = [threading.Thread(target=write, args=(f"r{round_}w{w}",)) for w in range(4)]
+            for writer in writers:
+                writer.start()
+            time.sleep(random.uniform(0.5, 2.0))
+            server.stop(signal.SIGKILL)
+            stop.set()
+            for writer in writers:
+                writer.join()
+            server.start()
+        assert len(acknowledged) > 10
+        client = OwnerClient(server.url, config)
+        stored = set(client.list_sessions())
+        missing = [name for name in acknowledged if name not in stored]
+        assert not missing
+        verified = alice.veil("audit", "verify", "--network", "--json")
+        assert verified.returncode == 0, verified.stderr
+    finally:
+        server.stop()

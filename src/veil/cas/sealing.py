@@ -9,17 +9,20 @@ an older copy is not detected by sealing alone (docs/threat-model.md).
 import json
 import logging
 import stat
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from veil.cas.errors import MasterKeyError, StorageCorrupted
 from veil.cas.storage import RecordStore
 from veil.crypto import AeadKey, DecryptionFailed, canonical_json, open_sealed, seal
+from veil.crypto.aead import derive_subkey
 from veil.crypto.files import write_private_file
 
 log = logging.getLogger(__name__)
 
 _AAD_DOMAIN = b"veil-record-v1\0"
+_CACHE_SIZE = 4096
 
 
 def load_or_create_master_key(path: Path) -> AeadKey:
@@ -48,6 +51,13 @@ class SealedRecords:
     def __init__(self, store: RecordStore, key: AeadKey) -> None:
         self.store = store
         self._key = key
+        #: opened values by sealed blob: a blob is unique per write (random AEAD nonce), so
+        #: a hit is exactly the stored value; the store is still read every time
+        self._opened: OrderedDict[tuple[str, str, bytes], dict[str, Any]] = OrderedDict()
+
+    def derive_key(self, label: bytes) -> bytes:
+        """A key for another purpose (nonce MACs), derived from the master key."""
+        return derive_subkey(self._key, label)
 
     @staticmethod
     def _aad(kind: str, key: str) -> bytes:
@@ -57,6 +67,11 @@ class SealedRecords:
         record = self.store.get(kind, key)
         if record is None:
             return None
+        cache_key = (kind, key, record.blob)
+        cached = self._opened.get(cache_key)
+        if cached is not None:
+            self._opened.move_to_end(cache_key)
+            return record.version, dict(cached)
         try:
             plain = open_sealed(self._key, record.blob, self._aad(kind, key))
         except DecryptionFailed:
@@ -65,7 +80,10 @@ class SealedRecords:
                 "modified outside the CAS (or the master key is wrong)"
             ) from None
         value: dict[str, Any] = json.loads(plain)
-        return record.version, value
+        self._opened[cache_key] = value
+        if len(self._opened) > _CACHE_SIZE:
+            self._opened.popitem(last=False)
+        return record.version, dict(value)
 
     def put(self, kind: str, key: str, value: dict[str, Any], expected_version: int | None) -> int:
         blob = seal(self._key, canonical_json(value), self._aad(kind, key))

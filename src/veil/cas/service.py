@@ -482,22 +482,35 @@ class Cas:
         return self.nonces.issue()
 
     def attest(self, request: AttestationRequest) -> AttestationGrant:
-        """Decide on a runtime's evidence; audit the decision; grant or raise the reason."""
+        """Decide on a runtime's evidence; audit the decision; grant or raise the reason.
+
+        The nonce's MAC and expiry are checked first; its "used" mark is written in the
+        same transaction as the decision's audit entry (one commit per attestation), and a
+        nonce found used there turns any decision into a refusal.
+        """
+        problem = self.nonces.check(request.nonce)
         try:
-            decision = self._decide(request)
+            decision = _Decision(None, problem, {}) if problem else self._decide(request)
         except VeilError as exc:
             decision = _Decision(None, str(exc), {})
-        details = {"config_id": request.config_id, "platform": request.evidence.platform, **decision.details}
+        with self.records.store.transaction():
+            replay = None if problem else self.nonces.use(request.nonce)
+            if replay:
+                decision = _Decision(None, replay, decision.details)
+            details = {
+                "config_id": request.config_id,
+                "platform": request.evidence.platform,
+                **decision.details,
+            }
+            if decision.grant is None:
+                self.audit.append("attest.refuse", self.sim_mode, reason=decision.reason, **details)
+            else:
+                self.audit.append("attest.grant", decision.grant.sim, **details)
         if decision.grant is None:
-            self.audit.append("attest.refuse", self.sim_mode, reason=decision.reason, **details)
             raise AttestationRefused(decision.reason)
-        self.audit.append("attest.grant", decision.grant.sim, **details)
         return decision.grant
 
     def _decide(self, request: AttestationRequest) -> _Decision:
-        stale = self.nonces.consume(request.nonce)
-        if stale:
-            return _Decision(None, stale, {})
         session_name, service_name = split_config_id(request.config_id)
         found = self._record(session_name)
         if found is None:

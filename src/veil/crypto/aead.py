@@ -8,7 +8,9 @@ import os
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veil.crypto.errors import CryptoError, DecryptionFailed
 
@@ -46,3 +48,8 @@ def open_sealed(key: AeadKey, blob: bytes, associated_data: bytes) -> bytes:
         return AESGCM(key.raw).decrypt(nonce, blob[1 + _NONCE_LEN :], associated_data)
     except InvalidTag:
         raise DecryptionFailed("sealed data failed authentication") from None
+
+
+def derive_subkey(key: AeadKey, label: bytes) -> bytes:
+    """A 32-byte key for one purpose (``label``), derived from ``key`` with HKDF-SHA256."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(key.raw)

@@ -125,6 +125,26 @@ def test_a_nonce_the_cas_never_issued_is_refused(embedded: EmbeddedCas) -> None:
         embedded.cas.attest(forged)
 
 
+def test_an_expired_or_altered_nonce_is_refused_and_audited(embedded: EmbeddedCas) -> None:
+    make_session(embedded)
+    nonces = embedded.cas.nonces
+    issued = nonces.issue()
+    assert nonces.check(issued) is None
+    altered = issued[:16] + (int.from_bytes(issued[16:24], "big") + 3600).to_bytes(8, "big") + issued[24:]
+    assert nonces.check(altered) == "nonce unknown: this CAS did not issue it"  # lifetime extended
+    later = nonces._now
+    nonces._now = lambda: later() + 61  # type: ignore[method-assign]
+    assert nonces.check(issued) == "nonce expired (nonces live 60 s)"
+    nonces._now = later  # type: ignore[method-assign]
+    recorder = _Recorder(EmbeddedCasClient(embedded.cas))
+    provision(recorder, SimEvidenceSource(embedded.platform), "test/app/app", M)
+    assert recorder.last is not None
+    nonces._now = lambda: later() + 61  # type: ignore[method-assign]
+    with pytest.raises(AttestationRefused, match="nonce expired"):
+        embedded.cas.attest(replace(recorder.last, nonce=issued))
+    assert embedded.cas.audit.entries()[-1].event["reason"] == "nonce expired (nonces live 60 s)"
+
+
 def test_evidence_for_other_keys_is_refused(embedded: EmbeddedCas) -> None:
     """A man in the middle who swaps in his own bundle key cannot reuse honest evidence."""
     make_session(embedded)
