@@ -272,7 +272,7 @@ def test_run_with_a_las(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
         while not socket_path.exists():
             assert las.poll() is None and time.time() < deadline, "the LAS did not start"
             time.sleep(0.05)
-        added = alice.veil("cas", "platform", "add", "--las", f"unix:{socket_path}")
+        added = alice.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
         assert added.returncode == 0, added.stderr
         policy = write_session(tmp_path, environment={"APP_PW": "$$VEIL::pw$$"})
         assert alice.veil("session", "create", str(policy)).returncode == 0

@@ -121,6 +121,7 @@ def platform() -> None:
 
 
 @platform.command("add")
+@click.argument("url", required=False)
 @cas_url_option
 @click.option("--las", "las_address", default=None, help="The LAS address (unix:PATH, PATH or HOST:PORT).")
 @click.option(
@@ -129,8 +130,13 @@ def platform() -> None:
     default=None,
     help="A platform key file instead of a running LAS (the LAS's platform.key).",
 )
-def platform_add(cas_url: str | None, las_address: str | None, key_file: Path | None) -> None:
-    """Register a node's sim platform key with the CAS (an owner action, audited)."""
+def platform_add(
+    url: str | None, cas_url: str | None, las_address: str | None, key_file: Path | None
+) -> None:
+    """Register a node's sim platform key with the CAS at URL (an owner action, audited).
+
+    URL (or --cas) defaults to $VEIL_CAS_ADDR or the pinned default CAS.
+    """
     if (las_address is None) == (key_file is None):
         raise click.UsageError("give exactly one of --las ADDRESS or --key-file FILE")
     if las_address is not None:
@@ -139,7 +145,7 @@ def platform_add(cas_url: str | None, las_address: str | None, key_file: Path | 
         assert key_file is not None
         public_key = PlatformSigningKey.load_or_create(key_file).public_bytes
     config = ClientConfig.load()
-    url = config.resolve_url(cas_url)
-    platform_id = OwnerClient(url, config).register_platform(public_key)
-    note(f"registered sim platform {platform_id} with {url}")
+    target = config.resolve_url(url or cas_url)
+    platform_id = OwnerClient(target, config).register_platform(public_key)
+    note(f"registered sim platform {platform_id} with {target}")
     click.echo(platform_id)
