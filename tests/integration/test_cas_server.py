@@ -222,6 +222,24 @@ def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) 
     assert json.loads(again.stdout.splitlines()[0])["env"]["APP_PW"] == secret
     assert secret not in cas.log.read_text()
 
+    # a runtime configured by environment only (as in an image): no client config at all
+    ca_file = tmp_path / "cas-ca.pem"
+    ca_file.write_text(alice.pin(cas.url)["ca_certificate"])
+    bare = Owner(tmp_path / "bare-runtime")
+    by_env = bare.veil(
+        "run",
+        env={
+            "VEIL_HOME": str(home),
+            "VEIL_CAS_ADDR": cas.url,
+            "VEIL_CAS_CA": str(ca_file),
+            "VEIL_CONFIG_ID": "net/app/app",
+            "VEIL_MODE": "sim",
+        },
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    assert json.loads(by_env.stdout.splitlines()[0])["env"]["APP_PW"] == secret
+    assert not (bare.home / "veil").exists()
+
     # a changed program is refused with the CAS's reason
     other = tmp_path / "show.py"
     other.write_text(SHOW.read_text() + "\n# changed\n")
@@ -242,7 +260,7 @@ def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) 
     response = conn.getresponse()
     status, metrics = response.status, response.read().decode()
     assert status == 200
-    assert 'veil_attestations_total{result="grant"} 2.0' in metrics
+    assert 'veil_attestations_total{result="grant"} 3.0' in metrics
     assert 'veil_attestations_total{result="refuse"} 2.0' in metrics
 
     audit = alice.veil("audit", "verify", "--network", "--json")
