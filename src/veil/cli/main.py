@@ -1,5 +1,6 @@
 """The `veil` command: subcommands, one-line errors, exit codes (0 ok, 1 refused, 2 usage)."""
 
+import importlib
 import logging
 import os
 import sys
@@ -7,37 +8,44 @@ import sys
 import click
 
 from veil import __version__
-from veil.cli.audit import audit
-from veil.cli.cas import cas
-from veil.cli.evidence import evidence
-from veil.cli.las import las
-from veil.cli.measure import measure
-from veil.cli.owner import owner
-from veil.cli.run import run
-from veil.cli.session import session
-from veil.cli.volume import volume
 from veil.errors import VeilError
 from veil.policy import PolicyError
 
+#: subcommand -> module defining it; imported only when used (the CAS server, PostgreSQL
+#: driver and FUSE binding cost ~0.5 s to import, too much for `veil session check`)
+_COMMANDS = {
+    "run": "veil.cli.run",
+    "measure": "veil.cli.measure",
+    "session": "veil.cli.session",
+    "audit": "veil.cli.audit",
+    "evidence": "veil.cli.evidence",
+    "las": "veil.cli.las",
+    "volume": "veil.cli.volume",
+    "cas": "veil.cli.cas",
+    "owner": "veil.cli.owner",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="veil")
 def cli() -> None:
     """veil runs unmodified programs with attested secrets.
 
     Start with `veil session check FILE`, then `veil run --policy FILE --service NAME`.
     """
-
-
-cli.add_command(run)
-cli.add_command(measure)
-cli.add_command(session)
-cli.add_command(audit)
-cli.add_command(evidence)
-cli.add_command(las)
-cli.add_command(volume)
-cli.add_command(cas)
-cli.add_command(owner)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from veil.policy import PolicyError, Session, load_session_file, session_hash, w
 
 @click.group()
 def session() -> None:
-    """Work with session files (policies)."""
+    """Session files (policies): check, hash, schema; create, update, show, list on a CAS."""
 
 
 @session.command()
