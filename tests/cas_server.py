@@ -1,4 +1,5 @@
-"""A real `veil cas serve` on loopback for tests, and owners with their own config dirs."""
+"""A real `veil cas serve` on loopback for tests, owners with their own config dirs, and
+helpers of the CAS tests (platforms, volume sessions, signed tag updates)."""
 
 import json
 import signal
@@ -9,8 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import veil
+import yaml
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.conftest import session_dict, veil
 from tests.net import free_port
+from veil.crypto import PlatformSigningKey
+from veil.protocol import VolumeTagUpdate
+from veil.runtime.attest import Provisioned
 
 
 @dataclass
@@ -82,4 +91,27 @@ def pinned_owner(root: Path, cas: CasServer, name: str = "alice") -> Owner:
     return owner
 
 
-__all__ = ["CasServer", "Owner", "pinned_owner", "start_cas"]
+def register_platform(tmp_path: Path, owner: Owner) -> Path:
+    key_file = tmp_path / "node" / "las" / "platform.key"
+    PlatformSigningKey.load_or_create(key_file)
+    result = owner.veil("cas", "platform", "add", "--key-file", str(key_file))
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "node"
+
+
+def volume_session(tmp_path: Path, name: str) -> Path:
+    document = session_dict(name=name)
+    document["volumes"] = [{"name": "data", "mode": "encrypted", "accept_fresh": True}]
+    document["services"][0]["volumes"] = [{"name": "data", "path": "/srv/data"}]
+    path = tmp_path / f"{name.replace('/', '_')}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def signed_update(
+    provisioned: Provisioned, config_id: str, previous: str | None, tag: str
+) -> VolumeTagUpdate:
+    pem = provisioned.instance_certificate.public_bytes(Encoding.PEM).decode()
+    unsigned = VolumeTagUpdate(config_id, "data", previous, tag, pem, b"")
+    signature = provisioned.instance_key.sign(unsigned.signed_bytes(), ec.ECDSA(hashes.SHA256()))
+    return VolumeTagUpdate(config_id, "data", previous, tag, pem, signature)

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import yaml
 
-from tests.cas_server import CasServer, pinned_owner, start_cas
+from tests.cas_server import (
+    CasServer,
+    pinned_owner,
+    register_platform,
+    signed_update,
+    start_cas,
+    volume_session,
+)
 from tests.conftest import PYTHON, SHOW, measurement_of, session_dict
-from tests.integration.test_cas_server import _signed_update, _volume_session, register_platform
 from veil.client.config import ClientConfig
 from veil.client.http import CasConnection, CasRequestFailed, HttpCasClient, OwnerClient
 from veil.crypto import PlatformSigningKey
@@ -25,7 +31,7 @@ def test_three_replicas_lose_no_update_and_never_regress_a_tag(tmp_path: Path, p
         alice = pinned_owner(tmp_path, replicas[0], "alice")
         for replica in replicas[1:]:
             assert alice.veil("cas", "attest", replica.url, "--tolerate", "sim").returncode == 0
-        policy = _volume_session(tmp_path, "rep/app")
+        policy = volume_session(tmp_path, "rep/app")
         assert alice.veil("session", "create", str(policy)).returncode == 0
         config = ClientConfig.load(alice.home / "veil")
         owners = [OwnerClient(r.url, config) for r in replicas]
@@ -78,7 +84,7 @@ def test_three_replicas_lose_no_update_and_never_regress_a_tag(tmp_path: Path, p
                 tag: str, client: HttpCasClient, since: str | None = previous, won: list[str] = winners
             ) -> None:
                 try:
-                    client.push_volume_tag(_signed_update(provisioned, "rep/app/app", since, tag))
+                    client.push_volume_tag(signed_update(provisioned, "rep/app/app", since, tag))
                 except CasRequestFailed as exc:
                     assert exc.status == 409 and "moved on" in str(exc), exc
                     return

@@ -13,11 +13,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.cas_server import CasServer, Owner, pinned_owner, start_cas
+from tests.cas_server import (
+    CasServer,
+    Owner,
+    pinned_owner,
+    register_platform,
+    signed_update,
+    start_cas,
+    volume_session,
+)
 from tests.conftest import PYTHON, SHOW, measurement_of, requires_root, session_dict, session_yaml
 from veil.cas import Cas
 from veil.cas.identity import CasIdentity
@@ -25,7 +30,7 @@ from veil.cas.server import CasApp, CasSelf, openapi_document
 from veil.client.http import CasConnection, CasRequestFailed, HttpCasClient
 from veil.crypto import PlatformSigningKey
 from veil.protocol import AttestationRefused, AttestationRequest, Evidence, VolumeTagUpdate
-from veil.runtime.attest import Provisioned, provision
+from veil.runtime.attest import provision
 from veil.tee import SimEvidenceSource
 
 
@@ -188,14 +193,6 @@ def test_malformed_requests_get_400_not_500(cas: CasServer, alice: Owner) -> Non
 # -- runtimes ------------------------------------------------------------------------------
 
 
-def register_platform(tmp_path: Path, owner: Owner) -> Path:
-    key_file = tmp_path / "node" / "las" / "platform.key"
-    PlatformSigningKey.load_or_create(key_file)
-    result = owner.veil("cas", "platform", "add", "--key-file", str(key_file))
-    assert result.returncode == 0, result.stderr
-    return tmp_path / "node"
-
-
 @requires_root
 def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
     policy = write_session(
@@ -325,27 +322,9 @@ def test_openapi_is_served_and_documents_every_route(tmp_path: Path, cas: CasSer
         assert status == 200 and answer["sim"] is True
 
 
-def _volume_session(tmp_path: Path, name: str) -> Path:
-    document = session_dict(name=name)
-    document["volumes"] = [{"name": "data", "mode": "encrypted", "accept_fresh": True}]
-    document["services"][0]["volumes"] = [{"name": "data", "path": "/srv/data"}]
-    path = tmp_path / f"{name.replace('/', '_')}.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-def _signed_update(
-    provisioned: Provisioned, config_id: str, previous: str | None, tag: str
-) -> VolumeTagUpdate:
-    pem = provisioned.instance_certificate.public_bytes(Encoding.PEM).decode()
-    unsigned = VolumeTagUpdate(config_id, "data", previous, tag, pem, b"")
-    signature = provisioned.instance_key.sign(unsigned.signed_bytes(), ec.ECDSA(hashes.SHA256()))
-    return VolumeTagUpdate(config_id, "data", previous, tag, pem, signature)
-
-
 def test_volume_tags_over_the_network(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
     for name in ("net/a", "net/b"):
-        assert alice.veil("session", "create", str(_volume_session(tmp_path, name))).returncode == 0
+        assert alice.veil("session", "create", str(volume_session(tmp_path, name))).returncode == 0
     node = register_platform(tmp_path, alice)
     key = PlatformSigningKey.load_or_create(node / "las" / "platform.key")
     client = HttpCasClient(CasConnection(cas.url, alice.pin(cas.url)["ca_certificate"]))
@@ -354,16 +333,16 @@ def test_volume_tags_over_the_network(tmp_path: Path, cas: CasServer, alice: Own
     assert a.bundle.volumes[0].tag is None
 
     with pytest.raises(CasRequestFailed) as other:  # A's certificate, B's volume
-        client.push_volume_tag(_signed_update(a, "net/b/app", None, "t1"))
+        client.push_volume_tag(signed_update(a, "net/b/app", None, "t1"))
     assert other.value.status == 409 and "not issued by the CA of session 'net/b'" in str(other.value)
 
-    client.push_volume_tag(_signed_update(a, "net/a/app", None, "t1"))
-    client.push_volume_tag(_signed_update(a, "net/a/app", "t1", "t2"))
+    client.push_volume_tag(signed_update(a, "net/a/app", None, "t1"))
+    client.push_volume_tag(signed_update(a, "net/a/app", "t1", "t2"))
     with pytest.raises(CasRequestFailed) as stale:  # an old tag never overwrites a newer one
-        client.push_volume_tag(_signed_update(a, "net/a/app", "t1", "t3"))
+        client.push_volume_tag(signed_update(a, "net/a/app", "t1", "t3"))
     assert stale.value.status == 409 and "moved on" in str(stale.value)
 
-    forged = _signed_update(a, "net/a/app", "t2", "t3")
+    forged = signed_update(a, "net/a/app", "t2", "t3")
     with pytest.raises(CasRequestFailed) as unsigned:
         client.push_volume_tag(VolumeTagUpdate(*dataclasses.astuple(forged)[:5], b"\x30\x00"))
     assert "not signed by the runtime's instance key" in str(unsigned.value)

@@ -8,7 +8,6 @@ In sim mode the key is a 0600 file in the data directory, like the master key.
 import datetime as dt
 import ipaddress
 import ssl
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veil.cas.errors import CasError, MasterKeyError
 from veil.crypto import tls
-from veil.crypto.files import write_private_file
+from veil.crypto.files import exposure_problem, write_private_file
 from veil.crypto.tls import load_chain_in_memory
 from veil.crypto.x509ca import CertificateAuthority, PublicKey, spki_sha256
 
@@ -56,11 +55,9 @@ class CasIdentity:
     def load_or_create(cls, data_dir: Path) -> "CasIdentity":
         key_file, cert_file = data_dir / "identity.key", data_dir / "identity.crt"
         if key_file.exists():
-            mode = stat.S_IMODE(key_file.stat().st_mode)
-            if mode & 0o077:
-                raise MasterKeyError(
-                    f"{key_file} is readable by others (mode {mode:04o}); run: chmod 600 {key_file}"
-                )
+            problem = exposure_problem(key_file)
+            if problem:
+                raise MasterKeyError(problem)
             key = load_pem_private_key(key_file.read_bytes(), password=None)
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise MasterKeyError(f"{key_file} does not hold an ECDSA key")

@@ -6,14 +6,13 @@ IMMEDIATE`` serialises them: compare-and-swap reads see the last committed state
 sequence numbers stay contiguous and the chain never forks. Reads take no lock.
 """
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
 
 from veil.cas.errors import CasError, Conflict
-from veil.cas.storage import LogEntry, StoredRecord, checked_blob
+from veil.cas.storage import LogEntry, ReentrantTransactions, StoredRecord, log_entries, stored_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS veil_records (
@@ -37,8 +36,9 @@ class StoreUnavailable(CasError):
     """The database cannot be reached."""
 
 
-class PostgresStore:
+class PostgresStore(ReentrantTransactions):
     def __init__(self, url: str) -> None:
+        super().__init__()
         try:
             self._db = psycopg.connect(url, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -46,33 +46,19 @@ class PostgresStore:
         with self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             self._db.execute(_SCHEMA)
-        self._lock = threading.RLock()
-        self._depth = 0
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._depth = 1
-            try:
-                with self._db.transaction():
-                    self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
-                    yield
-            finally:
-                self._depth = 0
+    def _outermost(self) -> Iterator[None]:
+        with self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+            yield
 
     def get(self, kind: str, key: str) -> StoredRecord | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT version, blob FROM veil_records WHERE kind = %s AND key = %s", (kind, key)
             ).fetchone()
-        return StoredRecord(int(row[0]), checked_blob(row[1], f"record {kind}/{key}")) if row else None
+        return stored_record(row, kind, key)
 
     def put(self, kind: str, key: str, blob: bytes, expected_version: int | None) -> int:
         with self.transaction():
@@ -122,14 +108,7 @@ class PostgresStore:
             rows = self._db.execute(
                 "SELECT seq, body, chain FROM veil_audit_log WHERE seq > %s ORDER BY seq", (after_seq,)
             ).fetchall()
-        return [
-            LogEntry(
-                int(r[0]),
-                checked_blob(r[1], f"audit entry {r[0]}"),
-                checked_blob(r[2], f"audit entry {r[0]}"),
-            )
-            for r in rows
-        ]
+        return log_entries(rows)
 
     def close(self) -> None:
         with self._lock:

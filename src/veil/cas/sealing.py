@@ -8,7 +8,6 @@ an older copy is not detected by sealing alone (docs/threat-model.md).
 
 import json
 import logging
-import stat
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from veil.cas.errors import MasterKeyError, StorageCorrupted
 from veil.cas.storage import RecordStore
 from veil.crypto import AeadKey, DecryptionFailed, canonical_json, open_sealed, seal
 from veil.crypto.aead import derive_subkey
-from veil.crypto.files import write_private_file
+from veil.crypto.files import exposure_problem, write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +27,9 @@ _CACHE_SIZE = 4096
 def load_or_create_master_key(path: Path) -> AeadKey:
     """The CAS master key in a 0600 file: sim mode only, and said loudly."""
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise MasterKeyError(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+        problem = exposure_problem(path)
+        if problem:
+            raise MasterKeyError(problem)
         raw = path.read_bytes()
         if len(raw) != 32:
             raise MasterKeyError(f"{path} does not hold a 32-byte key")

@@ -7,11 +7,11 @@ blobs and the audit chain.
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from veil.cas.errors import Conflict, StorageCorrupted
 
@@ -54,6 +54,50 @@ def checked_blob(value: object, where: str) -> bytes:
     return value
 
 
+def stored_record(row: Any, kind: str, key: str) -> StoredRecord | None:
+    """A (version, blob) row as a record, or None for no row."""
+    return StoredRecord(int(row[0]), checked_blob(row[1], f"record {kind}/{key}")) if row else None
+
+
+def log_entries(rows: Iterable[Any]) -> list[LogEntry]:
+    """(seq, body, chain) rows as log entries, each blob checked."""
+    return [
+        LogEntry(
+            int(r[0]), checked_blob(r[1], f"audit entry {r[0]}"), checked_blob(r[2], f"audit entry {r[0]}")
+        )
+        for r in rows
+    ]
+
+
+class ReentrantTransactions:
+    """One lock per store; the outermost ``transaction()`` is a database transaction and
+    nested ones join it (use cases call each other inside one transaction)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    def _outermost(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                with self._outermost():
+                    yield
+            finally:
+                self._depth = 0
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
@@ -70,46 +114,33 @@ CREATE TABLE IF NOT EXISTS audit_log (
 """
 
 
-class SqliteStore:
+class SqliteStore(ReentrantTransactions):
     """One SQLite file in WAL mode; a transaction is ``BEGIN IMMEDIATE`` (one writer)."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.RLock()
-        self._depth = 0
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-            finally:
-                self._depth = 0
+    def _outermost(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def get(self, kind: str, key: str) -> StoredRecord | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT version, blob FROM records WHERE kind = ? AND key = ?", (kind, key)
             ).fetchone()
-        return StoredRecord(int(row[0]), checked_blob(row[1], f"record {kind}/{key}")) if row else None
+        return stored_record(row, kind, key)
 
     def put(self, kind: str, key: str, blob: bytes, expected_version: int | None) -> int:
         with self.transaction():
@@ -153,14 +184,7 @@ class SqliteStore:
             rows = self._db.execute(
                 "SELECT seq, body, chain FROM audit_log WHERE seq > ? ORDER BY seq", (after_seq,)
             ).fetchall()
-        return [
-            LogEntry(
-                int(r[0]),
-                checked_blob(r[1], f"audit entry {r[0]}"),
-                checked_blob(r[2], f"audit entry {r[0]}"),
-            )
-            for r in rows
-        ]
+        return log_entries(rows)
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from veil.cas.postgres import PostgresStore
 from veil.cas.sealing import load_or_create_master_key
 from veil.cas.server import CasApp, CasSelf, serve
 from veil.cas.storage import RecordStore, SqliteStore
-from veil.cli.options import cas_url_option
+from veil.cli.options import HOST_PORT, cas_url_option
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
 from veil.client.config import ClientConfig, normalize_url
 from veil.client.http import OwnerClient
@@ -20,7 +20,6 @@ from veil.client.pinning import attest_cas
 from veil.crypto import PlatformSigningKey
 from veil.las.client import LasClient
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
-from veil.shield.shields import split_address
 from veil.tee.measure import measure_veil
 
 
@@ -30,7 +29,9 @@ def cas() -> None:
 
 
 @cas.command("serve")
-@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--listen", type=HOST_PORT, default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on."
+)
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -43,7 +44,7 @@ def cas() -> None:
     help="postgresql://... : records in PostgreSQL (replicas share it) [default: SQLite in --data].",
 )
 @click.option("--name", "names", multiple=True, help="Extra host name for the TLS certificate (repeatable).")
-def serve_command(listen: str, data: Path, db: str | None, names: tuple[str, ...]) -> None:
+def serve_command(listen: tuple[str, int], data: Path, db: str | None, names: tuple[str, ...]) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
 
     Replicas: several processes with --db on one PostgreSQL serve the same sessions; for
@@ -55,10 +56,7 @@ def serve_command(listen: str, data: Path, db: str | None, names: tuple[str, ...
     makes the CAS attest itself with this machine's TEE; otherwise it runs in sim mode and
     says so in every answer (header Veil-Sim: true).
     """
-    address = split_address(listen)
-    if isinstance(address, str):
-        raise click.BadParameter("the CAS listens on HOST:PORT", param_hint="--listen")
-    host, port = address
+    host, port = listen
     mode = resolve_mode(os.environ.get("VEIL_MODE", "sim"))
     if mode == "sim":
         sim_banner(NETWORK_SIM_BANNER)

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import click
 
+from veil.cli.options import HOST_PORT
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, sim_banner
 from veil.cli.run import default_home, home_option
 from veil.crypto import PlatformSigningKey
 from veil.las.service import serve_las
-from veil.shield.shields import split_address
 from veil.tee.intel import Collateral
 from veil.tee.intel.collateral_store import describe, import_collateral
 
@@ -32,9 +32,11 @@ def las() -> None:
     default=None,
     help="Unix socket to serve on [default: $VEIL_HOME/las/las.sock].",
 )
-@click.option("--listen", default=None, help="Also serve plain HTTP on HOST:PORT (loopback only!).")
+@click.option(
+    "--listen", type=HOST_PORT, default=None, help="Also serve plain HTTP on HOST:PORT (loopback only!)."
+)
 @home_option
-def serve(socket_path: Path | None, listen: str | None, home: Path | None) -> None:
+def serve(socket_path: Path | None, listen: tuple[str, int] | None, home: Path | None) -> None:
     """Serve the node's sim platform key: sign sim evidence for local runtimes.
 
     The key is created on first start under $VEIL_HOME/las/platform.key; register it with a
@@ -42,18 +44,12 @@ def serve(socket_path: Path | None, listen: str | None, home: Path | None) -> No
     """
     root = home or default_home()
     key = PlatformSigningKey.load_or_create(root / "las" / "platform.key")
-    address = None
-    if listen is not None:
-        parsed = split_address(listen)
-        if isinstance(parsed, str):
-            raise click.BadParameter("HOST:PORT expected", param_hint="--listen")
-        address = parsed
     sim_banner(NETWORK_SIM_BANNER)
 
     def ready(where: str) -> None:
         click.echo(f"veil LAS serving platform {key.key_id[:16]}… on {where}", err=True)
 
-    serve_las(key, socket_path or root / "las" / "las.sock", address, ready)
+    serve_las(key, socket_path or root / "las" / "las.sock", listen, ready)
 
 
 @las.group()

@@ -2,6 +2,30 @@
 
 import click
 
+from veil.shield.shields import split_address
+
 cas_url_option = click.option(
     "--cas", "cas_url", default=None, help="CAS URL [default: $VEIL_CAS_ADDR or the pinned default]."
 )
+
+
+class HostPort(click.ParamType):  # type: ignore[type-arg]
+    """HOST:PORT (``:PORT`` means every interface), parsed to (host, port)."""
+
+    name = "HOST:PORT"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            address = split_address(str(value))
+        except ValueError:
+            address = ""
+        if isinstance(address, str):
+            self.fail(f"'{value}' is not HOST:PORT", param, ctx)
+        return address
+
+
+HOST_PORT = HostPort()

@@ -8,7 +8,6 @@ certificate that CAS issued for the owner key.
 
 import json
 import os
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from veil.crypto.files import create_private_file_once, replace_private_file
+from veil.crypto.files import create_private_file_once, exposure_problem, replace_private_file
 from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 
@@ -98,9 +97,9 @@ class ClientConfig:
             pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
             if create_private_file_once(path, pem):
                 return key
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ClientConfigError(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+        problem = exposure_problem(path)
+        if problem:
+            raise ClientConfigError(problem)
         loaded = load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ClientConfigError(f"{path} does not hold an ECDSA key")

@@ -1,6 +1,7 @@
 """Writing key material to disk: created 0600 from the start, never world-readable."""
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -37,3 +38,11 @@ def create_private_file_once(path: Path, data: bytes) -> bool:
     finally:
         temporary.unlink()
     return True
+
+
+def exposure_problem(path: Path) -> str | None:
+    """Why a key file must not be used (others may read it), or None if it is private."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}"
+    return None

@@ -1,14 +1,13 @@
 """Volume keys: the key file, and the keys derived from it (docs/volume-format.md, Keys)."""
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from veil.crypto.files import write_private_file
+from veil.crypto.files import exposure_problem, write_private_file
 from veil.volume.errors import VolumeError
 
 KEY_LEN = 32
@@ -46,9 +45,9 @@ def load_or_create_key_file(path: Path) -> bytes:
         key = os.urandom(KEY_LEN)
         write_private_file(path, key)
         return key
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise VolumeError(f"key file {path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+    problem = exposure_problem(path)
+    if problem:
+        raise VolumeError(f"key file {problem}")
     key = path.read_bytes()
     if len(key) != KEY_LEN:
         raise VolumeError(f"key file {path} must hold exactly {KEY_LEN} raw bytes, it holds {len(key)}")

@@ -22,7 +22,7 @@ from veil import __version__
 from veil.cas.errors import AccessDenied, Conflict, PredecessorMismatch, SessionNotFound, VolumeTagRefused
 from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_id
 from veil.cas.server.metrics import CasMetrics
-from veil.cas.service import Cas
+from veil.cas.service import Cas, SessionRecord
 from veil.errors import VeilError
 from veil.policy import PolicyError
 from veil.protocol import (
@@ -253,47 +253,38 @@ class CasApp:
 
     # -- owners --------------------------------------------------------------------------
 
-    def _session_info(self, name: str, owner: str, with_text: bool) -> dict[str, Any]:
-        record = self.cas.get_session(name, owner)
-        info: dict[str, Any] = {
+    def _session_info(self, record: SessionRecord) -> dict[str, Any]:
+        return {
             "name": record.name,
             "hash": record.hash,
             "revision": record.revision,
             "creator": record.creator,
             "sim": self.cas.sim_mode,
         }
-        if with_text:
-            info["text"] = record.text
-            info["session_ca"] = self.cas.session_ca_pem(name, owner)
-        return info
 
     async def sessions_get(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
         name = request.query.get("name")
         if name is None:
             return self._json({"sessions": self.cas.list_sessions(owner)})
-        return self._json(self._session_info(name, owner, with_text=True))
+        record = self.cas.get_session(name, owner)
+        return self._json(
+            {
+                **self._session_info(record),
+                "text": record.text,
+                "session_ca": self.cas.session_ca_pem(name, owner),
+            }
+        )
 
     async def session_create(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
         record = self.cas.create_session(self._text(await self._body(request), "text"), owner)
-        return self._json(self._session_info(record.name, owner, with_text=False), 201)
+        return self._json(self._session_info(record), 201)
 
     async def session_update(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
         record = self.cas.update_session(self._text(await self._body(request), "text"), owner)
-        try:
-            return self._json(self._session_info(record.name, owner, with_text=False))
-        except AccessDenied:  # may update but not read
-            return self._json(
-                {
-                    "name": record.name,
-                    "hash": record.hash,
-                    "revision": record.revision,
-                    "creator": record.creator,
-                    "sim": self.cas.sim_mode,
-                }
-            )
+        return self._json(self._session_info(record))
 
     async def platform_add(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
