@@ -19,13 +19,12 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    load_pem_private_key,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from veil.cas.errors import CasError, MasterKeyError
+from veil.cas.errors import CasError
 from veil.crypto import tls
-from veil.crypto.files import exposure_problem, write_private_file
+from veil.crypto.files import load_private_ec_key_file, write_private_file
 from veil.crypto.tls import load_chain_in_memory
 from veil.crypto.x509ca import CertificateAuthority, PublicKey, spki_sha256
 
@@ -55,12 +54,7 @@ class CasIdentity:
     def load_or_create(cls, data_dir: Path) -> "CasIdentity":
         key_file, cert_file = data_dir / "identity.key", data_dir / "identity.crt"
         if key_file.exists():
-            problem = exposure_problem(key_file)
-            if problem:
-                raise MasterKeyError(problem)
-            key = load_pem_private_key(key_file.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise MasterKeyError(f"{key_file} does not hold an ECDSA key")
+            key = load_private_ec_key_file(key_file)
             return cls(CertificateAuthority(key, x509.load_pem_x509_certificate(cert_file.read_bytes())))
         ca = CertificateAuthority.create("veil CAS")
         write_private_file(key_file, ca.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))

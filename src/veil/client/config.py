@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    load_pem_private_key,
 )
 
-from veil.crypto.files import create_private_file_once, exposure_problem, replace_private_file
+from veil.crypto.files import create_private_file_once, load_private_ec_key_file, replace_private_file
 from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 
@@ -97,13 +96,7 @@ class ClientConfig:
             pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
             if create_private_file_once(path, pem):
                 return key
-        problem = exposure_problem(path)
-        if problem:
-            raise ClientConfigError(problem)
-        loaded = load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ClientConfigError(f"{path} does not hold an ECDSA key")
-        return loaded
+        return load_private_ec_key_file(path)
 
     def owner_id(self) -> str:
         return spki_sha256(self.owner_key().public_key())

@@ -4,6 +4,11 @@ import os
 import stat
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from veil.crypto.errors import CryptoError
+
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 (failing if it exists) and write ``data`` durably."""
@@ -46,3 +51,18 @@ def exposure_problem(path: Path) -> str | None:
     if mode & 0o077:
         return f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}"
     return None
+
+
+class KeyFileError(CryptoError):
+    """A key file is exposed to others or does not hold the expected key."""
+
+
+def load_private_ec_key_file(path: Path) -> ec.EllipticCurvePrivateKey:
+    """An ECDSA private key (PEM) from a file only its owner may read."""
+    problem = exposure_problem(path)
+    if problem:
+        raise KeyFileError(problem)
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KeyFileError(f"{path} does not hold an ECDSA key")
+    return key
