@@ -170,6 +170,44 @@ class AttestationGrant:
 
 
 @dataclass(frozen=True)
+class LaunchDescriptor:
+    """What a service runs, as the CAS states it before attestation (no secret values):
+    the command template, pwd and PATH, what to measure (``command`` or ``image``) and,
+    for an image, the volume paths the measurement leaves out."""
+
+    command: list[str]
+    pwd: str
+    path: str | None
+    measure: str = "command"
+    volume_paths: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "pwd": self.pwd,
+            "path": self.path,
+            "measure": self.measure,
+            "volume_paths": self.volume_paths,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "LaunchDescriptor":
+        command = raw.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            raise ProtocolError("field 'command' is missing or not a non-empty list of strings")
+        path = raw.get("path")
+        if path is not None and not isinstance(path, str):
+            raise ProtocolError("field 'path' is not a string")
+        measure = raw.get("measure", "command")
+        if measure not in ("command", "image"):
+            raise ProtocolError("field 'measure' is neither 'command' nor 'image'")
+        volume_paths = raw.get("volume_paths", [])
+        if not isinstance(volume_paths, list) or not all(isinstance(p, str) for p in volume_paths):
+            raise ProtocolError("field 'volume_paths' is not a list of strings")
+        return cls(command, _field(raw, "pwd", str), path, measure, volume_paths)
+
+
+@dataclass(frozen=True)
 class BundleFile:
     path: str
     mode: int

@@ -45,6 +45,7 @@ from veil.protocol import (
     AttestationRefused,
     AttestationRequest,
     BundleVolume,
+    LaunchDescriptor,
     VolumeTagUpdate,
     bundle_info,
     expected_report_data,
@@ -159,15 +160,22 @@ class Cas:
                 names.append(name)
         return names
 
-    def launch_descriptor(self, config_id: str) -> tuple[list[str], str, str | None]:
+    def launch_descriptor(self, config_id: str) -> LaunchDescriptor:
         """What a service runs, for a runtime to measure before it attests: the command as
-        written (placeholders not substituted, so no secret value), pwd and PATH."""
+        written (placeholders not substituted, so no secret value), pwd, PATH, and what to
+        measure."""
         session_name, service_name = split_config_id(config_id)
         found = self._record(session_name)
         service = found[1].session.service(service_name) if found else None
         if service is None:
             raise SessionNotFound(f"no service '{config_id}'")
-        return list(service.command), service.pwd, service.environment.get("PATH")
+        return LaunchDescriptor(
+            list(service.command),
+            service.pwd,
+            service.environment.get("PATH"),
+            service.measure,
+            [v.path for v in service.volumes],
+        )
 
     def session_hash_of(self, name: str) -> str | None:
         found = self._record(name)
@@ -299,12 +307,25 @@ class Cas:
         return self._session_ca(session_name).certificate_pem
 
     def _sync_volumes(self, session: Session) -> None:
-        """A key for every new volume. Keys are never dropped: data written under a key
-        must stay readable if the volume comes back into the session."""
+        """A key for every new volume (generated, or the session's ``key`` secret). Keys are
+        never dropped: data written under a key must stay readable if the volume comes
+        back into the session. ``initial_tag`` is the tag while none is recorded."""
         for definition in session.volumes:
             key = f"{session.name}#{definition.name}"
-            if self.records.get(_VOLUME, key) is None:
-                value = {"key": base64.b64encode(os.urandom(32)).decode(), "tag": None}
+            found = self.records.get(_VOLUME, key)
+            if definition.key is not None:  # a volume made outside the CAS (docs/image.md)
+                secret = self.records.get(_SECRET, f"{session.name}#{definition.key}")
+                assert secret is not None  # the session checks name a defined secret
+                given = str(secret[1]["value"])
+                if found is not None and found[1]["key"] == given:
+                    if found[1]["tag"] is None and definition.initial_tag is not None:
+                        self.records.put(_VOLUME, key, {**found[1], "tag": definition.initial_tag}, found[0])
+                    continue
+                # a new key is a new volume: its tag starts again from the shipped state
+                value = {"key": given, "tag": definition.initial_tag}
+                self.records.put(_VOLUME, key, value, found[0] if found else None)
+            elif found is None:
+                value = {"key": base64.b64encode(os.urandom(32)).decode(), "tag": definition.initial_tag}
                 self.records.put(_VOLUME, key, value, None)
 
     def volume_tag(self, session_name: str, volume: str) -> str | None:

@@ -23,6 +23,7 @@ _COMMANDS = {
     "volume": "veil.cli.volume",
     "cas": "veil.cli.cas",
     "owner": "veil.cli.owner",
+    "image": "veil.cli.image",
 }
 
 

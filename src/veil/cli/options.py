@@ -2,6 +2,8 @@
 
 import click
 
+from veil.client.config import ClientConfig
+from veil.client.http import OwnerClient
 from veil.shield.shields import split_address
 
 cas_url_option = click.option(
@@ -29,3 +31,9 @@ class HostPort(click.ParamType):  # type: ignore[type-arg]
 
 
 HOST_PORT = HostPort()
+
+
+def owner_client(cas_url: str | None) -> OwnerClient:
+    """The owner's authenticated client for ``--cas`` (or the configured default)."""
+    config = ClientConfig.load()
+    return OwnerClient(config.resolve_url(cas_url), config)

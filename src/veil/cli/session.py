@@ -5,10 +5,8 @@ from typing import Any
 
 import click
 
-from veil.cli.options import cas_url_option
+from veil.cli.options import cas_url_option, owner_client
 from veil.cli.output import emit_json, note
-from veil.client.config import ClientConfig
-from veil.client.http import OwnerClient
 from veil.policy import PolicyError, Session, load_session_file, session_hash, with_predecessor
 
 
@@ -87,11 +85,6 @@ def schema() -> None:
     emit_json(document)
 
 
-def _owner_client(cas_url: str | None) -> OwnerClient:
-    config = ClientConfig.load()
-    return OwnerClient(config.resolve_url(cas_url), config)
-
-
 def _say_stored(result: dict[str, Any], verb: str, as_json: bool) -> None:
     if as_json:
         emit_json(result)
@@ -108,7 +101,7 @@ def _say_stored(result: dict[str, Any], verb: str, as_json: bool) -> None:
 def create(file: Path, cas_url: str | None, as_json: bool) -> None:
     """Create the session in FILE on the CAS; you become its creator (owner)."""
     load_session_file(file)  # report every problem locally, with positions, first
-    _say_stored(_owner_client(cas_url).create_session(file.read_text()), "created", as_json)
+    _say_stored(owner_client(cas_url).create_session(file.read_text()), "created", as_json)
 
 
 @session.command()
@@ -123,7 +116,7 @@ def update(file: Path, cas_url: str | None, as_json: bool) -> None:
     read it first; name the predecessor to be safe).
     """
     parsed, text = load_session_file(file)
-    client = _owner_client(cas_url)
+    client = owner_client(cas_url)
     if parsed.predecessor is None:
         current = str(client.get_session(parsed.name)["hash"])
         text = with_predecessor(text, current)
@@ -136,7 +129,7 @@ def update(file: Path, cas_url: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print hash, revision, creator, text and CA as JSON.")
 def show(name: str, cas_url: str | None, as_json: bool) -> None:
     """Print the stored session NAME (if its access policy lets you read it)."""
-    result = _owner_client(cas_url).get_session(name)
+    result = owner_client(cas_url).get_session(name)
     if as_json:
         emit_json(result)
         return
@@ -150,7 +143,7 @@ def show(name: str, cas_url: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the names as JSON.")
 def list_(cas_url: str | None, as_json: bool) -> None:
     """List the sessions on the CAS that you may read."""
-    names = _owner_client(cas_url).list_sessions()
+    names = owner_client(cas_url).list_sessions()
     if as_json:
         emit_json(names)
     else:

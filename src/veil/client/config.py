@@ -28,7 +28,14 @@ class ClientConfigError(VeilError):
 
 
 def config_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".config")
+        except RuntimeError:  # no $HOME and no passwd entry: a runtime in a bare image
+            if os.geteuid() != 0:
+                raise ClientConfigError("no home directory: set XDG_CONFIG_HOME") from None
+            base = "/root/.config"
     return Path(base) / "veil"
 
 

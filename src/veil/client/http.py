@@ -10,7 +10,6 @@ import http.client
 import json
 import ssl
 import threading
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -27,6 +26,8 @@ from veil.protocol import (
     AttestationGrant,
     AttestationRefused,
     AttestationRequest,
+    LaunchDescriptor,
+    ProtocolError,
     VolumeTagUpdate,
     b64,
     unb64,
@@ -46,15 +47,6 @@ class CasRequestFailed(VeilError):
 
 class CasNotTrusted(CasRequestFailed):
     """The server does not present the pinned CAS identity."""
-
-
-@dataclass(frozen=True)
-class Launch:
-    """What a service runs, as the CAS states it (placeholders not substituted)."""
-
-    command: list[str]
-    pwd: str
-    path: str | None
 
 
 class CasConnection:
@@ -158,15 +150,14 @@ class HttpCasClient:
     def nonce(self) -> bytes:
         return unb64(self.connection.call("POST", "/v1/nonces").get("nonce"), "nonce")
 
-    def launch(self, config_id: str) -> Launch:
+    def launch(self, config_id: str) -> LaunchDescriptor:
         answer = self.connection.call("GET", f"/v1/launch?config_id={quote(config_id, safe='')}")
-        command = answer.get("command")
-        if not isinstance(command, list) or not command:
-            raise CasRequestFailed(f"the CAS sent no command for {config_id}")
-        path = answer.get("path")
-        return Launch(
-            [str(a) for a in command], str(answer.get("pwd", "/")), None if path is None else str(path)
-        )
+        try:
+            return LaunchDescriptor.from_json(answer)
+        except ProtocolError as exc:
+            raise CasRequestFailed(
+                f"the CAS sent a malformed launch descriptor for {config_id}: {exc}"
+            ) from None
 
     def attest(self, request: AttestationRequest) -> AttestationGrant:
         status, answer = self.connection.request("POST", "/v1/attest", request.to_json())
@@ -235,4 +226,4 @@ class OwnerClient:
         return result
 
 
-__all__ = ["CasConnection", "CasNotTrusted", "CasRequestFailed", "HttpCasClient", "Launch", "OwnerClient"]
+__all__ = ["CasConnection", "CasNotTrusted", "CasRequestFailed", "HttpCasClient", "OwnerClient"]

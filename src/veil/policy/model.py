@@ -5,6 +5,7 @@ single values lives here; rules that span the document (secret references, uniqu
 live in ``veil.policy.rules``.
 """
 
+import base64
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -197,6 +198,18 @@ class VolumeDefinition(StrictModel):
     #: on first use (no tag in the CAS yet), accept an empty storage directory and create
     #: a fresh volume there; without it, such a volume is refused.
     accept_fresh: bool = False
+    #: a ``binary`` secret of 32 bytes used as the volume key instead of a CAS-generated one
+    #: (a volume made outside the CAS, e.g. by ``veil image convert``).
+    key: str | None = None
+    #: the volume's tag while the CAS holds none (the state it was shipped in).
+    initial_tag: str | None = None
+
+    @field_validator("initial_tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("a volume tag is 64 lower-case hex digits (from `veil volume tag`)")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -280,6 +293,9 @@ class Service(StrictModel):
     #: whether `veil run ... -- ARGS` may append arguments; they are neither measured nor
     #: part of the session, so a host could choose them.
     allow_extra_args: bool = False
+    #: what the runtime measures: the program (``command``) or the whole root file system
+    #: it runs in (``image``, for converted images; docs/image.md).
+    measure: Literal["command", "image"] = "command"
 
     @field_validator("name")
     @classmethod
@@ -397,6 +413,18 @@ class SecretDefinition(StrictModel):
     @property
     def generated_size(self) -> int:
         return self.size if self.size is not None else 32
+
+    @property
+    def binary_size(self) -> int | None:
+        """The length in bytes of a binary secret (None if an explicit value is malformed)."""
+        if self.value is None:
+            return self.generated_size
+        try:
+            if self.encoding == "hex":
+                return len(bytes.fromhex(self.value))
+            return len(base64.b64decode(self.value, validate=True))
+        except ValueError:
+            return None
 
     @property
     def effective_key_type(self) -> str:

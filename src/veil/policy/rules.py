@@ -98,6 +98,28 @@ def _certificate_problems(session: Session, doc: YamlDocument) -> list[PolicyPro
     return problems
 
 
+def _volume_key_problems(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    """A volume's ``key`` names a binary secret of exactly 32 bytes."""
+    problems: list[PolicyProblem] = []
+    for index, volume in enumerate(session.volumes):
+        if volume.key is None:
+            continue
+        secret = session.secret(volume.key)
+        where = ("volumes", index, "key")
+        if secret is None:
+            known = ", ".join(sorted(s.name for s in session.secrets)) or "none"
+            problems.append(doc.problem(where, f"unknown secret '{volume.key}'", f"known: {known}"))
+        elif secret.kind != "binary" or secret.binary_size != 32:
+            problems.append(
+                doc.problem(
+                    where,
+                    f"secret '{volume.key}' cannot be a volume key",
+                    "a volume key is a binary secret of 32 bytes (size: 32, or a 32-byte value)",
+                )
+            )
+    return problems
+
+
 def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
     problems: list[PolicyProblem] = []
     for index in _duplicates([s.name for s in session.services]):
@@ -114,6 +136,7 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
         problems.append(
             doc.problem(("volumes", index, "name"), f"duplicate volume name '{session.volumes[index].name}'")
         )
+    problems.extend(_volume_key_problems(session, doc))
     volumes = {v.name for v in session.volumes}
     for s_index, service in enumerate(session.services):
         paths: set[str] = set()

@@ -14,7 +14,7 @@ from veil.client import CasClient, EmbeddedCasClient
 from veil.client.http import HttpCasClient
 from veil.crypto import PlatformSigningKey
 from veil.policy import Session, load_session_file, parse_session, session_hash, with_predecessor
-from veil.protocol import EvidenceSource
+from veil.protocol import EvidenceSource, LaunchDescriptor
 from veil.runtime.attest import Provisioned, provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
@@ -22,6 +22,7 @@ from veil.runtime.network import start_shields
 from veil.runtime.supervisor import LaunchSpec, supervise
 from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
+from veil.tee.image_measure import ImageMeasurement, measure_image
 from veil.tee.measure import Measurement
 
 #: The owner identity of whoever runs the embedded CAS on this machine.
@@ -100,7 +101,7 @@ def run_with_policy(
     client = EmbeddedCasClient(cas)
     try:
         report(register_or_update(cas, session, text, str(policy)))
-        measurement = measure_command(service.command, service.pwd, service.environment.get("PATH"))
+        measurement = measure_workload(cas.launch_descriptor(f"{session.name}/{service.name}"))
         provisioned = provision(
             client, evidence_source(mode, platform_key), f"{session.name}/{service.name}", measurement.value
         )
@@ -119,10 +120,10 @@ def run_from_cas(
     """``veil run --cas URL --config-id SESSION/SERVICE``: the service as the CAS defines it.
 
     The runtime measures the command the CAS names for the service (its template, without
-    secret values), attests with that measurement and executes exactly the measured file.
+    secret values), or the whole root for ``measure: image``, attests with that measurement
+    and executes exactly the measured file.
     """
-    launch = client.launch(config_id)
-    measurement = measure_command(launch.command, launch.pwd, launch.path)
+    measurement = measure_workload(client.launch(config_id))
     provisioned = provision(client, evidence, config_id, measurement.value)
     if extra_args and not provisioned.bundle.allow_extra_args:
         raise RuntimeFailure(
@@ -132,10 +133,18 @@ def run_from_cas(
     return run_provisioned(client, provisioned, measurement, extra_args, report)
 
 
+def measure_workload(launch: LaunchDescriptor) -> Measurement | ImageMeasurement:
+    """The measurement the service's attestation entries name (docs/measurement.md,
+    docs/image.md)."""
+    if launch.measure == "image":
+        return measure_image(launch.command, launch.pwd, launch.path, launch.volume_paths)
+    return measure_command(launch.command, launch.pwd, launch.path)
+
+
 def run_provisioned(
     client: CasClient,
     provisioned: Provisioned,
-    measurement: Measurement,
+    measurement: Measurement | ImageMeasurement,
     extra_args: list[str],
     report: Callable[[str], None],
 ) -> int:

@@ -125,8 +125,9 @@ def _start_and_wait(spec: LaunchSpec, staging: str) -> int:
     spec_read, spec_write = os.pipe()
     status_read, status_write = os.pipe()
     # The launcher is veil's own code; isolated mode unless veil runs from a source tree.
+    # -B: writing bytecode would change a measured image (docs/image.md).
     launcher_env = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
-    isolation = "-s" if launcher_env else "-I"
+    isolation = "-sB" if launcher_env else "-IB"
     # Block forwarded signals until the handlers know the child's pid; the launcher unblocks.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:

@@ -7,6 +7,7 @@ storage through a directory descriptor opened before mounting (``/proc/self/fd/N
 the program sees plaintext where the storage holds ciphertext.
 """
 
+import ctypes
 import json
 import os
 import shutil
@@ -89,15 +90,13 @@ def stop(mountpoint: Path) -> str:
     if not status.exists():
         raise VolumeError(f"{mountpoint} is not a mounted veil volume")
     pid = int(json.loads(status.read_text())["pid"])
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    command = [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
     deadline = time.time() + 30
     while True:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode == 0:
+        problem = _unmount(mountpoint)
+        if problem is None:
             break
-        if "busy" not in result.stderr or time.time() > deadline:
-            raise VolumeError(f"cannot unmount {mountpoint}: {result.stderr.strip()}")
+        if "busy" not in problem or time.time() > deadline:
+            raise VolumeError(f"cannot unmount {mountpoint}: {problem}")
         time.sleep(0.1)  # a process still has files open there
     deadline = time.time() + 60
     while Path(f"/proc/{pid}").exists() and time.time() < deadline:
@@ -110,6 +109,20 @@ def stop(mountpoint: Path) -> str:
         raise VolumeError(f"the volume daemon did not finish cleanly; last tag {final.get('tag')}")
     status.unlink()
     return str(final["tag"])
+
+
+def _unmount(mountpoint: Path) -> str | None:
+    """Unmount once; None on success, else the reason. fusermount3 where installed; in an
+    image without it (docs/image.md), the umount2 system call (the runtime is root there)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or shutil.which("umount")
+    if tool:
+        command = [tool, "-u", str(mountpoint)] if "fusermount" in tool else [tool, str(mountpoint)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        return None if result.returncode == 0 else result.stderr.strip() or "unmount failed"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mountpoint), 0) == 0:
+        return None
+    return os.strerror(ctypes.get_errno()).lower()
 
 
 def _reap(pid: int) -> bool:

@@ -232,10 +232,8 @@ class CasApp:
         config_id = request.query.get("config_id")
         if not config_id:
             raise _Fail(400, {"error": "query parameter config_id=SESSION/SERVICE is required"})
-        command, pwd, path = self.cas.launch_descriptor(config_id)
-        return self._json(
-            {"config_id": config_id, "command": command, "pwd": pwd, "path": path, "sim": self.cas.sim_mode}
-        )
+        launch = self.cas.launch_descriptor(config_id)
+        return self._json({"config_id": config_id, **launch.to_json(), "sim": self.cas.sim_mode})
 
     async def attest(self, request: web.Request) -> web.Response:
         attestation = AttestationRequest.from_json(await self._body(request))

@@ -1,0 +1,328 @@
+"""`veil image convert`: a container image in, a confidential image and its session out.
+
+Steps (docs/image.md): read the source layers into the merged tree; copy the files under
+the protected paths out of it into fresh volumes; write the layers without that plaintext
+(untouched layers keep their blobs), one layer per volume and the runtime layer; measure
+the result from the output layers themselves; write config, manifest and tag.
+"""
+
+import copy
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veil.image.errors import ImageError
+from veil.image.layers import (
+    MergedTree,
+    WrittenLayer,
+    extract_files,
+    filter_layer,
+    fixed_info,
+    layer_paths,
+    new_layer,
+    under,
+)
+from veil.image.oci import CONFIG, LAYER_GZIP, MANIFEST, Descriptor, Layout, Reference, skopeo_copy
+from veil.image.runtime_layer import ENTRYPOINT, runtime_layer
+from veil.image.template import TemplateVolume, session_yaml, volume_name
+from veil.policy.model import SERVICE_NAME, SESSION_NAME
+from veil.tee.image_measure import ALWAYS_EXCLUDED
+from veil.volume import Volume
+
+#: (label, total steps) -> None; called before each step of the conversion.
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    source: str
+    destination: str
+    session: str
+    service: str
+    encrypt: list[str] = field(default_factory=list)
+    authenticate: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    digest: str
+    size: int
+    origin: str  # "source", "rewritten", "volume /path", "runtime"
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    destination: str
+    manifest_digest: str
+    measurement: str
+    command: list[str]
+    environment: dict[str, str]
+    pwd: str
+    volumes: list[TemplateVolume]
+    layers: list[LayerSummary]
+    warnings: list[str]
+    session_text: str = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "manifest_digest": self.manifest_digest,
+            "measurement": self.measurement,
+            "command": self.command,
+            "pwd": self.pwd,
+            "volumes": [{"name": v.name, "path": v.path, "mode": v.mode, "tag": v.tag} for v in self.volumes],
+            "layers": [{"digest": la.digest, "size": la.size, "origin": la.origin} for la in self.layers],
+            "warnings": self.warnings,
+        }
+
+
+def _protected(options: ConvertOptions) -> list[tuple[str, str]]:
+    wanted = [(p, "encrypted") for p in options.encrypt] + [
+        (p, "authenticated") for p in options.authenticate
+    ]
+    result: list[tuple[str, str]] = []
+    for raw, mode in wanted:
+        parts = [p for p in raw.split("/") if p not in ("", ".")]
+        if not raw.startswith("/") or ".." in parts or not parts:
+            raise ImageError(f"'{raw}': a protected path is an absolute directory other than /, without '..'")
+        path = "/" + "/".join(parts)
+        for other, _ in result:
+            if under(path, other) or under(other, path):
+                raise ImageError(f"protected paths {other} and {path} overlap")
+        for reserved in (*ALWAYS_EXCLUDED, "/opt/veil"):
+            if under(path, reserved) or under(reserved, path):
+                raise ImageError(f"{path} cannot be protected: {reserved} is managed by the engine or veil")
+        result.append((path, mode))
+    return result
+
+
+def _check_names(options: ConvertOptions) -> None:
+    if not SESSION_NAME.match(options.session):
+        raise ImageError(f"'{options.session}' is not a session name (lower-case segments separated by '/')")
+    if not SERVICE_NAME.match(options.service):
+        raise ImageError(f"'{options.service}' is not a service name (a-z, 0-9, '.', '_', '-')")
+
+
+def _workload(config: dict[str, Any], warnings: list[str]) -> tuple[list[str], dict[str, str], str]:
+    settings = config.get("config") or {}
+    command = [str(a) for a in (settings.get("Entrypoint") or []) + (settings.get("Cmd") or [])]
+    if not command:
+        raise ImageError("the image has neither Entrypoint nor Cmd: nothing to run")
+    environment: dict[str, str] = {}
+    for item in settings.get("Env") or []:
+        key, _, value = str(item).partition("=")
+        environment[key] = value
+    user = str(settings.get("User") or "")
+    if user not in ("", "0", "root", "0:0", "root:root"):
+        warnings.append(
+            f"the image runs as user '{user}'; under veil the program runs as root (no 'user' yet)"
+        )
+    return command, environment, str(settings.get("WorkingDir") or "/")
+
+
+def _make_volume(
+    layout: Layout, image_layers: list[Descriptor], tree: MergedTree, path: str, mode: str, work: Path
+) -> tuple[TemplateVolume, Path, int]:
+    node = tree.nodes.get(path)
+    if node is None:
+        raise ImageError(f"{path} is not in the image")
+    if node.entry.type != "dir":
+        raise ImageError(f"{path} is a {node.entry.type}; a protected path is a directory (a volume)")
+    staging = work / f"plain{len(list(work.iterdir()))}"
+    staging.mkdir()
+    wanted: dict[int, dict[str, list[Path]]] = {}
+    directories: list[tuple[str, int]] = []
+    files: list[tuple[str, int]] = []
+    for inside, found in sorted(tree.nodes.items()):
+        if inside == path or not under(inside, path):
+            continue
+        relative = inside[len(path) :]
+        if found.entry.type == "dir":
+            directories.append((relative, found.entry.mode))
+        elif found.entry.type == "file":
+            files.append((relative, found.entry.mode))
+            wanted.setdefault(found.layer, {}).setdefault(found.member, []).append(
+                staging / relative.lstrip("/")
+            )
+        else:
+            raise ImageError(f"{inside} is a {found.entry.type}; a volume holds only files and directories")
+    for index, members in sorted(wanted.items()):
+        extract_files(layout, image_layers[index], members)
+    key = os.urandom(32)
+    storage = work / f"volume{len(list(work.iterdir()))}"
+    with Volume.create(storage, key, mode) as volume:
+        for relative, bits in directories:
+            volume.mkdir(relative, bits & 0o7777)
+        for relative, bits in files:
+            source = staging / relative.lstrip("/")
+            with source.open("rb") as plain, volume.open_file(relative, "x", bits & 0o7777) as target:
+                while block := plain.read(1 << 20):
+                    target.write(block)
+        tag = volume.flush()
+    return TemplateVolume("", path, mode, key, tag), storage, len(files)
+
+
+def _volume_layer(out: Layout, path: str, storage: Path, mode_bits: int) -> WrittenLayer:
+    prefix = path.lstrip("/")
+    with new_layer(out) as writer:
+        writer.add(fixed_info(prefix, tarfile.DIRTYPE, mode_bits))
+        for item in layer_paths(storage):
+            if item.name == ".lock":
+                continue
+            name = f"{prefix}/{item.relative_to(storage)}"
+            if item.is_dir():
+                writer.add(fixed_info(name, tarfile.DIRTYPE, 0o700))
+            else:
+                with item.open("rb") as handle:
+                    writer.add(fixed_info(name, tarfile.REGTYPE, 0o600, item.stat().st_size), handle)
+        return writer.finish()
+
+
+def _runtime_layer(out: Layout) -> WrittenLayer:
+    cached = runtime_layer()
+    descriptor = Descriptor(LAYER_GZIP, cached.digest, cached.size)
+    out.copy_file(cached.path, descriptor)
+    return WrittenLayer(descriptor, cached.diff_id)
+
+
+def convert(options: ConvertOptions, report: Progress = lambda _label, _total: None) -> ConvertResult:
+    """Convert; on failure, a destination directory this call created is removed again."""
+    target = Reference.parse(options.destination).oci_dir
+    created = target is not None and not target.exists()
+    try:
+        return _convert(options, report)
+    except BaseException:
+        if created and target is not None:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
+    _check_names(options)
+    protected = _protected(options)
+    source_ref, destination_ref = Reference.parse(options.source), Reference.parse(options.destination)
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="veil-image-") as scratch:
+        work = Path(scratch)
+        if source_ref.oci_dir is not None:
+            source, source_tag = Layout(source_ref.oci_dir), source_ref.tag
+        else:
+            report(f"fetching {options.source} with skopeo", 0)
+            skopeo_copy(options.source, f"oci:{work / 'source'}:source")
+            source, source_tag = Layout(work / "source"), "source"
+        if destination_ref.oci_dir is not None:
+            out, out_tag = Layout(destination_ref.oci_dir), destination_ref.tag or "latest"
+        else:
+            out, out_tag = Layout(work / "output"), "veil"
+        image = source.image(source_tag)
+        command, environment, pwd = _workload(image.config, warnings)
+        total = 3 * len(image.layers) + 3 * len(protected) + 3 + (destination_ref.oci_dir is None)
+
+        def progress(label: str) -> None:
+            report(label, total)
+
+        out.init()
+
+        tree = MergedTree()
+        for index, layer in enumerate(image.layers):
+            progress(f"reading layer {index + 1}/{len(image.layers)}")
+            with source.open_blob(layer) as blob:
+                tree.apply(index, blob)
+
+        volumes: list[TemplateVolume] = []
+        storages: list[tuple[str, Path, int]] = []
+        taken: set[str] = set()
+        plain = work / "volumes"
+        plain.mkdir()
+        for path, mode in protected:
+            progress(f"protecting {path} ({mode})")
+            made, storage, _ = _make_volume(source, image.layers, tree, path, mode, plain)
+            volumes.append(TemplateVolume(volume_name(path, taken), path, mode, made.key, made.tag))
+            storages.append((path, storage, tree.nodes[path].entry.mode))
+
+        layers: list[tuple[WrittenLayer, str, str]] = []  # layer, origin, history comment
+        diff_ids = image.config["rootfs"]["diff_ids"]
+        for index, layer in enumerate(image.layers):
+            progress(f"writing layer {index + 1}/{len(image.layers)}")
+            rewritten = filter_layer(source, layer, [p for p, _ in protected], out) if protected else None
+            if rewritten is None:
+                out.copy_blob_from(source, layer)
+                layers.append((WrittenLayer(layer, diff_ids[index]), "source", ""))
+            else:
+                layers.append((rewritten, "rewritten", ""))
+        for (path, storage, bits), volume in zip(storages, volumes, strict=True):
+            progress(f"writing the volume layer of {path}")
+            layers.append(
+                (_volume_layer(out, path, storage, bits), f"volume {path}", f"veil volume {volume.name}")
+            )
+        progress("writing the runtime layer")
+        layers.append((_runtime_layer(out), "runtime", "veil runtime"))
+
+        measured = MergedTree()
+        for index, (written, _, _) in enumerate(layers):
+            progress(f"measuring layer {index + 1}/{len(layers)}")
+            with out.open_blob(written.descriptor) as blob:
+                measured.apply(index, blob)
+        measurement = "sha256:" + measured.measurement([v.path for v in volumes]).hex()
+
+        progress("writing config and manifest")
+        config = _config(image.config, options, layers)
+        config_descriptor = out.put_json(config, CONFIG)
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": config_descriptor.as_json(),
+            "layers": [written.descriptor.as_json() for written, _, _ in layers],
+        }
+        if image.manifest.get("annotations"):
+            manifest["annotations"] = image.manifest["annotations"]
+        manifest_descriptor = out.put_json(manifest, MANIFEST)
+        out.tag(manifest_descriptor, out_tag)
+        if destination_ref.oci_dir is None:
+            progress(f"writing {options.destination} with skopeo")
+            skopeo_copy(f"oci:{out.root}:{out_tag}", options.destination)
+
+    text = session_yaml(
+        options.session, options.service, measurement, command, environment, pwd, volumes, options.destination
+    )
+    return ConvertResult(
+        options.destination,
+        manifest_descriptor.digest,
+        measurement,
+        command,
+        environment,
+        pwd,
+        volumes,
+        [LayerSummary(w.descriptor.digest, w.descriptor.size, origin) for w, origin, _ in layers],
+        warnings,
+        text,
+    )
+
+
+def _config(
+    source: dict[str, Any], options: ConvertOptions, layers: list[tuple[WrittenLayer, str, str]]
+) -> dict[str, Any]:
+    config = copy.deepcopy(source)
+    settings = dict(config.get("config") or {})
+    settings.update(
+        {
+            "Entrypoint": ENTRYPOINT,
+            "Cmd": [],
+            "Env": [f"VEIL_CONFIG_ID={options.session}/{options.service}"],
+            "WorkingDir": "/",
+            "User": "0",
+        }
+    )
+    config["config"] = settings
+    config["rootfs"] = {"type": "layers", "diff_ids": [written.diff_id for written, _, _ in layers]}
+    history = list(config.get("history") or [])
+    for _, origin, comment in layers:
+        if origin.startswith("volume") or origin == "runtime":
+            history.append({"created_by": f"veil image convert ({comment})", "comment": comment})
+    config["history"] = history
+    return config

@@ -1,0 +1,151 @@
+"""The measurement of a whole root file system (``measure: image``, docs/image.md).
+
+The runtime computes it by walking the root it runs in; ``veil image convert`` computes the
+same value from an image's layers, so the session can name it before the image runs. Both
+build ``TreeEntry`` values and call ``tree_digest``.
+"""
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from veil.crypto import canonical_json, sha256
+from veil.tee.measure import MeasurementError, resolve_executable
+
+_DOMAIN = b"veil-image-measurement-v1\n"
+_CHUNK = 1 << 20
+
+#: Paths the container engine provides or writes (each with everything under it).
+ALWAYS_EXCLUDED = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/tmp",
+    "/var/tmp",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/.dockerenv",
+)
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    path: str  # absolute, inside the image
+    type: str  # file, dir, symlink, fifo, char, block, socket
+    mode: int  # permission bits with setuid/setgid/sticky
+    uid: int
+    gid: int
+    sha256: str | None = None  # files
+    target: str | None = None  # symlinks
+
+    def as_json(self) -> dict[str, object]:
+        item: dict[str, object] = {
+            "path": self.path,
+            "type": self.type,
+            "mode": 0o777 if self.type == "symlink" else self.mode,  # Linux ignores a link's mode
+            "uid": self.uid,
+            "gid": self.gid,
+        }
+        if self.type == "file":
+            item["sha256"] = self.sha256
+        elif self.type == "symlink":
+            item["target"] = self.target
+        return item
+
+
+@dataclass(frozen=True)
+class ImageMeasurement:
+    """The measured tree; ``executable`` is the file the runtime will execute."""
+
+    digest: bytes
+    entries: int
+    executable: str = ""
+
+    @property
+    def value(self) -> str:
+        return "sha256:" + self.digest.hex()
+
+
+def excluded(path: str, extra: Iterable[str] = ()) -> bool:
+    """Whether ``path`` (absolute, in the image) is left out of the measurement."""
+    for prefix in (*ALWAYS_EXCLUDED, *extra):
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def tree_digest(entries: Iterable[TreeEntry]) -> bytes:
+    items = sorted((e.as_json() for e in entries), key=lambda item: str(item["path"]))
+    return sha256(_DOMAIN + canonical_json(items))
+
+
+_TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+    stat.S_IFSOCK: "socket",
+}
+
+
+def _file_sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    while chunk := os.read(fd, _CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> Iterator[TreeEntry]:
+    """Every entry under ``root`` that the measurement covers (symlinks not followed)."""
+    extra = tuple(extra_excluded)
+    stack = [("", str(root))]
+    while stack:
+        inside, real = stack.pop()
+        with os.scandir(real) as listing:
+            children = sorted(listing, key=lambda e: e.name)
+        for child in children:
+            path = f"{inside}/{child.name}"
+            if excluded(path, extra):
+                continue
+            info = child.stat(follow_symlinks=False)
+            kind = _TYPES.get(stat.S_IFMT(info.st_mode), "other")
+            entry = TreeEntry(path, kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+            if kind == "file":
+                fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    entry = TreeEntry(path, kind, entry.mode, entry.uid, entry.gid, sha256=_file_sha256(fd))
+                finally:
+                    os.close(fd)
+            elif kind == "symlink":
+                target = os.readlink(child.path)
+                entry = TreeEntry(path, kind, entry.mode, entry.uid, entry.gid, target=target)
+            elif kind == "dir":
+                stack.append((path, child.path))
+            yield entry
+
+
+def measure_root(root: Path, extra_excluded: Iterable[str] = ()) -> ImageMeasurement:
+    try:
+        entries = list(walk_root(root, extra_excluded))
+    except OSError as exc:
+        raise MeasurementError(f"cannot read the root file system to measure it: {exc}") from None
+    return ImageMeasurement(tree_digest(entries), len(entries))
+
+
+def measure_image(
+    command: list[str], pwd: str, search_path: str | None, volume_paths: Iterable[str], root: Path = Path("/")
+) -> ImageMeasurement:
+    """The runtime's measurement for ``measure: image``: the root it runs in, and the
+    executable the command resolves to (covered as part of the tree)."""
+    if not command:
+        raise MeasurementError("nothing to measure: the command is empty")
+    executable = resolve_executable(command[0], pwd, search_path)
+    measured = measure_root(root, volume_paths)
+    return ImageMeasurement(measured.digest, measured.entries, executable)

@@ -1,0 +1,263 @@
+"""`veil image convert` end to end: an OCI image built with umoci, converted, checked with
+skopeo, unpacked with umoci and run chrooted against a network CAS and a LAS."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cas_server import CasServer, Owner, pinned_owner, start_cas
+from tests.conftest import requires_root, veil
+from tests.images import (
+    MARKERS,
+    available,
+    blobs_text,
+    build_app_image,
+    replace_in_layer,
+    run_in_chroot,
+    unpack,
+)
+from tests.net import free_port
+
+pytestmark = [
+    requires_root,
+    pytest.mark.skipif(not available(), reason="needs umoci, skopeo, patchelf, busybox-static"),
+]
+
+
+@pytest.fixture(scope="module")
+def source_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_app_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> Iterator[CasServer]:
+    server = start_cas(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def las(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "veil", "las", "serve", "--listen", f"127.0.0.1:{port}"],
+        env={"VEIL_HOME": str(tmp_path / "node"), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.time() < deadline, "the LAS did not start"
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _convert(source: str, out: Path, *extra: str) -> dict[str, object]:
+    result = veil(
+        "image",
+        "convert",
+        source,
+        f"oci:{out}:v1",
+        "--session",
+        "shop/img",
+        "--service",
+        "app",
+        "--json",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def _runtime_env(cas: CasServer, owner: Owner, las: str) -> tuple[dict[str, str], dict[str, bytes]]:
+    env = {
+        "VEIL_CAS_ADDR": cas.url,
+        "VEIL_CAS_CA": "/run/veil/cas.pem",
+        "VEIL_LAS_ADDR": las,
+        "VEIL_MODE": "sim",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    return env, {"/run/veil/cas.pem": owner.pin(cas.url)["ca_certificate"].encode()}
+
+
+def test_convert_run_and_refuse_a_modified_layer(
+    tmp_path: Path, source_image: str, cas: CasServer, las: str
+) -> None:
+    out = tmp_path / "out"
+    template = tmp_path / "session.yaml"
+    summary = _convert(source_image, out, "--encrypt", "/app/data", "--template", str(template))
+
+    # a valid image: skopeo reads it; the runtime is the entrypoint, the command is not
+    inspected = subprocess.run(
+        ["skopeo", "inspect", "--config", f"oci:{out}:v1"], capture_output=True, text=True
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    config = json.loads(inspected.stdout)["config"]
+    assert config["Entrypoint"][-2:] == ["veil", "run"] and not config.get("Cmd")
+    assert config["Env"] == ["VEIL_CONFIG_ID=shop/img/app"]
+    assert "GREETING" not in inspected.stdout and "/app/run.sh" not in inspected.stdout
+
+    # no plaintext of the protected path in any blob, old layers included; the layer that
+    # held no protected file is shipped as it was
+    for blob in blobs_text(out):
+        for marker in MARKERS.values():
+            assert marker not in blob
+    origins = [layer["origin"] for layer in summary["layers"]]  # type: ignore[attr-defined]
+    assert origins == ["rewritten", "rewritten", "source", "volume /app/data", "runtime"]
+    assert template.stat().st_mode & 0o777 == 0o600
+
+    # the owner adds a secret to the template, creates the session, registers the LAS
+    alice = pinned_owner(tmp_path, cas)
+    document = yaml.safe_load(template.read_text())
+    assert document["services"][0]["attestation"][0]["measurement"] == summary["measurement"]
+    document["secrets"].append({"name": "token", "kind": "ascii", "size": 20})
+    document["services"][0]["environment"]["API_TOKEN"] = "$$VEIL::token$$"
+    template.write_text(yaml.safe_dump(document))
+    assert alice.veil("session", "create", str(template)).returncode == 0
+    added = alice.veil("cas", "platform", "add", cas.url, "--las", las)
+    assert added.returncode == 0, added.stderr
+
+    env, files = _runtime_env(cas, alice, las)
+    first = run_in_chroot(_bundle(out, tmp_path / "run1"), env, files)
+    assert first.returncode == 0, first.stderr
+    assert f"secret: {MARKERS['v2'].decode()}" in first.stdout
+    assert "greeting: hello from the image" in first.stdout and "pwd: /app" in first.stdout
+    token = next(line for line in first.stdout.splitlines() if line.startswith("token: "))[7:]
+    assert len(token) == 20 and "$$" not in token
+    assert "runs: 1" in first.stdout
+    storage = tmp_path / "run1" / "rootfs" / "app" / "data"
+    on_disk = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())
+    assert MARKERS["v2"] not in on_disk and b"run\n" not in on_disk
+
+    second = run_in_chroot(tmp_path / "run1", env, files)
+    assert second.returncode == 0, second.stderr
+    assert "runs: 2" in second.stdout
+
+    # the image as shipped is now an older copy of the volume: refused
+    stale = run_in_chroot(_bundle(out, tmp_path / "run2"), env, files)
+    assert stale.returncode == 1
+    assert "volume 'app-data'" in stale.stderr and "refused" in stale.stderr
+
+    # one file of one layer changed (and the image re-sealed): the measurement differs
+    replace_in_layer(out, "v1", "app/run.sh", b"#!/bin/sh\ncat /app/data/secret.txt\n")
+    modified = run_in_chroot(_bundle(out, tmp_path / "run3"), env, files)
+    assert modified.returncode == 1
+    assert "measurement" in modified.stderr
+    assert MARKERS["v2"].decode() not in modified.stdout
+    assert token not in cas.log.read_text()
+
+
+def _bundle(layout: Path, bundle: Path) -> Path:
+    unpack(layout, "v1", bundle)
+    return bundle
+
+
+def test_same_input_same_output(tmp_path: Path, source_image: str) -> None:
+    """Without volumes the output is byte-for-byte reproducible; with them the measurement
+    still is (volume layers hold fresh keys and nonces)."""
+    first = _convert(source_image, tmp_path / "a", "--template", str(tmp_path / "a.yaml"))
+    second = _convert(source_image, tmp_path / "b", "--template", str(tmp_path / "b.yaml"))
+    assert first["manifest_digest"] == second["manifest_digest"]
+    assert first["measurement"] == second["measurement"]
+    encrypted = _convert(
+        source_image, tmp_path / "c", "--template", str(tmp_path / "c.yaml"), "--encrypt", "/app/data"
+    )
+    again = _convert(
+        source_image, tmp_path / "d", "--template", str(tmp_path / "d.yaml"), "--encrypt", "/app/data"
+    )
+    assert encrypted["manifest_digest"] != again["manifest_digest"]
+    assert encrypted["measurement"] == again["measurement"]
+    assert encrypted["measurement"] != first["measurement"]  # the data left the measured tree
+
+
+def test_docker_archive_in_and_out(tmp_path: Path, source_image: str) -> None:
+    archive = tmp_path / "app.tar"
+    copied = subprocess.run(
+        ["skopeo", "copy", "--quiet", source_image, f"docker-archive:{archive}:shop/app:1"],
+        capture_output=True,
+    )
+    assert copied.returncode == 0, copied.stderr
+    result = veil(
+        "image", "convert", f"docker-archive:{archive}",
+        f"docker-archive:{tmp_path / 'out.tar'}:shop/app:veil",
+        "--session", "shop/img", "--service", "app", "--authenticate", "/app/data",
+        "--template", str(tmp_path / "s.yaml"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    inspected = subprocess.run(
+        ["skopeo", "inspect", "--config", f"docker-archive:{tmp_path / 'out.tar'}"],
+        capture_output=True,
+        text=True,
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["config"]["Env"] == ["VEIL_CONFIG_ID=shop/img/app"]
+    session = yaml.safe_load((tmp_path / "s.yaml").read_text())
+    assert session["volumes"][0]["mode"] == "authenticated"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--encrypt", "/app/missing"], 1, "/app/missing is not in the image"),
+        (["--encrypt", "/app/run.sh"], 1, "a protected path is a directory"),
+        (["--encrypt", "/app", "--authenticate", "/app/data"], 1, "overlap"),
+        (["--encrypt", "/tmp/x"], 1, "managed by the engine or veil"),
+        (["--encrypt", "relative"], 1, "absolute directory"),
+        (["--session", "Bad Name"], 1, "not a session name"),
+    ],
+)
+def test_bad_requests_are_refused_and_write_nothing(
+    tmp_path: Path, source_image: str, args: list[str], code: int, message: str
+) -> None:
+    out = tmp_path / "out"
+    base = [
+        "image",
+        "convert",
+        source_image,
+        f"oci:{out}",
+        "--service",
+        "app",
+        "--template",
+        str(tmp_path / "t"),
+    ]
+    if "--session" not in args:
+        base += ["--session", "shop/img"]
+    result = veil(*base, *args)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "t").exists()
+    assert not out.exists()
+
+
+def test_the_image_needs_a_session_destination(tmp_path: Path, source_image: str) -> None:
+    result = veil(
+        "image", "convert", source_image, f"oci:{tmp_path / 'o'}", "--session", "a/b", "--service", "s",
+        env={"VEIL_CAS_ADDR": ""},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--template" in result.stderr
+
+
+def test_a_source_that_is_not_an_image(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = veil(
+        "image", "convert", f"oci:{tmp_path / 'empty'}", f"oci:{tmp_path / 'o'}",
+        "--session", "a/b", "--service", "s", "--template", str(tmp_path / "t"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "not an OCI image layout" in result.stderr
+    assert shutil.which("umoci")
