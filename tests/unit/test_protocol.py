@@ -11,6 +11,7 @@ from veil.protocol import (
     BundleVolume,
     ConfigurationBundle,
     Evidence,
+    LaunchDescriptor,
     ProtocolError,
     VolumeTagUpdate,
 )
@@ -51,3 +52,16 @@ def test_wire_forms_round_trip_and_reject_bad_fields() -> None:
         VolumeTagUpdate.from_json({**update.to_json(), "previous": 3})
     with pytest.raises(ProtocolError):
         AttestationGrant.from_json({**grant.to_json(), "sim": "yes"})
+
+
+def test_launch_descriptor_round_trip_and_malformed_fields() -> None:
+    launch = LaunchDescriptor(["/bin/sh", "/app/run.sh"], "/app", None, "image", ["/app/data"])
+    assert LaunchDescriptor.from_json(launch.to_json()) == launch
+    for broken in (
+        {"command": [], "pwd": "/"},
+        {"command": ["/bin/sh"], "pwd": "/", "measure": "disk"},
+        {"command": ["/bin/sh"], "pwd": "/", "volume_paths": "/data"},
+        {"command": ["/bin/sh"]},
+    ):
+        with pytest.raises(ProtocolError):
+            LaunchDescriptor.from_json(broken)

@@ -85,3 +85,40 @@ def test_an_unknown_volume_or_service_is_refused(embedded: EmbeddedCas) -> None:
     wrong = dataclasses.replace(update(p, None, "t1"), volume="other")
     with pytest.raises(VolumeTagRefused, match="does not use volume 'other'"):
         embedded.cas.push_volume_tag(wrong)
+
+
+def _shipped(
+    embedded: EmbeddedCas, name: str, key: bytes, tag: str, predecessor: str | None = None
+) -> Provisioned:
+    doc = session_dict(name=name, measurement=M, command=["/bin/true"])
+    doc["secrets"] = [{"name": "data-key", "kind": "binary", "value": key.hex(), "encoding": "hex"}]
+    doc["volumes"] = [{"name": "data", "key": "data-key", "initial_tag": tag}]
+    doc["services"][0]["volumes"] = [{"name": "data", "path": "/data"}]
+    if predecessor:
+        doc["predecessor"] = predecessor
+        embedded.cas.update_session(yaml.safe_dump(doc), "owner")
+    else:
+        embedded.cas.create_session(yaml.safe_dump(doc), "owner")
+    return provision(EmbeddedCasClient(embedded.cas), SimEvidenceSource(embedded.platform), f"{name}/app", M)
+
+
+def test_a_shipped_volume_uses_the_session_key_and_starts_at_its_initial_tag(embedded: EmbeddedCas) -> None:
+    """A volume made outside the CAS (`veil image convert`): the session names its key and
+    the tag it was shipped with; from then on tags only move forward."""
+    key, shipped = bytes(range(32)), "1" * 64
+    p = _shipped(embedded, "a/shipped", key, shipped)
+    [volume] = p.bundle.volumes
+    assert (volume.key, volume.tag) == (key, shipped)
+    embedded.cas.push_volume_tag(update(p, shipped, "2" * 64))
+    with pytest.raises(VolumeTagRefused):
+        embedded.cas.push_volume_tag(update(p, shipped, "3" * 64))  # the shipped state is now old
+
+    # the same key again (an unrelated update): the tag stays where the program left it
+    current = embedded.cas.session_hash_of("a/shipped")
+    again = _shipped(embedded, "a/shipped", key, shipped, predecessor=current)
+    assert again.bundle.volumes[0].tag == "2" * 64
+
+    # a new conversion (new key): a new volume, starting at its own shipped tag
+    current = embedded.cas.session_hash_of("a/shipped")
+    fresh = _shipped(embedded, "a/shipped", bytes(32), "4" * 64, predecessor=current)
+    assert (fresh.bundle.volumes[0].key, fresh.bundle.volumes[0].tag) == (bytes(32), "4" * 64)

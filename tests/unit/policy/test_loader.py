@@ -3,7 +3,9 @@
 import textwrap
 
 import pytest
+import yaml
 
+from tests.conftest import session_dict
 from veil.policy import PolicyError, parse_session
 
 M = "sha256:" + "ab" * 32
@@ -159,3 +161,31 @@ def test_relative_injected_path_is_refused() -> None:
 def test_an_empty_file_is_a_clear_error() -> None:
     [(_, _, message, _)] = problems("")
     assert "no YAML document" in message
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (None, "unknown secret 'k'"),
+        ({"name": "k", "kind": "ascii", "size": 32}, "cannot be a volume key"),
+        ({"name": "k", "kind": "binary", "size": 16}, "cannot be a volume key"),
+        ({"name": "k", "kind": "binary", "value": "00" * 31, "encoding": "hex"}, "cannot be a volume key"),
+    ],
+)
+def test_a_volume_key_is_a_32_byte_binary_secret(secret: dict[str, object] | None, message: str) -> None:
+    document = session_dict(command=["/bin/true"], measurement="sha256:" + "ab" * 32)
+    document["volumes"] = [{"name": "v", "key": "k"}]
+    document["secrets"] = [secret] if secret else []
+    found = problems(yaml.safe_dump(document))
+    assert any(message in p[2] for p in found), found
+
+
+def test_an_initial_tag_is_64_hex_digits_and_measure_is_command_or_image() -> None:
+    document = session_dict(command=["/bin/true"], measurement="sha256:" + "ab" * 32, measure="disk")
+    document["volumes"] = [{"name": "v", "initial_tag": "xyz"}]
+    found = " ".join(p[2] for p in problems(yaml.safe_dump(document)))
+    assert "volume tag" in found and "measure" in found
+    document["services"][0]["measure"] = "image"
+    document["volumes"] = [{"name": "v", "key": "k", "initial_tag": "ab" * 32}]
+    document["secrets"] = [{"name": "k", "kind": "binary", "size": 32}]
+    assert parse_session(yaml.safe_dump(document)).services[0].measure == "image"
