@@ -261,3 +261,27 @@ def test_a_source_that_is_not_an_image(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not an OCI image layout" in result.stderr
     assert shutil.which("umoci")
+
+
+def test_convert_straight_to_the_cas(tmp_path: Path, source_image: str, cas: CasServer) -> None:
+    """With --cas and no --template the session goes to the CAS and no key touches the disk;
+    converting again updates it (naming the current hash)."""
+    alice = pinned_owner(tmp_path, cas)
+    argv = ["image", "convert", source_image, f"oci:{tmp_path / 'out'}:v1", "--session", "shop/img"]
+    argv += ["--service", "app", "--encrypt", "/app/data", "--cas", cas.url]
+    first = alice.veil(*argv)
+    assert first.returncode == 0, first.stderr
+    assert "created session shop/img" in first.stdout
+    second = alice.veil(*argv)
+    assert second.returncode == 0, second.stderr
+    assert "updated session shop/img to revision 2" in second.stdout
+    shown = json.loads(alice.veil("session", "show", "shop/img", "--json").stdout)
+    measurement = next(
+        line.split()[1] for line in second.stdout.splitlines() if line.startswith("measurement ")
+    )
+    assert measurement in shown["text"]
+    assert not list(tmp_path.glob("*.yaml"))
+    bob = pinned_owner(tmp_path, cas, "bob")  # another owner may not replace alice's session
+    refused = bob.veil(*argv)
+    assert refused.returncode == 1 and "already exists" in refused.stderr
+    assert "revision 2" in alice.veil("session", "show", "shop/img").stdout

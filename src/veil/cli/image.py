@@ -9,6 +9,7 @@ import click
 
 from veil.cli.options import cas_url_option, owner_client
 from veil.cli.output import emit_json, note
+from veil.client.http import OwnerClient
 from veil.crypto.files import replace_private_file
 from veil.image import ConvertOptions, ConvertResult, convert
 from veil.policy import with_predecessor
@@ -46,8 +47,7 @@ class _Bar:
             self.bar.__exit__(None, None, None)
 
 
-def _store_on_cas(result: ConvertResult, session_name: str, cas_url: str | None) -> str:
-    client = owner_client(cas_url)
+def _store_on_cas(result: ConvertResult, session_name: str, client: OwnerClient) -> str:
     text = result.session_text
     if session_name in client.list_sessions():
         text = with_predecessor(text, str(client.get_session(session_name)["hash"]))
@@ -113,6 +113,8 @@ def convert_command(
     options = ConvertOptions(
         source, destination, session_name, service_name, list(encrypt), list(authenticate)
     )
+    # reach the CAS (pin, owner certificate) before the work, so a refusal costs nothing
+    client = owner_client(cas_url) if cas_url or template is None else None
     bar = _Bar(enabled=not as_json)
     try:
         result = convert(options, bar)
@@ -124,7 +126,7 @@ def convert_command(
         replace_private_file(template, result.session_text.encode())
         if result.volumes:
             note(f"{template} holds the volume keys: keep it private, delete it once the session is stored")
-    stored = _store_on_cas(result, session_name, cas_url) if cas_url or template is None else None
+    stored = _store_on_cas(result, session_name, client) if client is not None else None
     if as_json:
         emit_json({**result.summary(), "template": str(template) if template else None, "cas": stored})
         return
