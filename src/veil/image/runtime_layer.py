@@ -11,6 +11,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import py_compile
 import re
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ class _File:
     name: str  # inside the image, without leading /
     source: Path
     mode: int
-    elf_role: str | None = None  # "python", "lib" (rpath /opt/veil/lib), "wheel" (rpath appended)
+    elf_role: str | None = None  # python, lib (rpath /opt/veil/lib), wheel (rpath added), pyc
 
 
 def _ldd(path: Path) -> list[Path]:
@@ -147,7 +148,16 @@ def _files() -> list[_File]:
     for name, library in sorted(libraries.items()):
         role = None if name.startswith("ld-linux") else "lib"
         files.append(_File(f"{PREFIX}/lib/{name}", library, 0o755, role))
+    files += [_bytecode(f) for f in files if f.name.endswith(".py")]
     return sorted(files, key=lambda f: f.name)
+
+
+def _bytecode(source: _File) -> _File:
+    """The compiled module beside a .py file: without it every start compiles again (and
+    may not write the result, which would change the measured tree)."""
+    directory, _, name = source.name.rpartition("/")
+    tag = sys.implementation.cache_tag
+    return _File(f"{directory}/__pycache__/{name[:-3]}.{tag}.pyc", source.source, 0o644, "pyc")
 
 
 def _patched(file: _File, work: Path) -> Path:
@@ -180,6 +190,23 @@ def _patched(file: _File, work: Path) -> Path:
     if result.returncode != 0:
         raise ImageError(f"patchelf failed on {file.source}: {result.stderr.strip()}")
     return copy
+
+
+def _compiled(file: _File, work: Path) -> Path | None:
+    """Bytecode checked by hash, not by time (reproducible; Python never rewrites it)."""
+    target = work / (hashlib.sha256(file.name.encode()).hexdigest() + ".pyc")
+    module = file.name.replace("/__pycache__/", "/").rsplit(".", 2)[0] + ".py"
+    try:
+        py_compile.compile(
+            str(file.source),
+            cfile=str(target),
+            dfile="/" + module,
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+    except py_compile.PyCompileError:
+        return None  # not Python 3.11 source (test data, templates): shipped as it is
+    return target
 
 
 def _fingerprint(files: list[_File]) -> str:
@@ -245,7 +272,16 @@ def runtime_layer() -> CachedLayer:
         }
         (Path(work) / "index.json").write_text(json.dumps(known))
         os.replace(Path(work) / "index.json", index)
+    _prune(cache, keep=3)
     return CachedLayer(cache / f"{name}.tar.gz", known["digest"], known["size"], known["diff_id"])
+
+
+def _prune(cache: Path, keep: int) -> None:
+    """Keep the ``keep`` most recent layers (each build of veil or Python makes a new one)."""
+    indexes = sorted(cache.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in indexes[keep:]:
+        old.with_suffix(".tar.gz").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
 
 
 def _write_tar(files: list[_File], target: Path, work: Path) -> None:
@@ -261,7 +297,13 @@ def _write_tar(files: list[_File], target: Path, work: Path) -> None:
             if file is None:
                 tar.addfile(fixed_info(name, tarfile.DIRTYPE, scratch.get(name, 0o755)))
                 continue
-            source = _patched(file, work) if file.elf_role else file.source
+            if file.elf_role == "pyc":
+                compiled = _compiled(file, work)
+                if compiled is None:
+                    continue
+                source = compiled
+            else:
+                source = _patched(file, work) if file.elf_role else file.source
             info = fixed_info(name, tarfile.REGTYPE, file.mode, source.stat().st_size)
             with source.open("rb") as handle:
                 tar.addfile(info, handle)
