@@ -9,7 +9,8 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from veil.crypto import canonical_json, sha256
@@ -102,9 +103,8 @@ def _file_sha256(fd: int) -> str:
     return digest.hexdigest()
 
 
-def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> Iterator[TreeEntry]:
-    """Every entry under ``root`` that the measurement covers (symlinks not followed)."""
-    extra = tuple(extra_excluded)
+def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]:
+    """Every covered entry with its real path; files still without their hash."""
     stack = [("", str(root))]
     while stack:
         inside, real = stack.pop()
@@ -116,24 +116,39 @@ def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> Iterator[TreeEn
                 continue
             info = child.stat(follow_symlinks=False)
             kind = _TYPES.get(stat.S_IFMT(info.st_mode), "other")
-            entry = TreeEntry(path, kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
-            if kind == "file":
-                fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW)
-                try:
-                    entry = TreeEntry(path, kind, entry.mode, entry.uid, entry.gid, sha256=_file_sha256(fd))
-                finally:
-                    os.close(fd)
-            elif kind == "symlink":
-                target = os.readlink(child.path)
-                entry = TreeEntry(path, kind, entry.mode, entry.uid, entry.gid, target=target)
-            elif kind == "dir":
+            target = os.readlink(child.path) if kind == "symlink" else None
+            if kind == "dir":
                 stack.append((path, child.path))
-            yield entry
+            yield (
+                TreeEntry(path, kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, target=target),
+                child.path,
+            )
+
+
+def _hash_file(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return _file_sha256(fd)
+    finally:
+        os.close(fd)
+
+
+def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> list[TreeEntry]:
+    """Every entry under ``root`` that the measurement covers (symlinks not followed); file
+    contents are hashed on every core (hashlib releases the GIL)."""
+    scanned = list(_scan(root, tuple(extra_excluded)))
+    files = [(i, real) for i, (entry, real) in enumerate(scanned) if entry.type == "file"]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        digests = list(pool.map(_hash_file, [real for _, real in files]))
+    entries = [entry for entry, _ in scanned]
+    for (index, _), digest in zip(files, digests, strict=True):
+        entries[index] = replace(entries[index], sha256=digest)
+    return entries
 
 
 def measure_root(root: Path, extra_excluded: Iterable[str] = ()) -> ImageMeasurement:
     try:
-        entries = list(walk_root(root, extra_excluded))
+        entries = walk_root(root, extra_excluded)
     except OSError as exc:
         raise MeasurementError(f"cannot read the root file system to measure it: {exc}") from None
     return ImageMeasurement(tree_digest(entries), len(entries))
