@@ -127,7 +127,8 @@ def _workload(config: dict[str, Any], warnings: list[str]) -> tuple[list[str], d
 
 def _make_volume(
     layout: Layout, image_layers: list[Descriptor], tree: MergedTree, path: str, mode: str, work: Path
-) -> tuple[TemplateVolume, Path, int]:
+) -> tuple[bytes, str, Path]:
+    """A fresh volume holding the merged content under ``path``: (key, tag, storage)."""
     node = tree.nodes.get(path)
     if node is None:
         raise ImageError(f"{path} is not in the image")
@@ -164,7 +165,7 @@ def _make_volume(
                 while block := plain.read(1 << 20):
                     target.write(block)
         tag = volume.flush()
-    return TemplateVolume("", path, mode, key, tag), storage, len(files)
+    return key, tag, storage
 
 
 def _volume_layer(out: Layout, path: str, storage: Path, mode_bits: int) -> WrittenLayer:
@@ -241,8 +242,8 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
         plain.mkdir()
         for path, mode in protected:
             progress(f"protecting {path} ({mode})")
-            made, storage, _ = _make_volume(source, image.layers, tree, path, mode, plain)
-            volumes.append(TemplateVolume(volume_name(path, taken), path, mode, made.key, made.tag))
+            key, tag, storage = _make_volume(source, image.layers, tree, path, mode, plain)
+            volumes.append(TemplateVolume(volume_name(path, taken), path, mode, key, tag))
             storages.append((path, storage, tree.nodes[path].entry.mode))
 
         layers: list[tuple[WrittenLayer, str, str]] = []  # layer, origin, history comment

@@ -19,6 +19,7 @@ from typing import IO
 from veil.image.errors import ImageError
 from veil.image.oci import LAYER_GZIP, Descriptor, Layout
 from veil.tee.image_measure import TreeEntry, excluded, tree_digest
+from veil.tee.measure import stream_sha256
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -50,14 +51,6 @@ _TYPES = {
     tarfile.CHRTYPE: "char",
     tarfile.BLKTYPE: "block",
 }
-
-
-def _sha256(handle: IO[bytes] | None) -> str:
-    digest = hashlib.sha256()
-    if handle is not None:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class MergedTree:
@@ -94,7 +87,8 @@ class MergedTree:
                     elif name.startswith(WHITEOUT):
                         whiteouts.append(path.rsplit("/", 1)[0] + "/" + name[len(WHITEOUT) :])
                     else:
-                        digest = _sha256(tar.extractfile(member)) if member.isreg() else None
+                        content = tar.extractfile(member) if member.isreg() else None
+                        digest = stream_sha256(content) if content is not None else None
                         entries.append((path, member, digest))
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ImageError(f"layer {index + 1} is not a readable tar stream: {exc}") from None
@@ -222,15 +216,9 @@ def filter_layer(
     """Rewrite a layer without any entry at or under a protected path; None when it has none
     (the blob is then reused as it is)."""
 
-    def hit(name: str) -> bool:
+    def hit(name: str) -> bool:  # whiteouts inside a protected path go too
         path = member_path(name)
-        if path is None:
-            return False
-        name_part = path.rsplit("/", 1)
-        if name_part[1].startswith(WHITEOUT):  # a whiteout inside a protected path
-            path = name_part[0] or "/"
-            return any(under(path, p) for p in protected)
-        return any(under(path, p) for p in protected)
+        return path is not None and any(under(path, p) for p in protected)
 
     with layout.open_blob(descriptor) as blob, tarfile.open(fileobj=blob, mode="r|*") as tar:
         if not any(hit(m.name) for m in tar):

@@ -5,7 +5,6 @@ same value from an image's layers, so the session can name it before the image r
 build ``TreeEntry`` values and call ``tree_digest``.
 """
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -14,10 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from veil.crypto import canonical_json, sha256
-from veil.tee.measure import MeasurementError, resolve_executable
+from veil.tee.measure import MeasurementError, resolve_executable, stream_sha256
 
 _DOMAIN = b"veil-image-measurement-v1\n"
-_CHUNK = 1 << 20
 
 #: Paths the container engine provides or writes (each with everything under it).
 ALWAYS_EXCLUDED = (
@@ -96,13 +94,6 @@ _TYPES = {
 }
 
 
-def _file_sha256(fd: int) -> str:
-    digest = hashlib.sha256()
-    while chunk := os.read(fd, _CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]:
     """Every covered entry with its real path; files still without their hash."""
     stack = [("", str(root))]
@@ -126,11 +117,8 @@ def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]
 
 
 def _hash_file(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        return _file_sha256(fd)
-    finally:
-        os.close(fd)
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+        return stream_sha256(handle)
 
 
 def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> list[TreeEntry]:

@@ -13,6 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from veil.crypto import canonical_json, sha256
 from veil.policy.placeholders import PLACEHOLDER
@@ -49,12 +50,17 @@ class Measurement:
         return "sha256:" + self.digest.hex()
 
 
-def _file_sha256(path: str) -> str:
+def stream_sha256(handle: IO[bytes]) -> str:
+    """SHA-256 (hex) of what is left to read in ``handle``."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as handle:
+        return stream_sha256(handle)
 
 
 def resolve_executable(program: str, pwd: str, search_path: str | None) -> str:
