@@ -13,7 +13,8 @@ from veil.cas.errors import (
     StorageCorrupted,
     VolumeTagRefused,
 )
-from veil.cas.service import Cas, SessionRecord
+from veil.cas.service import Cas
+from veil.cas.sharing import SessionRecord
 
 __all__ = [
     "AccessDenied",

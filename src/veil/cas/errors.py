@@ -33,3 +33,8 @@ class MasterKeyError(CasError):
 
 class VolumeTagRefused(CasError):
     """A volume tag update was refused (not attested, not this volume's, or stale)."""
+
+
+class SharingRefused(CasError):
+    """An import does not resolve: the exporter is missing, does not export it to the
+    importer, or its pin names another version of the importer."""

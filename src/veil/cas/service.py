@@ -27,12 +27,14 @@ from veil.cas.errors import (
     Conflict,
     PredecessorMismatch,
     SessionNotFound,
+    SharingRefused,
     VolumeTagRefused,
 )
 from veil.cas.nonces import NonceRegistry
 from veil.cas.reference_values import mismatch
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
+from veil.cas.sharing import SessionRecord, imported_secret, sharing_warnings, volume_source
 from veil.cas.storage import RecordStore, SqliteStore
 from veil.crypto import AeadKey, SignatureInvalid, constant_time_equal, seal_to_key
 from veil.crypto.certs import check_valid_at, load_pem_chain, verify_ecdsa, verify_issued_by
@@ -40,6 +42,7 @@ from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
 from veil.errors import VeilError
 from veil.policy import SecretRenderer, Service, Session, SimAttestation, parse_session, session_hash
+from veil.policy.placeholders import KIND_FORMATS, PRIVATE_FORMATS
 from veil.protocol import (
     AttestationGrant,
     AttestationRefused,
@@ -64,16 +67,6 @@ _SECRET = "secret"
 _CA = "session-ca"
 _PLATFORM = "platform"
 _VOLUME = "volume"
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    name: str
-    hash: str
-    text: str
-    creator: str
-    revision: int
-    session: Session
 
 
 @dataclass(frozen=True)
@@ -258,7 +251,7 @@ class Cas:
         """Generate new or changed values; keep unchanged ones (private keys only with
         ``migrate``); issue every certificate again; drop removed secrets."""
         prefix = f"{session.name}#"
-        wanted = {d.name: d for d in session.secrets}
+        wanted = {d.name: d for d in session.secrets if d.import_ is None}
         for key in self.records.keys(_SECRET, prefix):
             if key[len(prefix) :] not in wanted:
                 self.records.delete(_SECRET, key)
@@ -283,7 +276,7 @@ class Cas:
             values[name] = {"fingerprint": fingerprint, "value": base64.b64encode(raw).decode()}
             self.records.put(_SECRET, key, values[name], existing[0] if existing else None)
         session_ca = self._session_ca(session.name)
-        for definition in certificate_order(session.secrets):
+        for definition in certificate_order(list(wanted.values())):
             issued = {
                 "fingerprint": definition_fingerprint(definition),
                 **issue_for(definition, values, session_ca),
@@ -292,14 +285,49 @@ class Cas:
             existing = self.records.get(_SECRET, prefix + definition.name)
             self.records.put(_SECRET, prefix + definition.name, issued, existing[0] if existing else None)
 
-    def _secret_renderer(self, session: Session) -> SecretRenderer:
+    def _own_renderer(self, session: Session) -> SecretRenderer:
+        """Renders the session's own secrets (not its imports)."""
         prefix = f"{session.name}#"
         records = {}
         for key in self.records.keys(_SECRET, prefix):
             found = self.records.get(_SECRET, key)
             if found:
                 records[key[len(prefix) :]] = found[1]
-        return renderer({d.name: d for d in session.secrets}, records)
+        return renderer({d.name: d for d in session.secrets if d.import_ is None}, records)
+
+    def _secret_renderer(self, record: SessionRecord) -> SecretRenderer:
+        """Renders every secret of the session; an import is resolved (export and pin
+        checked, SharingRefused otherwise) when a placeholder uses it."""
+        own = self._own_renderer(record.session)
+        imports = {d.name: d for d in record.session.secrets if d.import_ is not None}
+
+        def render(name: str, fmt: str | None) -> bytes:
+            if name not in imports:
+                return own(name, fmt)
+            exporter, source = imported_secret(record, imports[name], self._session_record)
+            return self._own_renderer(exporter.session)(source.name, fmt)
+
+        return render
+
+    def _session_record(self, name: str) -> SessionRecord | None:
+        found = self._record(name)
+        return found[1] if found else None
+
+    def sharing_warnings(self, record: SessionRecord) -> list[str]:
+        """Imports of ``record`` that do not resolve and pins that do not match, now."""
+        return sharing_warnings(record, self._session_record)
+
+    def public_secret(self, session_name: str, secret_name: str, fmt: str | None) -> bytes:
+        """A secret marked ``export_public``, for anyone; an x509 secret without its key."""
+        record = self._session_record(session_name)
+        definition = record.session.secret(secret_name) if record else None
+        if record is None or definition is None or not definition.export_public:
+            raise SessionNotFound(f"session '{session_name}' has no public secret '{secret_name}'")
+        formats = [f for f in KIND_FORMATS[definition.kind] if (definition.kind, f) not in PRIVATE_FORMATS]
+        chosen = fmt or formats[0]
+        if chosen not in formats:
+            raise CasError(f"public secret '{secret_name}' is available as {', '.join(formats)}")
+        return self._own_renderer(record.session)(secret_name, chosen)
 
     def session_ca_pem(self, session_name: str, caller: str) -> str:
         """The session CA's certificate, for whoever may read the session."""
@@ -311,6 +339,8 @@ class Cas:
         never dropped: data written under a key must stay readable if the volume comes
         back into the session. ``initial_tag`` is the tag while none is recorded."""
         for definition in session.volumes:
+            if definition.import_ is not None:
+                continue
             key = f"{session.name}#{definition.name}"
             found = self.records.get(_VOLUME, key)
             if definition.key is not None:  # a volume made outside the CAS (docs/image.md)
@@ -366,12 +396,12 @@ class Cas:
                 reason=reason,
             )
 
-    def _bundle_volumes(self, session: Session, service: Service) -> list[BundleVolume]:
+    def _bundle_volumes(self, record: SessionRecord, service: Service) -> list[BundleVolume]:
         volumes = []
         for used in service.volumes:
-            definition = session.volume(used.name)
-            found = self.records.get(_VOLUME, f"{session.name}#{used.name}")
-            if definition is None or found is None:
+            holder, definition = volume_source(record, used.name, self._session_record)
+            found = self.records.get(_VOLUME, f"{holder}#{definition.name}")
+            if found is None:
                 raise CasError(f"volume '{used.name}' of service '{service.name}' is not defined")
             stored = found[1]
             volumes.append(
@@ -396,13 +426,12 @@ class Cas:
                 "previous": update.previous,
                 "tag": update.tag,
             }
-            reason, fingerprint = self._tag_update_problem(update, session_name, service_name)
+            reason, fingerprint, key = self._tag_update_problem(update, session_name, service_name)
         except VeilError as exc:
             reason, fingerprint, facts = str(exc), "", {"config_id": update.config_id}
         if reason:
             self.audit.append("volume.tag.refuse", self.sim_mode, reason=reason, **facts)
             raise VolumeTagRefused(reason)
-        key = f"{session_name}#{update.volume}"
         with self.records.store.transaction():
             found = self.records.get(_VOLUME, key)
             assert found is not None
@@ -424,39 +453,44 @@ class Cas:
 
     def _tag_update_problem(
         self, update: VolumeTagUpdate, session_name: str, service_name: str
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, str]:
         found = self._record(session_name)
         if found is None:
-            return f"unknown session '{session_name}'", ""
+            return f"unknown session '{session_name}'", "", ""
         service = found[1].session.service(service_name)
         if service is None or all(v.name != update.volume for v in service.volumes):
             return (
                 f"service '{service_name}' of session '{session_name}' does not use volume '{update.volume}'",
                 "",
+                "",
             )
         try:
             certificate = load_pem_chain(update.certificate_pem.encode())[0]
         except (VeilError, IndexError):
-            return "the runtime certificate does not parse", ""
+            return "the runtime certificate does not parse", "", ""
         ca = self._session_ca(session_name)
         try:
             verify_issued_by(certificate, ca.certificate)
         except SignatureInvalid:
-            return f"the runtime certificate was not issued by the CA of session '{session_name}'", ""
+            return f"the runtime certificate was not issued by the CA of session '{session_name}'", "", ""
         problem = check_valid_at(certificate, self._clock())
         if problem:
-            return problem, ""
+            return problem, "", ""
         uris = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         if f"veil://{session_name}/{service_name}" not in uris.get_values_for_type(
             x509.UniformResourceIdentifier
         ):
-            return f"the runtime certificate is not for {session_name}/{service_name}", ""
+            return f"the runtime certificate is not for {session_name}/{service_name}", "", ""
         key = certificate.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not verify_ecdsa(
             key, update.signature, update.signed_bytes(), "sha256"
         ):
-            return "the tag update is not signed by the runtime's instance key", ""
-        return "", certificate_fingerprint(certificate)
+            return "the tag update is not signed by the runtime's instance key", "", ""
+        try:
+            holder, definition = volume_source(found[1], update.volume, self._session_record)
+        except SharingRefused as exc:
+            return str(exc), "", ""
+        return "", certificate_fingerprint(certificate), f"{holder}#{definition.name}"
 
     def _secret_lookup(self, session_name: str) -> dict[str, bytes]:
         prefix = f"{session_name}#"
@@ -653,8 +687,8 @@ class Cas:
             return _Decision(None, problem, facts)
         session_name = record.name
         instance_key = load_p256_public_key(request.instance_public_key_der)
-        bundle = build_bundle(session_name, record.hash, service, self._secret_renderer(record.session))
-        bundle = dataclasses.replace(bundle, volumes=self._bundle_volumes(record.session, service))
+        bundle = build_bundle(session_name, record.hash, service, self._secret_renderer(record))
+        bundle = dataclasses.replace(bundle, volumes=self._bundle_volumes(record, service))
         ciphertext = seal_to_key(
             bundle.to_bytes(), request.bundle_public_key, bundle_info(request.nonce, request.config_id)
         )

@@ -30,7 +30,9 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         if part in PLATFORM_ENTRIES:  # the tag of an attestation entry
             model = PLATFORM_ENTRIES[part]
             continue
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
         if field is None:
             return None
         found = _find_model(field.annotation)
@@ -83,7 +85,7 @@ def _problem_from_pydantic(error: Any, doc: YamlDocument) -> PolicyProblem:
         key = str(loc[-1])
         parent = loc[:-1]
         model = _model_at(tuple(p for p in raw[:-1] if isinstance(p, str | int)))
-        known = sorted(model.model_fields) if model else []
+        known = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
         close = difflib.get_close_matches(key, known, n=1)
         hint = (
             f"did you mean '{close[0]}'?" if close else (f"known keys: {', '.join(known)}" if known else "")

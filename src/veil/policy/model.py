@@ -190,10 +190,52 @@ class InjectedFile(StrictModel):
         return int(self.mode, 8)
 
 
+def _session_name(value: str) -> str:
+    if not SESSION_NAME.match(value):
+        raise ValueError("a session name is lower-case segments separated by '/', e.g. acme/payments")
+    return value
+
+
+SessionName = Annotated[str, AfterValidator(_session_name)]
+
+
+class ExportTarget(StrictModel):
+    """A session a secret or volume is exported to, optionally pinned to one version of it."""
+
+    session: SessionName
+    #: the importing session's hash; when it changes (any update), the export no longer applies
+    session_hash: str | None = None
+
+    @field_validator("session_hash")
+    @classmethod
+    def _hash(cls, value: str | None) -> str | None:
+        if value is not None and not SESSION_HASH.match(value):
+            raise ValueError("session_hash is a session hash: 64 lower-case hex digits (veil session hash)")
+        return value
+
+
+class SecretImport(StrictModel):
+    """Where an imported secret comes from: another session that exports it to this one."""
+
+    session: SessionName
+    secret: str
+
+
+class VolumeImport(StrictModel):
+    """Where an imported volume comes from: another session that exports it to this one."""
+
+    session: SessionName
+    volume: str
+
+
 class VolumeDefinition(StrictModel):
-    """A protected volume of the session; the CAS generates its key and tracks its tag."""
+    """A protected volume of the session (the CAS generates its key and tracks its tag), or
+    one imported from another session (which keeps key and tag)."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
     name: str
+    #: imported volumes: the exporter's mode applies
     mode: Literal["encrypted", "authenticated"] = "encrypted"
     #: on first use (no tag in the CAS yet), accept an empty storage directory and create
     #: a fresh volume there; without it, such a volume is refused.
@@ -203,6 +245,21 @@ class VolumeDefinition(StrictModel):
     key: str | None = None
     #: the volume's tag while the CAS holds none (the state it was shipped in).
     initial_tag: str | None = None
+    #: sessions whose services may mount this volume (with its key and its one tag)
+    export: list[ExportTarget] = Field(default_factory=list)
+    #: this volume is another session's volume, exported to this one
+    import_: VolumeImport | None = Field(default=None, alias="import")
+
+    @model_validator(mode="after")
+    def _imported(self) -> "VolumeDefinition":
+        if self.import_ is not None:
+            own = sorted(self.model_fields_set - {"name", "import_"})
+            if own:
+                raise ValueError(
+                    f"an imported volume has only 'name' and 'import'; remove {', '.join(own)} "
+                    "(the exporting session decides)"
+                )
+        return self
 
     @field_validator("initial_tag")
     @classmethod
@@ -347,6 +404,8 @@ class SecretDefinition(StrictModel):
     """A secret the CAS generates or holds: ascii / binary values (``size`` or ``value``),
     private keys, and X.509 certificates and CAs issued by the session CA or a session CA secret."""
 
+    model_config = ConfigDict(populate_by_name=True)
+
     name: str
     kind: Literal["ascii", "binary", "private-key", "x509", "x509-ca"]
     size: Annotated[int, Field(ge=1, le=65536)] | None = None
@@ -362,6 +421,13 @@ class SecretDefinition(StrictModel):
     ip: list[str] | None = None
     usage: list[Literal["server", "client"]] | None = None
     valid_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    #: sessions whose services may use this secret
+    export: list[ExportTarget] = Field(default_factory=list)
+    #: readable by anyone, without authentication (not for private keys; for an x509
+    #: secret, the certificate and chain only)
+    export_public: bool = False
+    #: this secret is another session's, exported to this one (``kind`` must match)
+    import_: SecretImport | None = Field(default=None, alias="import")
 
     @field_validator("name")
     @classmethod
@@ -387,6 +453,16 @@ class SecretDefinition(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SecretDefinition":
+        if self.import_ is not None:
+            own = sorted(self.model_fields_set - {"name", "kind", "import_"})
+            if own:
+                raise ValueError(
+                    f"an imported secret has only 'name', 'kind' and 'import'; remove {', '.join(own)} "
+                    "(the exporting session decides)"
+                )
+            return self
+        if self.export_public and self.kind == "private-key":
+            raise ValueError("a private key cannot be export_public")
         misplaced = sorted(
             f for f in _OPTIONAL_FIELDS - _KIND_FIELDS[self.kind] if getattr(self, f) is not None
         )

@@ -32,6 +32,12 @@ BINARY_FORMATS = {
     ("x509-ca", "der"),
 }
 
+#: formats that carry a private key (never public)
+PRIVATE_FORMATS = {("private-key", f) for f in KIND_FORMATS["private-key"]} | {
+    ("x509", "key"),
+    ("x509", "pkcs12"),
+}
+
 
 @dataclass(frozen=True)
 class Placeholder:

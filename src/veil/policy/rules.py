@@ -120,8 +120,48 @@ def _volume_key_problems(session: Session, doc: YamlDocument) -> list[PolicyProb
     return problems
 
 
+def _sharing_problems(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    """Imports come from other sessions; an imported secret is used only through
+    placeholders (it cannot key a volume, nor sign or be the key of a certificate)."""
+    problems: list[PolicyProblem] = []
+    imported = {s.name for s in session.secrets if s.import_ is not None}
+    items = [("secrets", i, s.import_ and s.import_.session, s.export) for i, s in enumerate(session.secrets)]
+    items += [
+        ("volumes", i, v.import_ and v.import_.session, v.export) for i, v in enumerate(session.volumes)
+    ]
+    for kind, index, source, exports in items:
+        if source == session.name:
+            problems.append(
+                doc.problem((kind, index, "import", "session"), "a session cannot import from itself")
+            )
+        for e_index, target in enumerate(exports):
+            if target.session == session.name:
+                problems.append(
+                    doc.problem((kind, index, "export", e_index, "session"), "a session exports to others")
+                )
+    for index, secret in enumerate(session.secrets):
+        for field in ("private_key", "issuer"):
+            if getattr(secret, field) in imported:
+                problems.append(
+                    doc.problem(
+                        ("secrets", index, field),
+                        f"'{getattr(secret, field)}' is imported; a certificate's key and issuer are "
+                        "secrets of this session",
+                    )
+                )
+    for index, volume in enumerate(session.volumes):
+        if volume.key in imported:
+            problems.append(
+                doc.problem(
+                    ("volumes", index, "key"), f"'{volume.key}' is imported; a volume key is this session's"
+                )
+            )
+    return problems
+
+
 def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
     problems: list[PolicyProblem] = []
+    problems.extend(_sharing_problems(session, doc))
     for index in _duplicates([s.name for s in session.services]):
         problems.append(
             doc.problem(

@@ -26,10 +26,12 @@ def make(embedded: EmbeddedCas, name: str) -> Provisioned:
     return provision(EmbeddedCasClient(embedded.cas), SimEvidenceSource(embedded.platform), f"{name}/app", M)
 
 
-def update(p: Provisioned, previous: str | None, tag: str, config_id: str | None = None) -> VolumeTagUpdate:
+def update(
+    p: Provisioned, previous: str | None, tag: str, config_id: str | None = None, volume: str = "data"
+) -> VolumeTagUpdate:
     unsigned = VolumeTagUpdate(
         config_id or f"{p.bundle.session}/app",
-        "data",
+        volume,
         previous,
         tag,
         p.instance_certificate.public_bytes(Encoding.PEM).decode(),

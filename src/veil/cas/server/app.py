@@ -22,7 +22,8 @@ from veil import __version__
 from veil.cas.errors import AccessDenied, Conflict, PredecessorMismatch, SessionNotFound, VolumeTagRefused
 from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_id
 from veil.cas.server.metrics import CasMetrics
-from veil.cas.service import Cas, SessionRecord
+from veil.cas.service import Cas
+from veil.cas.sharing import SessionRecord
 from veil.errors import VeilError
 from veil.policy import PolicyError
 from veil.protocol import (
@@ -105,6 +106,7 @@ class CasApp:
         app.router.add_put("/v1/sessions", self.session_update)
         app.router.add_post("/v1/platforms", self.platform_add)
         app.router.add_get("/v1/audit", self.audit)
+        app.router.add_get("/v1/public", self.public_secret)
         return app
 
     @web.middleware
@@ -277,12 +279,12 @@ class CasApp:
     async def session_create(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
         record = self.cas.create_session(self._text(await self._body(request), "text"), owner)
-        return self._json(self._session_info(record), 201)
+        return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)}, 201)
 
     async def session_update(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
         record = self.cas.update_session(self._text(await self._body(request), "text"), owner)
-        return self._json(self._session_info(record))
+        return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)})
 
     async def platform_add(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
@@ -295,6 +297,17 @@ class CasApp:
         if len(public_key) != 32:
             raise _Fail(400, {"error": "a sim platform key is a 32-byte Ed25519 public key"})
         return self._json({"platform_id": self.cas.register_sim_platform(public_key, owner)}, 201)
+
+    async def public_secret(self, request: web.Request) -> web.Response:
+        """A secret its session marks export_public: no authentication."""
+        session, secret = request.query.get("session"), request.query.get("secret")
+        if not session or not secret:
+            raise _Fail(400, {"error": "query parameters session=NAME and secret=NAME are required"})
+        fmt = request.query.get("format")
+        value = self.cas.public_secret(session, secret, fmt)
+        return self._json(
+            {"session": session, "secret": secret, "value": b64(value), "sim": self.cas.sim_mode}
+        )
 
     async def audit(self, request: web.Request) -> web.Response:
         self._owner(request)

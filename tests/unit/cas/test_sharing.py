@@ -1,0 +1,222 @@
+"""Sharing between sessions: exports, imports, pins, export_public; only what was exported."""
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import EmbeddedCas, session_dict
+from tests.unit.cas.test_volume_tags import update as tag_update
+from veil.cas import SessionNotFound, VolumeTagRefused
+from veil.cas.errors import CasError
+from veil.client import EmbeddedCasClient
+from veil.policy import PolicyError, parse_session
+from veil.protocol import AttestationRefused
+from veil.runtime.attest import Provisioned, provision
+from veil.tee import SimEvidenceSource
+
+M = "sha256:" + "cd" * 32
+
+
+def owner_doc(pin: str | None = None, **extra: Any) -> dict[str, Any]:
+    target: dict[str, Any] = {"session": "analyst/job"}
+    if pin is not None:
+        target["session_hash"] = pin
+    doc = session_dict(name="owner/data", measurement=M, command=["/bin/true"], secrets=[])
+    doc["secrets"] = [
+        {"name": "token", "kind": "ascii", "size": 20, "export": [target]},
+        {"name": "hidden", "kind": "ascii", "size": 20},
+        {"name": "banner", "kind": "ascii", "value": "hello world", "export_public": True},
+        {"name": "tls_key", "kind": "private-key"},
+        {"name": "tls", "kind": "x509", "private_key": "tls_key", "export_public": True},
+    ]
+    doc["volumes"] = [{"name": "dataset", "accept_fresh": True, "export": [target]}]
+    doc["services"][0]["volumes"] = [{"name": "dataset", "path": "/data"}]
+    doc.update(extra)
+    return doc
+
+
+def analyst_doc(
+    secret: str = "token", kind: str = "ascii", volume: str = "dataset", arg: str = "x"
+) -> dict[str, Any]:
+    doc = session_dict(
+        name="analyst/job",
+        measurement=M,
+        command=["/bin/true", arg],
+        secrets=[{"name": "imported", "kind": kind, "import": {"session": "owner/data", "secret": secret}}],
+        environment={"TOKEN": "$$VEIL::imported$$"},
+    )
+    doc["volumes"] = [{"name": "shared", "import": {"session": "owner/data", "volume": volume}}]
+    doc["services"][0]["volumes"] = [{"name": "shared", "path": "/data"}]
+    return doc
+
+
+def create(embedded: EmbeddedCas, doc: dict[str, Any], owner: str = "o") -> str:
+    return embedded.cas.create_session(yaml.safe_dump(doc), owner).hash
+
+
+def attest(embedded: EmbeddedCas, config_id: str) -> Provisioned:
+    return provision(EmbeddedCasClient(embedded.cas), SimEvidenceSource(embedded.platform), config_id, M)
+
+
+def test_the_importer_gets_exactly_the_exported_secret_and_volume(embedded: EmbeddedCas) -> None:
+    analyst_hash = create(embedded, analyst_doc(), "analyst")
+    create(embedded, owner_doc(pin=analyst_hash), "owner")
+    provisioned = attest(embedded, "analyst/job/app")
+    token = embedded.cas._secret_lookup("owner/data")["token"]
+    assert provisioned.bundle.environment["TOKEN"] == token.decode()
+    [volume] = provisioned.bundle.volumes
+    owner_key = embedded.cas.volume_key_for_owner("owner/data", "dataset", "owner")
+    assert (volume.name, volume.path, volume.key) == ("shared", "/data", owner_key)
+
+
+def test_a_volume_has_one_tag_for_exporter_and_importer(embedded: EmbeddedCas) -> None:
+    create(embedded, analyst_doc(), "analyst")
+    create(embedded, owner_doc(), "owner")
+    analyst = attest(embedded, "analyst/job/app")
+    embedded.cas.push_volume_tag(tag_update(analyst, None, "t1", "analyst/job/app", volume="shared"))
+    assert embedded.cas.volume_tag("owner/data", "dataset") == "t1"
+    owner = attest(embedded, "owner/data/app")
+    embedded.cas.push_volume_tag(tag_update(owner, "t1", "t2", volume="dataset"))
+    with pytest.raises(VolumeTagRefused, match="newer tag"):
+        embedded.cas.push_volume_tag(tag_update(analyst, "t1", "t3", "analyst/job/app", volume="shared"))
+
+
+def test_a_secret_that_is_not_exported_is_refused(embedded: EmbeddedCas) -> None:
+    create(embedded, analyst_doc(secret="hidden"), "analyst")
+    create(embedded, owner_doc(), "owner")
+    with pytest.raises(
+        AttestationRefused, match="'owner/data' does not export secret 'hidden' to session 'analyst/job'"
+    ):
+        attest(embedded, "analyst/job/app")
+
+
+def test_a_volume_that_is_not_exported_is_refused(embedded: EmbeddedCas) -> None:
+    owner = owner_doc()
+    owner["volumes"].append({"name": "private"})
+    create(embedded, analyst_doc(volume="private"), "analyst")
+    create(embedded, owner, "owner")
+    with pytest.raises(AttestationRefused, match="does not export volume 'private'"):
+        attest(embedded, "analyst/job/app")
+
+
+def test_an_export_to_another_session_is_not_an_export_to_this_one(embedded: EmbeddedCas) -> None:
+    other = analyst_doc()
+    other["name"] = "mallory/job"
+    create(embedded, other, "mallory")
+    create(embedded, owner_doc(), "owner")
+    with pytest.raises(AttestationRefused, match="does not export secret 'token' to session 'mallory/job'"):
+        attest(embedded, "mallory/job/app")
+
+
+def test_an_import_from_a_missing_session_is_refused_and_warned_about(embedded: EmbeddedCas) -> None:
+    record = embedded.cas.create_session(yaml.safe_dump(analyst_doc()), "analyst")
+    assert any("'owner/data', which does not exist" in w for w in embedded.cas.sharing_warnings(record))
+    with pytest.raises(AttestationRefused, match="which does not exist"):
+        attest(embedded, "analyst/job/app")
+
+
+def test_changing_the_importer_breaks_the_pin_naming_both_sessions(embedded: EmbeddedCas) -> None:
+    first = create(embedded, analyst_doc(), "analyst")
+    create(embedded, owner_doc(pin=first), "owner")
+    attest(embedded, "analyst/job/app")
+    changed = analyst_doc(arg="cat-everything")
+    changed["predecessor"] = first
+    record = embedded.cas.update_session(yaml.safe_dump(changed), "analyst")
+    assert any("pinned at" in w for w in embedded.cas.sharing_warnings(record))
+    with pytest.raises(AttestationRefused) as refused:
+        attest(embedded, "analyst/job/app")
+    message = str(refused.value)
+    assert "session 'owner/data'" in message and "session 'analyst/job' pinned at hash" in message
+    assert first[:16] in message and record.hash[:16] in message
+
+
+def test_a_broken_pin_stops_tag_updates_too(embedded: EmbeddedCas) -> None:
+    first = create(embedded, analyst_doc(), "analyst")
+    owner_hash = create(embedded, owner_doc(pin=first), "owner")
+    analyst = attest(embedded, "analyst/job/app")
+    repinned = owner_doc(pin="0" * 64, predecessor=owner_hash)
+    embedded.cas.update_session(yaml.safe_dump(repinned), "owner")
+    with pytest.raises(VolumeTagRefused, match="pinned at hash"):
+        embedded.cas.push_volume_tag(tag_update(analyst, None, "t1", "analyst/job/app", volume="shared"))
+
+
+def test_the_declared_kind_must_match_the_exported_one(embedded: EmbeddedCas) -> None:
+    create(embedded, analyst_doc(kind="private-key"), "analyst")
+    create(embedded, owner_doc(), "owner")
+    with pytest.raises(
+        AttestationRefused, match="is ascii, but session 'analyst/job' imports it as private-key"
+    ):
+        attest(embedded, "analyst/job/app")
+
+
+def test_the_importer_cannot_read_the_exporter_or_its_volume_key(embedded: EmbeddedCas) -> None:
+    create(embedded, analyst_doc(), "analyst")
+    create(embedded, owner_doc(), "owner")
+    with pytest.raises(CasError):
+        embedded.cas.get_session("owner/data", "analyst")
+    with pytest.raises(CasError):
+        embedded.cas.volume_key_for_owner("owner/data", "dataset", "analyst")
+    with pytest.raises(CasError, match="no volume 'shared'"):
+        embedded.cas.volume_key_for_owner("analyst/job", "shared", "analyst")
+
+
+def test_export_public_values_are_readable_without_their_private_parts(embedded: EmbeddedCas) -> None:
+    create(embedded, owner_doc(), "owner")
+    assert embedded.cas.public_secret("owner/data", "banner", None) == b"hello world"
+    assert embedded.cas.public_secret("owner/data", "tls", None).startswith(b"-----BEGIN CERTIFICATE-----")
+    chain = embedded.cas.public_secret("owner/data", "tls", "chain")
+    assert chain.count(b"BEGIN CERTIFICATE") == 2
+    with pytest.raises(CasError, match="available as crt, chain, der"):
+        embedded.cas.public_secret("owner/data", "tls", "key")
+    for name in ("token", "hidden", "tls_key", "nothing"):
+        with pytest.raises(SessionNotFound, match=f"no public secret '{name}'"):
+            embedded.cas.public_secret("owner/data", name, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"secrets": [{"name": "k", "kind": "private-key", "export_public": True}]},
+            "cannot be export_public",
+        ),
+        (
+            {
+                "secrets": [
+                    {"name": "i", "kind": "ascii", "size": 3, "import": {"session": "a/b", "secret": "s"}}
+                ]
+            },
+            "remove size",
+        ),
+        (
+            {"volumes": [{"name": "v", "accept_fresh": True, "import": {"session": "a/b", "volume": "v"}}]},
+            "remove accept_fresh",
+        ),
+        (
+            {"secrets": [{"name": "i", "kind": "ascii", "import": {"session": "test/app", "secret": "s"}}]},
+            "cannot import from itself",
+        ),
+        (
+            {
+                "secrets": [
+                    {"name": "s", "kind": "ascii", "export": [{"session": "x/y", "session_hash": "abc"}]}
+                ]
+            },
+            "session_hash is a session hash",
+        ),
+        (
+            {
+                "secrets": [
+                    {"name": "k", "kind": "binary", "import": {"session": "a/b", "secret": "k"}},
+                ],
+                "volumes": [{"name": "v", "key": "k"}],
+            },
+            "'k' is imported",
+        ),
+    ],
+)
+def test_bad_sharing_declarations_are_located_errors(change: dict[str, Any], message: str) -> None:
+    doc = {**session_dict(measurement=M, command=["/bin/true"]), **change}
+    with pytest.raises(PolicyError, match=message):
+        parse_session(yaml.safe_dump(doc), "s.yaml")
