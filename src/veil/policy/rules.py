@@ -7,7 +7,7 @@ check`` reports every problem at once.
 from collections.abc import Iterator
 
 from veil.policy.errors import PolicyProblem
-from veil.policy.model import Network, Session
+from veil.policy.model import ExportTarget, Network, Session
 from veil.policy.placeholders import BINARY_FORMATS, KIND_FORMATS, find_placeholders, malformed_placeholder_at
 from veil.policy.yamlsource import Path, YamlDocument
 
@@ -125,10 +125,11 @@ def _sharing_problems(session: Session, doc: YamlDocument) -> list[PolicyProblem
     placeholders (it cannot key a volume, nor sign or be the key of a certificate)."""
     problems: list[PolicyProblem] = []
     imported = {s.name for s in session.secrets if s.import_ is not None}
-    items = [("secrets", i, s.import_ and s.import_.session, s.export) for i, s in enumerate(session.secrets)]
-    items += [
-        ("volumes", i, v.import_ and v.import_.session, v.export) for i, v in enumerate(session.volumes)
-    ]
+    items: list[tuple[str, int, str | None, list[ExportTarget]]] = []
+    for i, secret in enumerate(session.secrets):
+        items.append(("secrets", i, secret.import_.session if secret.import_ else None, secret.export))
+    for i, volume in enumerate(session.volumes):
+        items.append(("volumes", i, volume.import_.session if volume.import_ else None, volume.export))
     for kind, index, source, exports in items:
         if source == session.name:
             problems.append(
