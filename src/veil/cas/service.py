@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
 from veil.errors import VeilError
 from veil.policy import SecretRenderer, Service, Session, SimAttestation, parse_session, session_hash
+from veil.policy.governance import Approval, governance_refusal
 from veil.policy.placeholders import KIND_FORMATS, PRIVATE_FORMATS
 from veil.protocol import (
     AttestationGrant,
@@ -67,6 +68,15 @@ _SECRET = "secret"
 _CA = "session-ca"
 _PLATFORM = "platform"
 _VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class SessionVersion:
+    hash: str
+    revision: int
+    time: int
+    by: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,7 @@ class Cas:
         session = parse_session(text, source)
         digest = session_hash(session)
         with self.records.store.transaction():
+            self._check_namespace(session.name, caller)
             if self._record(session.name) is not None:
                 raise Conflict(
                     f"session '{session.name}' already exists; update it by naming its hash as predecessor"
@@ -187,7 +198,7 @@ class Cas:
                     f"session '{session.name}' does not exist, so it cannot have a predecessor"
                 )
             record = SessionRecord(session.name, digest, text, caller, 1, session)
-            self._store_session(record, None)
+            self._store_session(record, None, caller)
             key_der, cert_der = CertificateAuthority.create(f"veil session CA {session.name}").to_der()
             self.records.put(
                 _CA,
@@ -202,7 +213,23 @@ class Cas:
             )
         return record
 
-    def update_session(self, text: str, caller: str, source: str = "<session>") -> SessionRecord:
+    def _check_namespace(self, name: str, caller: str) -> None:
+        """Creating ``a/b/c`` needs the update right of the nearest existing ``a/b`` or ``a``."""
+        parts = name.split("/")
+        for end in range(len(parts) - 1, 0, -1):
+            parent = self._session_record("/".join(parts[:end]))
+            if parent is None:
+                continue
+            if not _may(parent.session.access_policy.update, caller, parent.creator):
+                raise AccessDenied(
+                    f"session '{name}' is in the namespace of session '{parent.name}'; creating it needs "
+                    f"the right to update '{parent.name}'"
+                )
+            return
+
+    def update_session(
+        self, text: str, caller: str, source: str = "<session>", approvals: Sequence[Approval] = ()
+    ) -> SessionRecord:
         session = parse_session(text, source)
         digest = session_hash(session)
         with self.records.store.transaction():
@@ -223,8 +250,13 @@ class Cas:
                     f"{current.hash[:16]}… of session '{session.name}' (changed meanwhile? "
                     "read it again and re-apply your change)"
                 )
+            refusal = governance_refusal(
+                current.session.access_policy, current.creator, caller, session.name, digest, list(approvals)
+            )
+            if refusal:
+                raise AccessDenied(refusal)
             record = SessionRecord(session.name, digest, text, current.creator, current.revision + 1, session)
-            self._store_session(record, version)
+            self._store_session(record, version, caller)
             self._sync_secrets(session, updating=True)
             self._sync_volumes(session)
             self.audit.append(
@@ -234,10 +266,11 @@ class Cas:
                 hash=digest,
                 predecessor=current.hash,
                 owner=caller,
+                approvals=sorted({a.owner for a in approvals if a.valid()}),
             )
         return record
 
-    def _store_session(self, record: SessionRecord, expected_version: int | None) -> None:
+    def _store_session(self, record: SessionRecord, expected_version: int | None, caller: str) -> None:
         value = {
             "hash": record.hash,
             "text": record.text,
@@ -245,7 +278,27 @@ class Cas:
             "revision": record.revision,
         }
         self.records.put(_SESSION, record.name, value, expected_version)
-        self.records.put(_VERSION, f"{record.name}@{record.hash}", {**value, "time": int(time.time())}, None)
+        version = {**value, "time": int(time.time()), "by": caller}
+        self.records.put(_VERSION, f"{record.name}@{record.hash}", version, None)
+
+    def session_history(self, name: str, caller: str) -> list[SessionVersion]:
+        """Every stored version of session ``name``, oldest first, for whoever may read it now."""
+        self.get_session(name, caller)
+        versions = []
+        for key in self.records.keys(_VERSION, f"{name}@"):
+            found = self.records.get(_VERSION, key)
+            if found is not None:
+                raw = found[1]
+                versions.append(
+                    SessionVersion(
+                        str(raw["hash"]),
+                        int(raw["revision"]),
+                        int(raw["time"]),
+                        str(raw.get("by", raw["creator"])),
+                        str(raw["text"]),
+                    )
+                )
+        return sorted(versions, key=lambda v: v.revision)
 
     def _sync_secrets(self, session: Session, updating: bool = False) -> None:
         """Generate new or changed values; keep unchanged ones (private keys only with

@@ -1,5 +1,8 @@
 """`veil session ...`: check and hash session files; create, update and read them on a CAS."""
 
+import datetime as dt
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +10,11 @@ import click
 
 from veil.cli.options import cas_url_option, owner_client
 from veil.cli.output import emit_json, note
-from veil.policy import PolicyError, Session, load_session_file, session_hash, with_predecessor
+from veil.client.config import ClientConfig
+from veil.client.http import OwnerClient, public_secret
+from veil.errors import VeilError
+from veil.policy import PolicyError, Session, load_session_file, parse_session, session_hash, with_predecessor
+from veil.policy.governance import Approval, sign_approval
 
 
 @click.group()
@@ -90,6 +97,8 @@ def _say_stored(result: dict[str, Any], verb: str, as_json: bool) -> None:
         emit_json(result)
         return
     click.echo(f"{verb} session {result['name']} revision {result['revision']}: {result['hash']}")
+    for warning in result.get("warnings", []):
+        note(f"warning: {warning}")
     if result.get("sim"):
         note("the CAS runs in sim mode: it protects nothing (development only)")
 
@@ -104,32 +113,92 @@ def create(file: Path, cas_url: str | None, as_json: bool) -> None:
     _say_stored(owner_client(cas_url).create_session(file.read_text()), "created", as_json)
 
 
+def _update_text(file: Path, client: OwnerClient) -> tuple[Session, str]:
+    """FILE's session and text, its predecessor filled in from the CAS when absent."""
+    parsed, text = load_session_file(file)
+    if parsed.predecessor is None:
+        text = with_predecessor(text, str(client.get_session(parsed.name)["hash"]))
+        parsed = parse_session(text, str(file))
+    return parsed, text
+
+
+def _read_approval(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+        Approval.from_json(value)
+    except (OSError, ValueError, VeilError) as exc:
+        raise click.BadParameter(f"{path}: not an approval ({exc})", param_hint="--approval") from None
+    return dict(value)
+
+
 @session.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @cas_url_option
+@click.option(
+    "--approval",
+    "approvals",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An approval file from `veil session approve` (repeat; for sessions with governance).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stored session's identity as JSON.")
-def update(file: Path, cas_url: str | None, as_json: bool) -> None:
+def update(file: Path, cas_url: str | None, approvals: tuple[Path, ...], as_json: bool) -> None:
     """Update a session on the CAS to FILE.
 
     FILE names the hash it replaces as `predecessor`; without one, the CAS's current hash
     is filled in (so a change made meanwhile by someone else is overwritten only if you
-    read it first; name the predecessor to be safe).
+    read it first; name the predecessor to be safe). When the stored session's
+    access_policy.governance asks for several owners, pass their approvals of exactly this
+    version (each made with `veil session approve FILE`); you count as one.
     """
-    parsed, text = load_session_file(file)
     client = owner_client(cas_url)
+    _, text = _update_text(file, client)
+    result = client.update_session(text, [_read_approval(p) for p in approvals])
+    _say_stored(result, "updated", as_json)
+
+
+@session.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@cas_url_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
+def approve(file: Path, cas_url: str | None, output: Path | None) -> None:
+    """Approve the update of a session to FILE: sign its hash with your owner key.
+
+    Prints (or writes) the approval as JSON; the owner who sends the update passes it with
+    `veil session update FILE --approval APPROVAL`. The approval is for this exact version
+    (its hash, which includes the predecessor), so any change to FILE needs new approvals.
+    Without a predecessor in FILE, the CAS's current hash is filled in, as `update` does.
+    """
+    config = ClientConfig.load()
+    parsed, _ = load_session_file(file)
     if parsed.predecessor is None:
-        current = str(client.get_session(parsed.name)["hash"])
-        text = with_predecessor(text, current)
-    _say_stored(client.update_session(text), "updated", as_json)
+        parsed, _ = _update_text(file, owner_client(cas_url))
+    digest = session_hash(parsed)
+    approval = json.dumps(sign_approval(config.owner_key(), parsed.name, digest).to_json(), indent=2)
+    if output is None:
+        click.echo(approval)
+    else:
+        output.write_text(approval + "\n")
+    note(f"approved session {parsed.name} at {digest} as owner {config.owner_id()}")
 
 
 @session.command()
 @click.argument("name")
 @cas_url_option
+@click.option("--hash", "digest", default=None, help="An earlier version (from `veil session history`).")
 @click.option("--json", "as_json", is_flag=True, help="Print hash, revision, creator, text and CA as JSON.")
-def show(name: str, cas_url: str | None, as_json: bool) -> None:
+def show(name: str, cas_url: str | None, digest: str | None, as_json: bool) -> None:
     """Print the stored session NAME (if its access policy lets you read it)."""
-    result = owner_client(cas_url).get_session(name)
+    client = owner_client(cas_url)
+    if digest is not None:
+        [version] = client.session_versions(name, digest)
+        if as_json:
+            emit_json({"name": name, **version})
+        else:
+            click.echo(f"# session {name} revision {version['revision']} hash {version['hash']}")
+            click.echo(str(version["text"]).rstrip("\n"))
+        return
+    result = client.get_session(name)
     if as_json:
         emit_json(result)
         return
@@ -149,3 +218,35 @@ def list_(cas_url: str | None, as_json: bool) -> None:
     else:
         for name in names:
             click.echo(name)
+
+
+@session.command()
+@click.argument("name")
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def history(name: str, cas_url: str | None, as_json: bool) -> None:
+    """List every version of session NAME: revision, hash, time, and the owner who stored it."""
+    versions = owner_client(cas_url).session_versions(name)
+    if as_json:
+        emit_json(versions)
+        return
+    for version in versions:
+        when = dt.datetime.fromtimestamp(int(version["time"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        click.echo(f"{version['revision']:>4}  {when}  {version['hash']}  by {str(version['by'])[:16]}…")
+
+
+@session.command()
+@click.argument("name")
+@click.argument("secret")
+@cas_url_option
+@click.option("--format", "fmt", default=None, help="crt, chain, der (x509); raw, hex, base64 (values).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
+def public(name: str, secret: str, cas_url: str | None, fmt: str | None, output: Path | None) -> None:
+    """Read SECRET of session NAME that its session marks export_public (no owner key needed)."""
+    config = ClientConfig.load()
+    value = public_secret(config.resolve_url(cas_url), config, name, secret, fmt)
+    if output is not None:
+        output.write_bytes(value)
+    else:
+        sys.stdout.buffer.write(value)
+        sys.stdout.buffer.flush()

@@ -171,6 +171,15 @@ class HttpCasClient:
         self.connection.call("POST", "/v1/volume-tags", update.to_json())
 
 
+def public_secret(url: str, config: ClientConfig, session: str, secret: str, fmt: str | None) -> bytes:
+    """A secret its session marks ``export_public``, read without an owner identity."""
+    query = f"session={quote(session, safe='')}&secret={quote(secret, safe='')}"
+    if fmt:
+        query += f"&format={quote(fmt, safe='')}"
+    answer = CasConnection(url, config.pin(url).ca_certificate).call("GET", f"/v1/public?{query}")
+    return unb64(answer.get("value"), "value")
+
+
 def enrol_owner(url: str, config: ClientConfig) -> str:
     """The owner certificate for ``url``: the stored one, or a new one from the CAS."""
     pin = config.pin(url)
@@ -203,9 +212,14 @@ class OwnerClient:
         result: dict[str, Any] = self.connection.call("POST", "/v1/sessions", {"text": text})
         return result
 
-    def update_session(self, text: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.connection.call("PUT", "/v1/sessions", {"text": text})
+    def update_session(self, text: str, approvals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": text, "approvals": approvals or []}
+        result: dict[str, Any] = self.connection.call("PUT", "/v1/sessions", body)
         return result
+
+    def session_versions(self, name: str, digest: str | None = None) -> list[dict[str, Any]]:
+        query = f"name={quote(name, safe='')}" + (f"&hash={quote(digest, safe='')}" if digest else "")
+        return list(self.connection.call("GET", f"/v1/sessions/versions?{query}")["versions"])
 
     def get_session(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.connection.call("GET", f"/v1/sessions?name={quote(name, safe='')}")

@@ -519,9 +519,43 @@ class SecretDefinition(StrictModel):
         return self.valid_days or (3650 if self.kind == "x509-ca" else 365)
 
 
+class RequireAtLeast(StrictModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    require_at_least: Annotated[int, Field(ge=1, alias="require-at-least")]
+
+
 class AccessPolicy(StrictModel):
     read: list[str] = Field(default_factory=lambda: ["CREATOR"])
+    #: who may update the session; creating ``NAME/child`` sessions needs the same right
     update: list[str] = Field(default_factory=lambda: ["CREATOR"])
+    #: how many of the ``update`` owners must approve (sign the new hash of) an update:
+    #: ``any`` one of them (default), ``require-all``, or ``{require-at-least: N}``
+    governance: Literal["any", "require-all"] | RequireAtLeast = "any"
+
+    @model_validator(mode="after")
+    def _quorum(self) -> "AccessPolicy":
+        if self.governance == "any":
+            return self
+        if "ANY" in self.update or "NONE" in self.update:
+            raise ValueError(
+                "governance needs 'update' to list owners (CREATOR or key hashes), not ANY or NONE"
+            )
+        owners = len(set(self.update))
+        if isinstance(self.governance, RequireAtLeast) and self.governance.require_at_least > owners:
+            raise ValueError(
+                f"require-at-least {self.governance.require_at_least} is more than the {owners} owner(s) "
+                "listed under 'update'"
+            )
+        return self
+
+    def required_approvals(self) -> int:
+        """How many distinct ``update`` owners must approve an update."""
+        if self.governance == "any":
+            return 1
+        if self.governance == "require-all":
+            return len(set(self.update))
+        return self.governance.require_at_least
 
     @field_validator("read", "update")
     @classmethod

@@ -26,6 +26,7 @@ from veil.cas.service import Cas
 from veil.cas.sharing import SessionRecord
 from veil.errors import VeilError
 from veil.policy import PolicyError
+from veil.policy.governance import Approval
 from veil.protocol import (
     NONCE_LEN,
     AttestationRefused,
@@ -104,6 +105,7 @@ class CasApp:
         app.router.add_get("/v1/sessions", self.sessions_get)
         app.router.add_post("/v1/sessions", self.session_create)
         app.router.add_put("/v1/sessions", self.session_update)
+        app.router.add_get("/v1/sessions/versions", self.session_versions)
         app.router.add_post("/v1/platforms", self.platform_add)
         app.router.add_get("/v1/audit", self.audit)
         app.router.add_get("/v1/public", self.public_secret)
@@ -283,8 +285,32 @@ class CasApp:
 
     async def session_update(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
-        record = self.cas.update_session(self._text(await self._body(request), "text"), owner)
+        body = await self._body(request)
+        approvals = body.get("approvals", [])
+        if not isinstance(approvals, list):
+            raise _Fail(400, {"error": "field 'approvals' must be a list"})
+        record = self.cas.update_session(
+            self._text(body, "text"), owner, approvals=[Approval.from_json(a) for a in approvals]
+        )
         return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)})
+
+    async def session_versions(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        name = request.query.get("name")
+        if not name:
+            raise _Fail(400, {"error": "query parameter name=SESSION is required"})
+        wanted = request.query.get("hash")
+        versions = self.cas.session_history(name, owner)
+        if wanted is not None:
+            versions = [v for v in versions if v.hash == wanted]
+            if not versions:
+                raise _Fail(404, {"error": f"session '{name}' has no version {wanted}"})
+        rows = [
+            {"hash": v.hash, "revision": v.revision, "time": v.time, "by": v.by}
+            | ({"text": v.text} if wanted is not None else {})
+            for v in versions
+        ]
+        return self._json({"name": name, "versions": rows, "sim": self.cas.sim_mode})
 
     async def platform_add(self, request: web.Request) -> web.Response:
         owner = self._owner(request)
