@@ -54,4 +54,4 @@ bench-shield: $(STAMP_DEV)
 	$(BIN)/python bench/shield.py
 
 clean:
-	rm -rf $(VENV) .veil-demo .veil-demo-network .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .veil-demo .veil-demo-network .veil-demo-multi-party .pytest_cache .mypy_cache .ruff_cache
