@@ -6,6 +6,7 @@ their chain up to the session CA.
 """
 
 import base64
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,10 @@ def certificate_order(definitions: list[SecretDefinition]) -> list[SecretDefinit
 
 
 def issue_for(
-    definition: SecretDefinition, records: dict[str, Record], session_ca: CertificateAuthority
+    definition: SecretDefinition,
+    records: dict[str, Record],
+    session_ca: CertificateAuthority,
+    now: dt.datetime | None = None,
 ) -> Record:
     """Issue the certificate of ``definition``; ``records`` holds the keys and CA secrets."""
     subject_key = load_private_key(base64.b64decode(records[definition.private_key or ""]["value"]))
@@ -71,12 +75,26 @@ def issue_for(
         definition.effective_usage,
         definition.kind == "x509-ca",
         definition.effective_valid_days,
+        now,
     )
     return {
         "value": base64.b64encode(certificate.public_bytes(Encoding.DER)).decode(),
         "chain": [base64.b64encode(issuer_cert.public_bytes(Encoding.DER)).decode(), *chain],
         "key": definition.private_key,
     }
+
+
+def renewal_due(record: Record, definition: SecretDefinition, now: dt.datetime) -> bool:
+    """Whether an issued certificate is to be issued again: within ``renew_before_days`` of
+    its end (default: the last third of its validity), or for another definition."""
+    certificate = x509.load_der_x509_certificate(base64.b64decode(record["value"]))
+    end, start = certificate.not_valid_after_utc, certificate.not_valid_before_utc
+    margin = (
+        dt.timedelta(days=definition.renew_before_days)
+        if definition.renew_before_days is not None
+        else (end - start) / 3
+    )
+    return now >= end - margin
 
 
 def _key_pem(key: PrivateKey, traditional: bool) -> bytes:

@@ -6,13 +6,10 @@ A value is kept across session updates as long as its definition (fingerprint) i
 import base64
 import binascii
 import secrets
-import string
 
 from veil.cas.errors import CasError
 from veil.crypto import canonical_json, sha256_hex
 from veil.policy import SecretDefinition
-
-ASCII_ALPHABET = string.ascii_letters + string.digits
 
 
 def definition_fingerprint(definition: SecretDefinition) -> str:
@@ -24,7 +21,8 @@ def make_secret_value(definition: SecretDefinition) -> bytes:
         return _explicit_value(definition)
     size = definition.generated_size
     if definition.kind == "ascii":
-        return "".join(secrets.choice(ASCII_ALPHABET) for _ in range(size)).encode("ascii")
+        alphabet = definition.effective_charset
+        return "".join(secrets.choice(alphabet) for _ in range(size)).encode("ascii")
     return secrets.token_bytes(size)
 
 

@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.cas.audit import AuditLog
 from veil.cas.bundle import build_bundle
-from veil.cas.certificate_secrets import certificate_order, issue_for, new_private_key, renderer
+from veil.cas.certificate_secrets import (
+    certificate_order,
+    issue_for,
+    new_private_key,
+    renderer,
+    renewal_due,
+)
 from veil.cas.errors import (
     AccessDenied,
     CasError,
@@ -328,15 +334,42 @@ class Cas:
             )
             values[name] = {"fingerprint": fingerprint, "value": base64.b64encode(raw).decode()}
             self.records.put(_SECRET, key, values[name], existing[0] if existing else None)
+        self._issue_certificates(session, values)
+
+    def _issue_certificates(self, session: Session, values: dict[str, dict[str, object]]) -> None:
+        """Issue every certificate secret of the session again (``values``: the other secrets)."""
+        prefix = f"{session.name}#"
         session_ca = self._session_ca(session.name)
-        for definition in certificate_order(list(wanted.values())):
+        for definition in certificate_order([d for d in session.secrets if d.import_ is None]):
             issued = {
                 "fingerprint": definition_fingerprint(definition),
-                **issue_for(definition, values, session_ca),
+                **issue_for(definition, values, session_ca, self._clock()),
             }
             values[definition.name] = issued
             existing = self.records.get(_SECRET, prefix + definition.name)
             self.records.put(_SECRET, prefix + definition.name, issued, existing[0] if existing else None)
+
+    def _renew_certificates(self, session: Session) -> None:
+        """Issue the session's certificates again when one of them is due for renewal
+        (docs/policy.md); audited. Called before a service of the session is provisioned."""
+        prefix = f"{session.name}#"
+        now = self._clock()
+        due = []
+        for definition in session.secrets:
+            if definition.kind in ("x509", "x509-ca") and definition.import_ is None:
+                found = self.records.get(_SECRET, prefix + definition.name)
+                if found is not None and renewal_due(found[1], definition, now):
+                    due.append(definition.name)
+        if not due:
+            return
+        with self.records.store.transaction():
+            values = {}
+            for key in self.records.keys(_SECRET, prefix):
+                found = self.records.get(_SECRET, key)
+                if found is not None:
+                    values[key[len(prefix) :]] = found[1]
+            self._issue_certificates(session, values)
+            self.audit.append("certificate.renew", self.sim_mode, session=session.name, due=sorted(due))
 
     def _own_renderer(self, session: Session) -> SecretRenderer:
         """Renders the session's own secrets (not its imports)."""
@@ -358,6 +391,8 @@ class Cas:
             if name not in imports:
                 return own(name, fmt)
             exporter, source = imported_secret(record, imports[name], self._session_record)
+            if source.kind in ("x509", "x509-ca"):
+                self._renew_certificates(exporter.session)
             return self._own_renderer(exporter.session)(source.name, fmt)
 
         return render
@@ -739,6 +774,7 @@ class Cas:
         if problem:
             return _Decision(None, problem, facts)
         session_name = record.name
+        self._renew_certificates(record.session)
         instance_key = load_p256_public_key(request.instance_public_key_der)
         bundle = build_bundle(session_name, record.hash, service, self._secret_renderer(record))
         bundle = dataclasses.replace(bundle, volumes=self._bundle_volumes(record, service))

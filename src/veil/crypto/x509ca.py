@@ -199,9 +199,10 @@ def issue_certificate(
     usage: list[str],
     is_ca: bool,
     valid_days: int,
+    now: dt.datetime | None = None,
 ) -> x509.Certificate:
     """A certificate for ``subject_key`` signed by the issuer (the session CA or a CA secret)."""
-    now = _now()
+    now = now or _now()
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

@@ -8,6 +8,7 @@ live in ``veil.policy.rules``.
 import base64
 import ipaddress
 import re
+import string
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -388,14 +389,21 @@ class Service(StrictModel):
         return value
 
 
+ASCII_CHARSETS = {
+    "alphanumeric": string.ascii_letters + string.digits,
+    "letters": string.ascii_letters,
+    "digits": string.digits,
+    "hex": "0123456789abcdef",
+    "printable": "".join(chr(c) for c in range(0x21, 0x7F)),
+}
 KEY_TYPES = ("P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072")
 CERTIFICATE_KINDS = ("x509", "x509-ca")
 _KIND_FIELDS = {
-    "ascii": {"size", "value", "encoding"},
     "binary": {"size", "value", "encoding"},
     "private-key": {"key_type", "migrate"},
-    "x509": {"private_key", "issuer", "common_name", "dns", "ip", "usage", "valid_days"},
-    "x509-ca": {"private_key", "issuer", "common_name", "valid_days"},
+    "ascii": {"size", "value", "encoding", "charset"},
+    "x509": {"private_key", "issuer", "common_name", "dns", "ip", "usage", "valid_days", "renew_before_days"},
+    "x509-ca": {"private_key", "issuer", "common_name", "valid_days", "renew_before_days"},
 }
 _OPTIONAL_FIELDS = set().union(*_KIND_FIELDS.values())
 
@@ -421,6 +429,12 @@ class SecretDefinition(StrictModel):
     ip: list[str] | None = None
     usage: list[Literal["server", "client"]] | None = None
     valid_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    #: certificates are issued again this many days before they end (default: when a third
+    #: of their validity is left), at the next provisioning of a service of the session
+    renew_before_days: Annotated[int, Field(ge=1, le=3649)] | None = None
+    #: generated ascii values: a named set (alphanumeric, letters, digits, hex, printable)
+    #: or the characters to draw from
+    charset: str | None = None
     #: sessions whose services may use this secret
     export: list[ExportTarget] = Field(default_factory=list)
     #: readable by anyone, without authentication (not for private keys; for an x509
@@ -472,6 +486,18 @@ class SecretDefinition(StrictModel):
             )
         if self.kind in CERTIFICATE_KINDS and self.private_key is None:
             raise ValueError(f"a {self.kind} secret names its key: private_key: <a private-key secret>")
+        if self.renew_before_days is not None and self.renew_before_days >= self.effective_valid_days:
+            raise ValueError("renew_before_days must be less than the validity (valid_days)")
+        if self.charset is not None:
+            if self.value is not None:
+                raise ValueError("'charset' applies to generated values (size), not to an explicit value")
+            if len(set(self.effective_charset)) < 2 or not all(
+                " " <= c <= "~" for c in self.effective_charset
+            ):
+                raise ValueError(
+                    f"charset is one of {', '.join(ASCII_CHARSETS)} or at least two printable "
+                    "ASCII characters"
+                )
         if self.value is not None and self.size is not None:
             raise ValueError("give either 'size' (generated) or 'value' (explicit), not both")
         if self.value is None and self.encoding is not None:
@@ -501,6 +527,12 @@ class SecretDefinition(StrictModel):
             return len(base64.b64decode(self.value, validate=True))
         except ValueError:
             return None
+
+    @property
+    def effective_charset(self) -> str:
+        """The characters a generated ascii value is drawn from (each equally likely)."""
+        charset = self.charset or "alphanumeric"
+        return "".join(sorted(set(ASCII_CHARSETS.get(charset, charset))))
 
     @property
     def effective_key_type(self) -> str:

@@ -1,6 +1,8 @@
 """private-key, x509 and x509-ca secrets: every format parses, chains and keys are right."""
 
+import datetime as dt
 import ipaddress
+import string
 
 import pytest
 import yaml
@@ -161,3 +163,78 @@ def test_binary_formats_cannot_go_into_the_environment() -> None:
     )
     with pytest.raises(PolicyError, match="cannot be placed pkcs12 in a command or environment"):
         parse_session(yaml.safe_dump(d))
+
+
+def test_certificates_are_renewed_at_provisioning_when_due(embedded: EmbeddedCas) -> None:
+    now = [dt.datetime.now(dt.UTC)]
+    cas = embedded.cas
+    cas._clock = lambda: now[0]
+    secrets = [
+        {"name": "k", "kind": "private-key"},
+        {"name": "short", "kind": "x509", "private_key": "k", "valid_days": 30},
+        {"name": "long", "kind": "x509", "private_key": "k", "valid_days": 365, "renew_before_days": 10},
+    ]
+    document = session_dict(measurement=M, command=["/bin/true"], secrets=secrets)
+    document["services"][0]["files"] = [
+        {"path": "/short.crt", "content": "$$VEIL::short$$"},
+        {"path": "/long.crt", "content": "$$VEIL::long$$"},
+    ]
+    cas.create_session(yaml.safe_dump(document), "local")
+
+    def certificates() -> dict[str, x509.Certificate]:
+        _, files = provisioned(embedded)
+        return {p: x509.load_pem_x509_certificate(c) for p, c in files.items()}
+
+    first = certificates()
+    now[0] += dt.timedelta(days=15)  # half of 30 days left: not yet (a third is 10 days)
+    assert certificates()["/short.crt"].serial_number == first["/short.crt"].serial_number
+    now[0] += dt.timedelta(days=6)  # 9 days left: renewed, valid for 30 days from now
+    renewed = certificates()
+    assert renewed["/short.crt"].serial_number != first["/short.crt"].serial_number
+    assert renewed["/short.crt"].not_valid_after_utc > now[0] + dt.timedelta(days=29)
+    assert renewed["/short.crt"].public_key() == first["/short.crt"].public_key()  # the same key
+    assert [e.event["due"] for e in cas.audit.entries() if e.event["event"] == "certificate.renew"] == [
+        ["short"]
+    ]
+    again = certificates()
+    assert again["/short.crt"].serial_number == renewed["/short.crt"].serial_number  # once only
+
+
+@pytest.mark.parametrize(
+    ("charset", "allowed"),
+    [
+        (None, set(string.ascii_letters + string.digits)),
+        ("digits", set(string.digits)),
+        ("hex", set("0123456789abcdef")),
+        ("printable", {chr(c) for c in range(0x21, 0x7F)}),
+        ("xy", {"x", "y"}),
+    ],
+)
+def test_generated_ascii_values_use_their_charset(
+    embedded: EmbeddedCas, charset: str | None, allowed: set[str]
+) -> None:
+    secret: dict[str, object] = {"name": "pw", "kind": "ascii", "size": 400}
+    if charset is not None:
+        secret["charset"] = charset
+    embedded.cas.create_session(yaml.safe_dump(session_dict(measurement=M, secrets=[secret])), "local")
+    value = embedded.cas._secret_lookup("test/app")["pw"].decode()
+    assert len(value) == 400 and set(value) <= allowed and len(set(value)) > len(allowed) // 2
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        ({"name": "a", "kind": "ascii", "charset": "x"}, "at least two printable ASCII"),
+        ({"name": "a", "kind": "ascii", "charset": "ab\u00e9"}, "at least two printable ASCII"),
+        ({"name": "a", "kind": "ascii", "value": "v", "charset": "digits"}, "applies to generated values"),
+        ({"name": "a", "kind": "binary", "charset": "digits"}, "'charset' does not apply to a binary secret"),
+        (
+            {"name": "c", "kind": "x509", "private_key": "k", "valid_days": 5, "renew_before_days": 5},
+            "less than the validity",
+        ),
+    ],
+)
+def test_charset_and_renewal_rules(secret: dict[str, object], message: str) -> None:
+    secrets = [{"name": "k", "kind": "private-key"}, secret]
+    with pytest.raises(PolicyError, match=message):
+        parse_session(yaml.safe_dump(session_dict(measurement=M, secrets=secrets)))
