@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from veil.cli.options import cas_url_option, owner_client
 from veil.cli.output import emit_json, note
@@ -15,6 +16,7 @@ from veil.client.http import OwnerClient, public_secret
 from veil.errors import VeilError
 from veil.policy import PolicyError, Session, load_session_file, parse_session, session_hash, with_predecessor
 from veil.policy.governance import Approval, sign_approval
+from veil.policy.scone import convert_scone_session
 
 
 @click.group()
@@ -250,3 +252,38 @@ def public(name: str, secret: str, cas_url: str | None, fmt: str | None, output:
     else:
         sys.stdout.buffer.write(value)
         sys.stdout.buffer.flush()
+
+
+@session.command("import-scone")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
+def import_scone(file: Path, output: Path | None) -> None:
+    """Convert FILE, a session written for SCONE CAS (language 0.3), into a veil session.
+
+    $$SCONE::name[:format]$$ placeholders, mrenclaves and attestation entries, images with
+    injection_files and volumes, secrets with export/import and export_public,
+    access_policy (owner certificates become key hashes) and security.attestation.tolerate
+    are converted. What has no equivalent is reported as a warning (and in a comment at
+    the top of the result). Exit code 1 when the result still needs edits to be valid,
+    with every problem listed; the result is written either way.
+    """
+    try:
+        document, warnings = convert_scone_session(file.read_text(encoding="utf-8"), str(file))
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{file}: not UTF-8 text ({exc})", param_hint="FILE") from None
+    header = f"# converted from {file.name} by veil session import-scone\n"
+    header += "".join(f"# warning: {w}\n" for w in warnings)
+    text = header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+    for warning in warnings:
+        note(f"warning: {warning}")
+    try:
+        parse_session(text, str(output or "<converted session>"))
+    except PolicyError as exc:
+        note("the converted session needs edits before it is valid:")
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(1) from None
