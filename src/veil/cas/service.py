@@ -47,8 +47,17 @@ from veil.crypto.certs import check_valid_at, load_pem_chain, verify_ecdsa, veri
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority, certificate_fingerprint, load_p256_public_key
 from veil.errors import VeilError
-from veil.policy import SecretRenderer, Service, Session, SimAttestation, parse_session, session_hash
+from veil.policy import (
+    SecretRenderer,
+    Service,
+    Session,
+    SimAttestation,
+    parse_session,
+    session_hash,
+    substitute_text,
+)
 from veil.policy.governance import Approval, governance_refusal
+from veil.policy.model import ConcreteAttestation, TemplateAttestation
 from veil.policy.placeholders import KIND_FORMATS, PRIVATE_FORMATS
 from veil.protocol import (
     AttestationGrant,
@@ -686,7 +695,7 @@ class Cas:
         }
         if not any(
             isinstance(e, SimAttestation) and constant_time_equal(e.measurement, claims.measurement)
-            for e in service.attestation
+            for e in self._attestation_entries(record, service)
         ):
             return _Decision(
                 None,
@@ -727,8 +736,9 @@ class Cas:
         )
         if reason:
             return _Decision(None, reason, facts)
-        mismatches = [mismatch(e, verdict, request.workload) for e in service.attestation]
-        relevant = [m for e, m in zip(service.attestation, mismatches, strict=True) if e.platform == platform]
+        entries = self._attestation_entries(record, service)
+        mismatches = [mismatch(e, verdict, request.workload) for e in entries]
+        relevant = [m for e, m in zip(entries, mismatches, strict=True) if e.platform == platform]
         if None not in mismatches:
             detail = f": {relevant[0]}" if len(relevant) == 1 else ""
             return _Decision(
@@ -739,6 +749,26 @@ class Cas:
         return self._bind_and_grant(
             request, record, service, facts, verdict.report_data, request.workload, sim=False
         )
+
+    def _attestation_entries(self, record: SessionRecord, service: Service) -> list[ConcreteAttestation]:
+        """The service's entries, those with placeholders filled in from the session's
+        secrets (imports included); one that does not resolve refuses the attestation."""
+        render = self._secret_renderer(record)
+        entries: list[ConcreteAttestation] = []
+        for index, entry in enumerate(service.attestation):
+            if not isinstance(entry, TemplateAttestation):
+                entries.append(entry)
+                continue
+            where = f"service '{service.name}' attestation[{index}]"
+
+            def fill(text: str, key: str, where: str = where) -> str:
+                return substitute_text(text, render, f"{where}.{key}")
+
+            try:
+                entries.append(entry.resolve(fill))
+            except ValueError as exc:
+                raise CasError(f"{where}: {exc}") from None
+        return entries
 
     @staticmethod
     def _binding_problem(request: AttestationRequest, report_data: bytes, workload: str) -> str | None:

@@ -9,6 +9,7 @@ import base64
 import ipaddress
 import re
 import string
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -17,6 +18,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -152,15 +155,72 @@ class TdxAttestation(_HardwareEntry):
     mr_seam: Hex48 | None = None
 
 
-AttestationEntry = Annotated[
+ConcreteAttestation = Annotated[
     SimAttestation | SnpAttestation | SgxAttestation | TdxAttestation, Field(discriminator="platform")
 ]
+_CONCRETE: TypeAdapter[ConcreteAttestation] = TypeAdapter(ConcreteAttestation)
 PLATFORM_ENTRIES: dict[str, type[BaseModel]] = {
     "sim": SimAttestation,
     "sev-snp": SnpAttestation,
     "sgx": SgxAttestation,
     "tdx": TdxAttestation,
 }
+_PLACEHOLDER_OPENER = "$$VEIL::"
+
+
+class TemplateAttestation(StrictModel):
+    """An attestation entry whose values hold ``$$VEIL::name$$`` placeholders (e.g. a
+    measurement another session exports): written like any entry, kept as written, and
+    resolved and validated when a runtime attests."""
+
+    platform: Literal["template"]
+    entry: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> "TemplateAttestation":
+        platform = self.entry.get("platform")
+        model = PLATFORM_ENTRIES.get(str(platform))
+        if model is None:
+            raise ValueError(f"unknown platform '{platform}' (known: {', '.join(PLATFORM_ENTRIES)})")
+        unknown = sorted(set(self.entry) - set(model.model_fields))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} in a {platform} entry")
+        return self
+
+    def strings(self) -> list[tuple[str, str]]:
+        """(key, value) of every string value, where placeholders may stand."""
+        return [(k, v) for k, v in self.entry.items() if isinstance(v, str)]
+
+    def resolve(self, substitute: Callable[[str, str], str]) -> "ConcreteAttestation":
+        """The entry with ``substitute(text, key)`` applied to its strings, validated as
+        written for its platform (ValueError with the reason otherwise)."""
+        resolved = {k: substitute(v, k) if isinstance(v, str) else v for k, v in self.entry.items()}
+        try:
+            entry: ConcreteAttestation = _CONCRETE.validate_python(resolved)
+        except ValidationError as exc:
+            reasons = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'][1:]) or 'entry'}: "
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+            raise ValueError(f"with its secrets filled in, the entry is not valid ({reasons})") from None
+        return entry
+
+
+def _templated(entry: Any) -> Any:
+    """An entry with a placeholder in a value becomes a TemplateAttestation."""
+    if isinstance(entry, dict) and any(
+        isinstance(v, str) and _PLACEHOLDER_OPENER in v for v in entry.values()
+    ):
+        return {"platform": "template", "entry": entry}
+    return entry
+
+
+AttestationEntry = Annotated[
+    SimAttestation | SnpAttestation | SgxAttestation | TdxAttestation | TemplateAttestation,
+    Field(discriminator="platform"),
+    BeforeValidator(_templated),
+]
 
 
 class InjectedFile(StrictModel):

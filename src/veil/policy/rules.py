@@ -7,7 +7,7 @@ check`` reports every problem at once.
 from collections.abc import Iterator
 
 from veil.policy.errors import PolicyProblem
-from veil.policy.model import ExportTarget, Network, Session
+from veil.policy.model import ExportTarget, Network, Session, TemplateAttestation
 from veil.policy.placeholders import BINARY_FORMATS, KIND_FORMATS, find_placeholders, malformed_placeholder_at
 from veil.policy.yamlsource import Path, YamlDocument
 
@@ -30,6 +30,10 @@ def _strings_with_text_context(session: Session) -> Iterator[tuple[Path, str, bo
             yield (*base, "environment", key), value, True
         for f_index, injected in enumerate(service.files):
             yield (*base, "files", f_index, "content"), injected.content, False
+        for e_index, entry in enumerate(service.attestation):
+            if isinstance(entry, TemplateAttestation):
+                for key, text in entry.strings():
+                    yield (*base, "attestation", e_index, key), text, True
 
 
 def _network_problems(s_index: int, network: Network, doc: YamlDocument) -> list[PolicyProblem]:

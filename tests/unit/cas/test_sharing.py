@@ -220,3 +220,58 @@ def test_bad_sharing_declarations_are_located_errors(change: dict[str, Any], mes
     doc = {**session_dict(measurement=M, command=["/bin/true"]), **change}
     with pytest.raises(PolicyError, match=message):
         parse_session(yaml.safe_dump(doc), "s.yaml")
+
+
+def measurement_session(value: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The owner exports the measurement the analyst's program must have; the analyst's
+    attestation entry names it by placeholder."""
+    owner = session_dict(name="owner/data", measurement=M, command=["/bin/true"], secrets=[])
+    owner["secrets"] = [
+        {"name": "approved", "kind": "ascii", "value": value, "export": [{"session": "analyst/job"}]}
+    ]
+    analyst = session_dict(name="analyst/job", measurement=M, command=["/bin/true"], secrets=[])
+    analyst["secrets"] = [
+        {"name": "approved", "kind": "ascii", "import": {"session": "owner/data", "secret": "approved"}}
+    ]
+    analyst["services"][0]["attestation"] = [{"platform": "sim", "measurement": "$$VEIL::approved$$"}]
+    return owner, analyst
+
+
+def test_attestation_values_may_come_from_secrets(embedded: EmbeddedCas) -> None:
+    owner, analyst = measurement_session(M)
+    create(embedded, analyst, "analyst")
+    create(embedded, owner, "owner")
+    assert attest(embedded, "analyst/job/app").bundle.session == "analyst/job"
+
+
+def test_an_attestation_value_from_a_secret_must_match(embedded: EmbeddedCas) -> None:
+    owner, analyst = measurement_session("sha256:" + "00" * 32)
+    create(embedded, analyst, "analyst")
+    create(embedded, owner, "owner")
+    with pytest.raises(AttestationRefused, match="matches no attestation entry"):
+        attest(embedded, "analyst/job/app")
+
+
+def test_an_attestation_value_from_a_secret_is_validated_when_filled_in(embedded: EmbeddedCas) -> None:
+    owner, analyst = measurement_session("not-a-measurement")
+    create(embedded, analyst, "analyst")
+    create(embedded, owner, "owner")
+    with pytest.raises(
+        AttestationRefused, match=r"attestation\[0\]: with its secrets filled in, the entry is not valid"
+    ):
+        attest(embedded, "analyst/job/app")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"platform": "sim", "measurement": "$$VEIL::nope$$"}, "unknown secret 'nope'"),
+        ({"platform": "sim", "measurement": "$$VEIL::pw$$", "mr_td": "x"}, "unknown key"),
+        ({"platform": "vax", "measurement": "$$VEIL::pw$$"}, "unknown platform 'vax'"),
+    ],
+)
+def test_bad_templated_attestation_entries_are_refused(entry: dict[str, Any], message: str) -> None:
+    doc = session_dict(measurement=M, command=["/bin/true"])
+    doc["services"][0]["attestation"] = [entry]
+    with pytest.raises(PolicyError, match=message):
+        parse_session(yaml.safe_dump(doc), "s.yaml")
