@@ -47,6 +47,7 @@ class CasServer:
     log: Path
     db: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None)
+    extra: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -57,6 +58,7 @@ class CasServer:
         with open(self.log, "ab") as log:
             argv = ["cas", "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
             argv += ["--db", self.db] if self.db else []
+            argv += self.extra
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "veil", *argv],
                 stdout=log,

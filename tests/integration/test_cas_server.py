@@ -23,7 +23,8 @@ from tests.cas_server import (
     start_cas,
     volume_session,
 )
-from tests.conftest import PYTHON, SHOW, measurement_of, requires_root, session_dict, session_yaml
+from tests.conftest import PYTHON, SHOW, measurement_of, requires_root, session_dict, session_yaml, veil
+from tests.net import free_port
 from veil.cas import Cas
 from veil.cas.identity import CasIdentity
 from veil.cas.server import CasApp, CasSelf, openapi_document
@@ -396,3 +397,23 @@ def test_exported_audit_logs_are_checked_against_the_pin(
         assert "not signed by the pinned CAS" in refused(json.loads(foreign.read_text()))
     finally:
         other.stop()
+
+
+def test_named_auditors_alone_read_the_audit_log(tmp_path: Path) -> None:
+    root = tmp_path / "audited"
+    root.mkdir()
+    auditor = Owner(root / "auditor")
+    auditor_id = auditor.veil("owner", "id").stdout.strip()
+    server = CasServer(root / "cas", free_port(), root / "cas.log", extra=["--auditor", auditor_id]).start()
+    try:
+        assert auditor.veil("cas", "attest", server.url, "--tolerate", "sim").returncode == 0
+        owner = pinned_owner(root, server, "owner")
+        assert owner.veil("session", "create", str(write_session(root))).returncode == 0
+        denied = owner.veil("audit", "verify", "--network")
+        assert denied.returncode == 1 and "only the auditors named by this CAS" in denied.stderr
+        allowed = auditor.veil("audit", "verify", "--network")
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        server.stop()
+    bad = veil("cas", "serve", "--data", str(root / "x"), "--auditor", "alice")
+    assert bad.returncode == 2 and "is not an owner id" in bad.stderr

@@ -1,6 +1,7 @@
 """`veil cas serve|attest|platform`: run a network CAS, pin one, register node platforms."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,7 +45,15 @@ def cas() -> None:
     help="postgresql://... : records in PostgreSQL (replicas share it) [default: SQLite in --data].",
 )
 @click.option("--name", "names", multiple=True, help="Extra host name for the TLS certificate (repeatable).")
-def serve_command(listen: tuple[str, int], data: Path, db: str | None, names: tuple[str, ...]) -> None:
+@click.option(
+    "--auditor",
+    "auditors",
+    multiple=True,
+    help="Owner id (veil owner id) allowed to read the audit log (repeatable) [default: every owner].",
+)
+def serve_command(
+    listen: tuple[str, int], data: Path, db: str | None, names: tuple[str, ...], auditors: tuple[str, ...]
+) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
 
     Replicas: several processes with --db on one PostgreSQL serve the same sessions; for
@@ -71,7 +80,12 @@ def serve_command(listen: tuple[str, int], data: Path, db: str | None, names: tu
     )
     store: RecordStore = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
     service = Cas(store, load_or_create_master_key(data / "master.key"), sim_mode=mode == "sim")
-    app = CasApp(service, me)
+    for auditor in auditors:
+        if not re.fullmatch(r"[0-9a-f]{64}", auditor):
+            raise click.BadParameter(
+                f"'{auditor}' is not an owner id (64 hex digits)", param_hint="--auditor"
+            )
+    app = CasApp(service, me, frozenset(auditors))
 
     def ready(url: str) -> None:
         click.echo(f"veil CAS listening on {url} (identity {identity.digest[:16]}…)", err=True)

@@ -80,9 +80,11 @@ def _status_of(exc: VeilError) -> int:
 
 
 class CasApp:
-    def __init__(self, cas: Cas, me: CasSelf) -> None:
+    def __init__(self, cas: Cas, me: CasSelf, auditors: frozenset[str] = frozenset()) -> None:
         self.cas = cas
         self.me = me
+        #: owners who may read the audit log (empty: every enrolled owner)
+        self.auditors = auditors
         self.metrics = CasMetrics(lambda: len(cas.records.keys("session")), cas.sim_mode)
         self._owners: dict[bytes, str] = {}
         self._openapi = json.dumps(openapi_document()).encode()
@@ -336,7 +338,11 @@ class CasApp:
         )
 
     async def audit(self, request: web.Request) -> web.Response:
-        self._owner(request)
+        owner = self._owner(request)
+        if self.auditors and owner not in self.auditors:
+            raise _Fail(
+                403, {"error": "only the auditors named by this CAS (--auditor) may read its audit log"}
+            )
         return self._json(self.cas.audit.export(self.me.identity.sign))
 
 
