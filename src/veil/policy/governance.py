@@ -7,10 +7,10 @@ sends the update counts as one (its client certificate authenticates it).
 """
 
 import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
@@ -47,7 +47,7 @@ class Approval:
     def valid(self) -> bool:
         try:
             key = load_der_public_key(self.public_key)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             return False
         return isinstance(key, ec.EllipticCurvePublicKey) and verify_ecdsa(
             key, self.signature, approval_message(self.session, self.hash), "sha256"
@@ -70,7 +70,7 @@ class Approval:
                 base64.b64decode(data["public_key"], validate=True),
                 base64.b64decode(data["signature"], validate=True),
             )
-        except (KeyError, TypeError, binascii.Error):
+        except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
             raise ApprovalMalformed(
                 "an approval is {session, hash, public_key, signature} (from `veil session approve`)"
             ) from None

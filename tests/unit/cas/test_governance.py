@@ -10,7 +10,7 @@ from tests.conftest import EmbeddedCas, session_dict
 from veil.cas import AccessDenied
 from veil.crypto.x509ca import spki_sha256
 from veil.policy import PolicyError, parse_session, session_hash
-from veil.policy.governance import Approval, sign_approval
+from veil.policy.governance import Approval, ApprovalMalformed, sign_approval
 
 M = "sha256:" + "ef" * 32
 
@@ -158,3 +158,21 @@ def test_history_lists_every_version_for_readers_only(embedded: EmbeddedCas, own
     assert "X" not in versions[0].text and versions[1].text == body
     with pytest.raises(AccessDenied):
         cas.session_history("team/app", c.id)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        5,
+        {"session": "a"},
+        {"session": "a", "hash": "b", "public_key": "\u00e9", "signature": ""},
+        {"session": "a", "hash": "b", "public_key": "!!", "signature": ""},
+    ],
+)
+def test_malformed_approvals_are_a_clear_error(data: object) -> None:
+    with pytest.raises(ApprovalMalformed, match="an approval is"):
+        Approval.from_json(data)
+
+
+def test_an_approval_with_a_key_that_is_not_a_key_is_not_valid() -> None:
+    assert not Approval("a", "b", b"\x30\x03\x02\x01\x00", b"").valid()
