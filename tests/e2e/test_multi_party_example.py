@@ -1,31 +1,14 @@
 """examples/multi-party/run.sh: a volume exported to a pinned analyst session, end to end."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import requires_root
-from tests.net import free_port
-
-TOP = Path(__file__).resolve().parents[2]
+from tests.e2e import run_example
 
 
 @requires_root
 def test_the_multi_party_example_runs_end_to_end(tmp_path: Path) -> None:
-    result = subprocess.run(
-        ["bash", str(TOP / "examples" / "multi-party" / "run.sh")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "VEIL": str(Path(sys.executable).parent / "veil"),
-            "VEIL_DEMO_DIR": str(tmp_path / "demo"),
-            "VEIL_DEMO_PORT": str(free_port()),
-        },
-        check=False,
-    )
+    result = run_example("multi-party", tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "analysis: 1000 records, mean age" in result.stdout

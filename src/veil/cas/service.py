@@ -56,7 +56,7 @@ from veil.policy import (
     session_hash,
     substitute_text,
 )
-from veil.policy.governance import Approval, governance_refusal
+from veil.policy.governance import Approval, review_update
 from veil.policy.model import ConcreteAttestation, TemplateAttestation
 from veil.policy.placeholders import KIND_FORMATS, PRIVATE_FORMATS
 from veil.protocol import (
@@ -265,11 +265,11 @@ class Cas:
                     f"{current.hash[:16]}… of session '{session.name}' (changed meanwhile? "
                     "read it again and re-apply your change)"
                 )
-            refusal = governance_refusal(
+            decision = review_update(
                 current.session.access_policy, current.creator, caller, session.name, digest, list(approvals)
             )
-            if refusal:
-                raise AccessDenied(refusal)
+            if decision.refusal:
+                raise AccessDenied(decision.refusal)
             record = SessionRecord(session.name, digest, text, current.creator, current.revision + 1, session)
             self._store_session(record, version, caller)
             self._sync_secrets(session, updating=True)
@@ -281,7 +281,7 @@ class Cas:
                 hash=digest,
                 predecessor=current.hash,
                 owner=caller,
-                approvals=sorted({a.owner for a in approvals if a.valid()}),
+                approvals=decision.approvers,
             )
         return record
 
@@ -372,23 +372,23 @@ class Cas:
         if not due:
             return
         with self.records.store.transaction():
-            values = {}
-            for key in self.records.keys(_SECRET, prefix):
-                found = self.records.get(_SECRET, key)
-                if found is not None:
-                    values[key[len(prefix) :]] = found[1]
-            self._issue_certificates(session, values)
+            self._issue_certificates(session, self._secret_records(session.name))
             self.audit.append("certificate.renew", self.sim_mode, session=session.name, due=sorted(due))
 
-    def _own_renderer(self, session: Session) -> SecretRenderer:
-        """Renders the session's own secrets (not its imports)."""
-        prefix = f"{session.name}#"
+    def _secret_records(self, session_name: str) -> dict[str, dict[str, object]]:
+        """The stored records of a session's own secrets, by secret name."""
+        prefix = f"{session_name}#"
         records = {}
         for key in self.records.keys(_SECRET, prefix):
             found = self.records.get(_SECRET, key)
-            if found:
+            if found is not None:
                 records[key[len(prefix) :]] = found[1]
-        return renderer({d.name: d for d in session.secrets if d.import_ is None}, records)
+        return records
+
+    def _own_renderer(self, session: Session) -> SecretRenderer:
+        """Renders the session's own secrets (not its imports)."""
+        own = {d.name: d for d in session.secrets if d.import_ is None}
+        return renderer(own, self._secret_records(session.name))
 
     def _secret_renderer(self, record: SessionRecord) -> SecretRenderer:
         """Renders every secret of the session; an import is resolved (export and pin
@@ -590,13 +590,8 @@ class Cas:
         return "", certificate_fingerprint(certificate), f"{holder}#{definition.name}"
 
     def _secret_lookup(self, session_name: str) -> dict[str, bytes]:
-        prefix = f"{session_name}#"
-        values: dict[str, bytes] = {}
-        for key in self.records.keys(_SECRET, prefix):
-            found = self.records.get(_SECRET, key)
-            if found:
-                values[key[len(prefix) :]] = base64.b64decode(found[1]["value"])
-        return values
+        records = self._secret_records(session_name)
+        return {name: base64.b64decode(str(record["value"])) for name, record in records.items()}
 
     def _session_ca(self, session_name: str) -> CertificateAuthority:
         found = self.records.get(_CA, session_name)
@@ -753,6 +748,8 @@ class Cas:
     def _attestation_entries(self, record: SessionRecord, service: Service) -> list[ConcreteAttestation]:
         """The service's entries, those with placeholders filled in from the session's
         secrets (imports included); one that does not resolve refuses the attestation."""
+        if not any(isinstance(e, TemplateAttestation) for e in service.attestation):
+            return [e for e in service.attestation if not isinstance(e, TemplateAttestation)]
         render = self._secret_renderer(record)
         entries: list[ConcreteAttestation] = []
         for index, entry in enumerate(service.attestation):

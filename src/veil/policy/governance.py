@@ -82,25 +82,37 @@ def sign_approval(key: ec.EllipticCurvePrivateKey, session: str, digest: str) ->
     return Approval(session, digest, public, signature)
 
 
-def governance_refusal(
+@dataclass(frozen=True)
+class UpdateReview:
+    #: the owners whose approvals counted, besides the sender
+    approvers: list[str]
+    #: why the update lacks approvals, or None
+    refusal: str | None
+
+
+def review_update(
     policy: AccessPolicy, creator: str, caller: str, session: str, digest: str, approvals: list[Approval]
-) -> str | None:
-    """Why an update of ``session`` to ``digest`` lacks approvals under ``policy`` (the
-    stored version's), or None. Approvals for another version or by non-owners do not count."""
+) -> UpdateReview:
+    """Count the approvals of an update of ``session`` to ``digest`` under ``policy`` (the
+    stored version's). Approvals for another version, by non-owners or with a bad
+    signature do not count; the sender counts as one when it is an owner."""
     needed = policy.required_approvals()
     if needed <= 1:
-        return None
+        return UpdateReview([], None)
     owners = {creator if o == "CREATOR" else o for o in policy.update}
-    approved = {caller} & owners
+    approved = set()
     for approval in approvals:
         matches = approval.session == session and approval.hash == digest
         if matches and approval.valid() and approval.owner in owners:
             approved.add(approval.owner)
+    approvers = sorted(approved - {caller})
+    approved |= {caller} & owners
     if len(approved) >= needed:
-        return None
+        return UpdateReview(approvers, None)
     missing = ", ".join(o[:16] + "…" for o in sorted(owners - approved))
-    return (
+    return UpdateReview(
+        approvers,
         f"updating session '{session}' to {digest[:16]}… needs the approval of {needed} of its "
         f"{len(owners)} update owners; it has {len(approved)} (missing: {missing}); each signs with "
-        "`veil session approve FILE` and the update carries the approvals (--approval)"
+        "`veil session approve FILE` and the update carries the approvals (--approval)",
     )
