@@ -293,6 +293,9 @@ class ConfigurationBundle:
     volumes: list[BundleVolume] = field(default_factory=list, repr=False)
     #: the service's ``network`` section (shield rules) as plain JSON
     network: dict[str, Any] = field(default_factory=dict)
+    #: PEM material of the policy secrets the shields use, by ``NAME:FORMAT`` (chain and
+    #: key of an identity, crt of a trusted CA)
+    network_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -309,6 +312,7 @@ class ConfigurationBundle:
                 ],
                 "allow_extra_args": self.allow_extra_args,
                 "network": self.network,
+                "network_secrets": self.network_secrets,
                 "volumes": [
                     {
                         "name": v.name,
@@ -340,6 +344,7 @@ class ConfigurationBundle:
                 ],
                 allow_extra_args=bool(raw["allow_extra_args"]),
                 network=dict(raw.get("network", {})),
+                network_secrets={str(k): str(v) for k, v in raw.get("network_secrets", {}).items()},
                 volumes=[
                     BundleVolume(
                         str(v["name"]),

@@ -183,3 +183,41 @@ def test_a_busy_port_is_a_clear_error(setup: Setup) -> None:
         holder.listen()
         with pytest.raises(ShieldError, match="cannot listen"):
             setup.server()
+
+
+def test_a_shield_whose_secret_material_is_missing_is_a_clear_error(setup: Setup) -> None:
+    net = Network(
+        servers=[
+            ShieldServer(
+                listen=f"127.0.0.1:{setup.server_port}", forward=setup.echo.address, identity="db-cert"
+            )
+        ]
+    )
+    with pytest.raises(ShieldError, match="no chain of secret 'db-cert'"):
+        ShieldSet(net, identity(setup.ca, "db")).start()
+    with pytest.raises(ConnectionRefusedError):
+        talk(setup.server_port, b"ping")  # nothing listens
+
+
+def test_a_named_ca_is_the_only_trust_anchor(setup: Setup) -> None:
+    """``client_auth: ca:SECRET`` trusts that CA, not the session CA above it."""
+    app_ca = CertificateAuthority.create("Shop CA")
+    server = identity(setup.ca, "db")
+    net = Network(
+        servers=[
+            ShieldServer(
+                listen=f"127.0.0.1:{setup.server_port}", forward=setup.echo.address, client_auth="ca:app-ca"
+            )
+        ]
+    )
+    setup._start(
+        net,
+        TlsIdentity(
+            server.certificate_pem,
+            server.key_pem,
+            server.ca_pem,
+            {"app-ca:crt": app_ca.certificate_pem.encode()},
+        ),
+    )
+    _refused(setup, identity(setup.ca, "web"))
+    assert tls_talk(setup.server_port, _tls_context(setup.ca, identity(app_ca, "web"))) == b"hello"

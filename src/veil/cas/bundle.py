@@ -1,6 +1,7 @@
 """Building a service's configuration bundle: the policy with its secrets substituted."""
 
 from veil.policy import SecretRenderer, Service, substitute, substitute_text
+from veil.policy.model import SHIELD_SECRET_FORMATS
 from veil.protocol import BundleFile, ConfigurationBundle
 
 
@@ -23,4 +24,9 @@ def build_bundle(
         files=files,
         allow_extra_args=service.allow_extra_args,
         network=service.network.model_dump(mode="json"),
+        network_secrets={
+            f"{name}:{fmt}": secret(name, fmt).decode("ascii")
+            for _, name, role in service.network.secret_uses()
+            for fmt in SHIELD_SECRET_FORMATS[role]
+        },
     )

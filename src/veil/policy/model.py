@@ -9,7 +9,7 @@ import base64
 import ipaddress
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -362,13 +362,41 @@ def _address(value: str) -> str:
     return value
 
 
+def _identity(value: str) -> str:
+    if value != "instance" and not SECRET_NAME.match(value):
+        raise ValueError("an identity is 'instance' or the name of an x509 secret")
+    return value
+
+
+def _trust(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed and not (value.startswith("ca:") and SECRET_NAME.match(value[3:])):
+        choices = " or ".join(f"'{a}'" for a in allowed)
+        raise ValueError(f"expected {choices} or 'ca:SECRET' (an x509-ca secret)")
+    return value
+
+
+def _server_auth(value: str) -> str:
+    return _trust(value, ("session-ca",))
+
+
+def _client_auth(value: str) -> str:
+    return _trust(value, ("session-ca", "none"))
+
+
+def trusted_ca_secret(auth: str) -> str | None:
+    """The x509-ca secret named by ``ca:SECRET``; None for session-ca and none."""
+    return auth[3:] if auth.startswith("ca:") else None
+
+
 class ShieldServer(StrictModel):
     """TLS terminated in the runtime for clients of the program: listen -> forward (plain)."""
 
     listen: Annotated[str, AfterValidator(_address)]
     forward: Annotated[str, AfterValidator(_address)]
-    identity: Literal["instance"] = "instance"
-    client_auth: Literal["session-ca", "none"] = "session-ca"
+    #: ``instance`` (the certificate issued at attestation) or the name of an x509 secret
+    identity: Annotated[str, AfterValidator(_identity)] = "instance"
+    #: ``session-ca``, ``ca:SECRET`` (an x509-ca secret) or ``none``
+    client_auth: Annotated[str, AfterValidator(_client_auth)] = "session-ca"
 
 
 class ShieldClient(StrictModel):
@@ -378,8 +406,9 @@ class ShieldClient(StrictModel):
     listen: Annotated[str, AfterValidator(_address)]
     connect: Annotated[str, AfterValidator(_address)]
     server_name: str
-    server_auth: Literal["session-ca"] = "session-ca"
-    identity: Literal["instance"] = "instance"
+    #: ``session-ca`` or ``ca:SECRET`` (an x509-ca secret)
+    server_auth: Annotated[str, AfterValidator(_server_auth)] = "session-ca"
+    identity: Annotated[str, AfterValidator(_identity)] = "instance"
 
     @field_validator("listen")
     @classmethod
@@ -394,9 +423,27 @@ class ShieldClient(StrictModel):
         return value
 
 
+#: what a shield needs of a policy secret, by role: a presented identity needs the chain and
+#: the key, a trusted CA its certificate
+SHIELD_SECRET_FORMATS = {"identity": ("chain", "key"), "ca": ("crt",)}
+
+
 class Network(StrictModel):
     servers: list[ShieldServer] = Field(default_factory=list)
     clients: list[ShieldClient] = Field(default_factory=list)
+
+    def secret_uses(self) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+        """(where in the network section, secret name, role) for every shield field naming
+        a policy secret; role is ``identity`` (kind x509) or ``ca`` (kind x509-ca)."""
+        shields: list[tuple[tuple[str, int], str, str, str]] = [
+            *((("servers", i), s.identity, "client_auth", s.client_auth) for i, s in enumerate(self.servers)),
+            *((("clients", i), c.identity, "server_auth", c.server_auth) for i, c in enumerate(self.clients)),
+        ]
+        for where, identity, auth_field, auth in shields:
+            if identity != "instance":
+                yield (*where, "identity"), identity, "identity"
+            if (ca := trusted_ca_secret(auth)) is not None:
+                yield (*where, auth_field), ca, "ca"
 
 
 class Service(StrictModel):

@@ -36,10 +36,27 @@ def _strings_with_text_context(session: Session) -> Iterator[tuple[Path, str, bo
                     yield (*base, "attestation", e_index, key), text, True
 
 
-def _network_problems(s_index: int, network: Network, doc: YamlDocument) -> list[PolicyProblem]:
+_SHIELD_SECRET_KINDS = {"identity": "x509", "ca": "x509-ca"}
+
+
+def _network_problems(
+    s_index: int, network: Network, session: Session, doc: YamlDocument
+) -> list[PolicyProblem]:
     """Two shields of one service may not listen on the same address, nor forward to a
-    shield's own listening address (a loop)."""
+    shield's own listening address (a loop); a named identity is an x509 secret, a named
+    CA an x509-ca secret."""
     problems: list[PolicyProblem] = []
+    for where, name, role in network.secret_uses():
+        at: Path = ("services", s_index, "network", *where)
+        secret, kind = session.secret(name), _SHIELD_SECRET_KINDS[role]
+        if secret is None:
+            known = ", ".join(sorted(s.name for s in session.secrets if s.kind == kind)) or "none"
+            problems.append(
+                doc.problem(at, f"unknown secret '{name}'", f"define an {kind} secret; known: {known}")
+            )
+        elif secret.kind != kind:
+            use = "a shield's identity" if role == "identity" else "a trusted CA"
+            problems.append(doc.problem(at, f"secret '{name}' is {secret.kind}; {use} is an {kind} secret"))
     seen: dict[str, Path] = {}
     listeners = [(("servers", i), s.listen) for i, s in enumerate(network.servers)]
     listeners += [(("clients", i), c.listen) for i, c in enumerate(network.clients)]
@@ -207,7 +224,7 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
                 )
             paths.add(used.path)
     for s_index, service in enumerate(session.services):
-        problems.extend(_network_problems(s_index, service.network, doc))
+        problems.extend(_network_problems(s_index, service.network, session, doc))
     problems.extend(_certificate_problems(session, doc))
     known = {s.name: s for s in session.secrets}
     for path, text, must_be_text in _strings_with_text_context(session):

@@ -18,6 +18,7 @@ def start_shields(provisioned: Provisioned, report: Callable[[str], None]) -> Sh
         provisioned.instance_certificate.public_bytes(Encoding.PEM),
         provisioned.instance_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
         provisioned.session_ca.public_bytes(Encoding.PEM),
+        {k: v.encode("ascii") for k, v in provisioned.bundle.network_secrets.items()},
     )
     # Each shielded connection holds two descriptors; the default soft limit (1024) would cap
     # a busy service near 500 connections.
@@ -27,7 +28,13 @@ def start_shields(provisioned: Provisioned, report: Callable[[str], None]) -> Sh
     shields = ShieldSet(network, identity)
     shields.start()
     for server in network.servers:
-        report(f"shield: TLS on {server.listen} -> {server.forward} (client auth: {server.client_auth})")
+        report(
+            f"shield: TLS on {server.listen} -> {server.forward} "
+            f"(identity: {server.identity}, client auth: {server.client_auth})"
+        )
     for client in network.clients:
-        report(f"shield: {client.listen} -> TLS {client.connect} ({client.server_name})")
+        report(
+            f"shield: {client.listen} -> TLS {client.connect} "
+            f"({client.server_name}, identity: {client.identity}, server auth: {client.server_auth})"
+        )
     return shields

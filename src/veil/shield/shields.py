@@ -4,13 +4,13 @@ import asyncio
 import contextlib
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from veil.crypto import tls
 from veil.crypto.tls import load_chain_in_memory
 from veil.errors import VeilError
-from veil.policy.model import Network, ShieldClient, ShieldServer
+from veil.policy.model import Network, ShieldClient, ShieldServer, trusted_ca_secret
 
 _BUFFER = 1 << 18
 
@@ -21,26 +21,52 @@ class ShieldError(VeilError):
 
 @dataclass(frozen=True)
 class TlsIdentity:
-    """The runtime's TLS identity: instance certificate and key, and the session CA."""
+    """The runtime's TLS identity: instance certificate and key, and the session CA; and the
+    PEM material of the policy secrets its shields name (``NAME:chain``, ``NAME:key``,
+    ``NAME:crt``, from the configuration bundle)."""
 
     certificate_pem: bytes
     key_pem: bytes = field(repr=False)
     ca_pem: bytes
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
-    def _load(self, context: ssl.SSLContext) -> None:
-        load_chain_in_memory(context, self.certificate_pem, self.key_pem)
-        context.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
+    def _secret(self, name: str, fmt: str) -> bytes:
+        try:
+            return self.secrets[f"{name}:{fmt}"]
+        except KeyError:
+            raise ShieldError(f"the configuration carries no {fmt} of secret '{name}'") from None
 
-    def server_context(self, client_auth: str) -> ssl.SSLContext:
+    def _present(self, context: ssl.SSLContext, identity: str) -> None:
+        if identity == "instance":
+            load_chain_in_memory(context, self.certificate_pem, self.key_pem)
+        else:
+            load_chain_in_memory(context, self._secret(identity, "chain"), self._secret(identity, "key"))
+
+    def _trust(self, context: ssl.SSLContext, auth: str) -> None:
+        ca = trusted_ca_secret(auth)
+        if ca is None:
+            context.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
+        else:
+            # the named CA is the trust anchor even when it is not self-signed (issued by the
+            # session CA or another CA secret): trusting its issuer would widen the circle
+            context.load_verify_locations(cadata=self._secret(ca, "crt").decode("ascii"))
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+
+    def server_context(self, spec: ShieldServer) -> ssl.SSLContext:
         context = tls.server_context()
-        self._load(context)
-        context.verify_mode = ssl.CERT_REQUIRED if client_auth == "session-ca" else ssl.CERT_NONE
+        self._present(context, spec.identity)
+        if spec.client_auth == "none":
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            self._trust(context, spec.client_auth)
+            context.verify_mode = ssl.CERT_REQUIRED
         return context
 
-    def client_context(self) -> ssl.SSLContext:
+    def client_context(self, spec: ShieldClient) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-        self._load(context)
+        self._present(context, spec.identity)
+        self._trust(context, spec.server_auth)
         return context
 
 
@@ -119,6 +145,12 @@ class ShieldSet:
         future = asyncio.run_coroutine_threadsafe(self._start_all(), self._loop)
         try:
             future.result(timeout=30)
+        except ShieldError:
+            self.stop()
+            raise
+        except ssl.SSLError as exc:
+            self.stop()
+            raise ShieldError(f"a shield's certificate, key or CA is unusable: {exc}") from None
         except OSError as exc:
             self.stop()
             raise ShieldError(f"a shield cannot listen: {exc.strerror or exc}") from None
@@ -129,7 +161,7 @@ class ShieldSet:
                 await self._listen(
                     server.listen,
                     self._server_handler(server),
-                    self.identity.server_context(server.client_auth),
+                    self.identity.server_context(server),
                 )
             )
         for client in self.network.clients:
@@ -167,7 +199,7 @@ class ShieldSet:
     def _client_handler(
         self, spec: ShieldClient
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        context = self.identity.client_context()
+        context = self.identity.client_context(spec)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
