@@ -11,8 +11,7 @@ from veil.crypto import tls
 from veil.crypto.tls import load_chain_in_memory
 from veil.errors import VeilError
 from veil.policy.model import Network, ShieldClient, ShieldServer, trusted_ca_secret
-
-_BUFFER = 1 << 18
+from veil.shield.relay import Side
 
 
 class ShieldError(VeilError):
@@ -79,43 +78,23 @@ def split_address(address: str) -> tuple[str, int] | str:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
-async def _open(address: str, **tls: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    loop: asyncio.AbstractEventLoop,
+    live: set[Side],
+    address: str,
+    context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> Side:
     target = split_address(address)
     if isinstance(target, str):
-        return await asyncio.open_unix_connection(target, limit=_BUFFER, **tls)
-    return await asyncio.open_connection(target[0], target[1], limit=_BUFFER, **tls)  # type: ignore[arg-type]
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(_BUFFER):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError, OSError):
-        pass
-
-
-async def _splice(
-    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> None:
-    """Copy both ways until either side ends, then close both. One side is always TLS, and
-    asyncio cannot half-close TLS, so an end in one direction ends the connection (a client
-    that shuts down its sending side and then waits for a reply is not supported)."""
-    directions = [
-        asyncio.ensure_future(_pump(client[0], upstream[1])),
-        asyncio.ensure_future(_pump(upstream[0], client[1])),
-    ]
-    try:
-        await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for direction in directions:
-            direction.cancel()
-        await asyncio.gather(*directions, return_exceptions=True)
-        for _, writer in (client, upstream):
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        _, side = await loop.create_unix_connection(
+            lambda: Side(live), target, ssl=context, server_hostname=server_name
+        )
+    else:
+        _, side = await loop.create_connection(
+            lambda: Side(live), target[0], target[1], ssl=context, server_hostname=server_name
+        )
+    return side
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -135,7 +114,9 @@ class ShieldSet:
         self.network = network
         self.identity = identity
         self._loop = _new_loop()
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._live: set[Side] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="veil-shield", daemon=True)
         self.connections = 0
         self.refused = 0
@@ -159,68 +140,63 @@ class ShieldSet:
         for server in self.network.servers:
             self._servers.append(
                 await self._listen(
-                    server.listen,
-                    self._server_handler(server),
-                    self.identity.server_context(server),
+                    server.listen, self._server_handler(server), self.identity.server_context(server)
                 )
             )
         for client in self.network.clients:
             self._servers.append(await self._listen(client.listen, self._client_handler(client), None))
 
     async def _listen(
-        self,
-        address: str,
-        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-        context: ssl.SSLContext | None,
-    ) -> asyncio.Server:
+        self, address: str, on_made: Callable[[Side], None], context: ssl.SSLContext | None
+    ) -> asyncio.AbstractServer:
+        def accepted() -> Side:
+            side = Side(self._live)
+            side.on_made = on_made
+            return side
+
         target = split_address(address)
         if isinstance(target, str):
-            return await asyncio.start_unix_server(handler, target, ssl=context, limit=_BUFFER)
-        return await asyncio.start_server(
-            handler, target[0], target[1], ssl=context, limit=_BUFFER, reuse_address=True
-        )
+            return await self._loop.create_unix_server(accepted, target, ssl=context)
+        return await self._loop.create_server(accepted, target[0], target[1], ssl=context, reuse_address=True)
 
-    def _server_handler(
-        self, spec: ShieldServer
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            # asyncio completes the TLS handshake (and the client certificate check) before
-            # calling us: a refused peer never reaches the program.
-            self.connections += 1
+    def _attach(self, accepted: Side, upstream: Awaitable[Side]) -> None:
+        """Connect the other side of ``accepted``, then relay; a failed connection closes
+        ``accepted`` (and counts as refused)."""
+
+        async def attach() -> None:
             try:
-                upstream = await _open(spec.forward)
-            except OSError:
-                writer.close()
-                return
-            await _splice((reader, writer), upstream)
-
-        return handle
-
-    def _client_handler(
-        self, spec: ShieldClient
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        context = self.identity.client_context(spec)
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                upstream = await _open(spec.connect, ssl=context, server_hostname=spec.server_name)
+                accepted.link(await upstream)
             except (OSError, ssl.SSLError):
                 self.refused += 1
-                writer.close()
-                return
-            await _splice((reader, writer), upstream)
+                accepted.close()
 
-        return handle
+        self.connections += 1
+        task = self._loop.create_task(attach())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _server_handler(self, spec: ShieldServer) -> Callable[[Side], None]:
+        # asyncio completes the TLS handshake (and the client certificate check) before the
+        # protocol hears of the connection: a refused peer never reaches the program.
+        return lambda accepted: self._attach(accepted, _connect(self._loop, self._live, spec.forward))
+
+    def _client_handler(self, spec: ShieldClient) -> Callable[[Side], None]:
+        context = self.identity.client_context(spec)
+        return lambda accepted: self._attach(
+            accepted,
+            _connect(self._loop, self._live, spec.connect, context, spec.server_name),
+        )
 
     def stop(self) -> None:
         async def close_all() -> None:
             for server in self._servers:
                 server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
+            for task in list(self._tasks):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for side in list(self._live):
+                if side.transport is not None:
+                    side.transport.abort()
             for server in self._servers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 5)
