@@ -309,7 +309,7 @@ def test_openapi_is_served_and_documents_every_route(tmp_path: Path, cas: CasSer
     assert status == 200
     assert served == openapi_document()
     embedded = Cas.open_embedded(tmp_path / "routes")
-    me = CasSelf(CasIdentity.load_or_create(tmp_path / "routes"), "sha256:" + "0" * 64, None, None)  # type: ignore[arg-type]
+    me = CasSelf(CasIdentity.load_or_store(embedded.records, tmp_path), "sha256:" + "0" * 64, None, None)  # type: ignore[arg-type]
     routes = {
         (route.resource.canonical, route.method)
         for route in CasApp(embedded, me).build().router.routes()

@@ -2,9 +2,10 @@
 
 The CA certificate is what clients pin (``veil cas attest``). The key signs the CAS's TLS
 server certificate, the owner certificates it issues on enrolment, and audit log heads.
-In sim mode the key is a 0600 file in the data directory, like the master key.
+It is sealed in the database under the master key, so every replica has it.
 """
 
+import base64
 import datetime as dt
 import ipaddress
 import ssl
@@ -22,13 +23,16 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from veil.cas.errors import CasError
+from veil.cas.errors import CasError, Conflict
+from veil.cas.sealing import SealedRecords
 from veil.crypto import tls
-from veil.crypto.files import load_private_ec_key_file, write_private_file
+from veil.crypto.files import load_private_ec_key_file
 from veil.crypto.tls import load_chain_in_memory
 from veil.crypto.x509ca import CertificateAuthority, PublicKey, spki_sha256
+from veil.protocol import b64
 
 SERVER_VALIDITY = dt.timedelta(days=90)
+_RECORD = ("cas-identity", "ca")
 OWNER_VALIDITY = dt.timedelta(days=365)
 _SKEW = dt.timedelta(minutes=5)
 
@@ -42,6 +46,10 @@ def owner_id(public_key: PublicKey) -> str:
     return spki_sha256(public_key)
 
 
+def _unpack(value: dict[str, str]) -> tuple[bytes, bytes]:
+    return base64.b64decode(value["key"]), base64.b64decode(value["certificate"])
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -51,14 +59,24 @@ class CasIdentity:
     ca: CertificateAuthority = field(repr=False)
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> "CasIdentity":
+    def load_or_store(cls, records: SealedRecords, data_dir: Path) -> "CasIdentity":
+        """The identity every replica presents, sealed in the database; on the first start
+        it is taken from an older data directory's ``identity.key``/``identity.crt`` when
+        present, else created."""
+        found = records.get(*_RECORD)
+        if found is not None:
+            return cls(CertificateAuthority.from_der(*_unpack(found[1])))
         key_file, cert_file = data_dir / "identity.key", data_dir / "identity.crt"
         if key_file.exists():
             key = load_private_ec_key_file(key_file)
-            return cls(CertificateAuthority(key, x509.load_pem_x509_certificate(cert_file.read_bytes())))
-        ca = CertificateAuthority.create("veil CAS")
-        write_private_file(key_file, ca.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-        cert_file.write_bytes(ca.certificate.public_bytes(Encoding.PEM))
+            ca = CertificateAuthority(key, x509.load_pem_x509_certificate(cert_file.read_bytes()))
+        else:
+            ca = CertificateAuthority.create("veil CAS")
+        key_der, cert_der = ca.to_der()
+        try:
+            records.put(*_RECORD, {"key": b64(key_der), "certificate": b64(cert_der)}, None)
+        except Conflict:  # another replica stored one first: that one is the identity
+            return cls.load_or_store(records, data_dir)
         return cls(ca)
 
     @property

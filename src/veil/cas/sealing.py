@@ -54,6 +54,11 @@ class SealedRecords:
         #: a hit is exactly the stored value; the store is still read every time
         self._opened: OrderedDict[tuple[str, str, bytes], dict[str, Any]] = OrderedDict()
 
+    @property
+    def master_key(self) -> AeadKey:
+        """For the hand-over to an attested replica only (veil.cas.replicas)."""
+        return self._key
+
     def derive_key(self, label: bytes) -> bytes:
         """A key for another purpose (nonce MACs), derived from the master key."""
         return derive_subkey(self._key, label)

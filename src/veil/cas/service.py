@@ -617,7 +617,8 @@ class Cas:
             )
         return platform_id
 
-    def _sim_platform_key(self, platform_id: str) -> bytes | None:
+    def sim_platform_key(self, platform_id: str) -> bytes | None:
+        """The public key of a registered sim platform, or None."""
         found = self.records.get(_PLATFORM, platform_id)
         if found is None or found[1]["kind"] != "sim":
             return None
@@ -680,7 +681,7 @@ class Cas:
                 {},
             )
         try:
-            claims = verify_sim_evidence(request.evidence.data, self._sim_platform_key)
+            claims = verify_sim_evidence(request.evidence.data, self.sim_platform_key)
         except EvidenceError as exc:
             return _Decision(None, str(exc), {})
         facts: dict[str, object] = {

@@ -1,5 +1,7 @@
-"""`veil cas serve|attest|platform`: run a network CAS, pin one, register node platforms."""
+"""`veil cas serve|attest|platform|recovery`: run a network CAS, pin one, register node
+platforms, restore a lost master key."""
 
+import asyncio
 import os
 import re
 import sys
@@ -8,17 +10,25 @@ from pathlib import Path
 import click
 
 from veil.cas import Cas
+from veil.cas.custody import Custody, PlatformSealer, master_key_id, obtain_master_key, recovery_info
+from veil.cas.errors import MasterKeyError
 from veil.cas.identity import CasIdentity
 from veil.cas.postgres import PostgresStore
-from veil.cas.sealing import load_or_create_master_key
+from veil.cas.replicas import check_identity
+from veil.cas.replicas import join as join_replica
 from veil.cas.server import CasApp, CasSelf, serve
+from veil.cas.server.recovery import RecoveryApp
+from veil.cas.server.serve import run_site
 from veil.cas.storage import RecordStore, SqliteStore
 from veil.cli.options import HOST_PORT, cas_url_option
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
 from veil.client.config import ClientConfig, normalize_url
 from veil.client.http import OwnerClient
 from veil.client.pinning import attest_cas
-from veil.crypto import PlatformSigningKey
+from veil.client.recovery import generate_recovery_key, load_recovery_public_key, restore
+from veil.crypto import PlatformSigningKey, seal_to_key
+from veil.crypto.encoding import sha256_hex
+from veil.crypto.x509ca import CertificateAuthority
 from veil.las.client import LasClient
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
 from veil.tee.measure import measure_veil
@@ -26,7 +36,7 @@ from veil.tee.measure import measure_veil
 
 @click.group()
 def cas() -> None:
-    """The network CAS: serve it, verify and pin it, register node platforms."""
+    """The network CAS: serve it, verify and pin it, register node platforms, recover it."""
 
 
 @cas.command("serve")
@@ -37,7 +47,7 @@ def cas() -> None:
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Data directory: SQLite store, master key, identity key.",
+    help="This node's directory: platform key, sealed master key, SQLite store (without --db).",
 )
 @click.option(
     "--db",
@@ -51,50 +61,150 @@ def cas() -> None:
     multiple=True,
     help="Owner id (veil owner id) allowed to read the audit log (repeatable) [default: every owner].",
 )
+@click.option(
+    "--join",
+    "join_url",
+    default=None,
+    help="URL of a running replica: obtain the master key from it after attesting (new replicas).",
+)
+@click.option(
+    "--recovery-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Owners' recovery public key (veil cas recovery keygen): keep a copy of the master key "
+    "encrypted to it in the database.",
+)
 def serve_command(
-    listen: tuple[str, int], data: Path, db: str | None, names: tuple[str, ...], auditors: tuple[str, ...]
+    listen: tuple[str, int],
+    data: Path,
+    db: str | None,
+    names: tuple[str, ...],
+    auditors: tuple[str, ...],
+    join_url: str | None,
+    recovery_key: Path | None,
 ) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
 
-    Replicas: several processes with --db on one PostgreSQL serve the same sessions; for
-    now they share the identity and master key by copying --data (the attested hand-over
-    of the master key between replicas is not built yet).
+    The master key that seals every record is never stored in the clear: it is sealed to
+    this node's platform identity (DATA/master.sealed). The first start creates it and the
+    CAS identity (what clients pin with `veil cas attest`, kept sealed in the database, so
+    every replica presents it).
 
-    The first start creates the CAS identity (key and CA certificate, what clients pin with
-    `veil cas attest`) and the master key that seals every stored record. VEIL_MODE=hw
-    makes the CAS attest itself with this machine's TEE; otherwise it runs in sim mode and
-    says so in every answer (header Veil-Sim: true).
+    Replicas: several processes with --db on one PostgreSQL serve the same sessions. A new
+    replica starts with --join URL of a running one: it verifies that replica, attests
+    itself (same measurement; in sim mode its platform key must be registered with
+    `veil cas platform add --key-file DATA/platform.key`, or be the running replica's) and
+    receives the master key.
+
+    Recovery: with --recovery-key FILE.pub the database also holds the master key encrypted
+    to the owners' recovery key. A node that can neither unseal nor join starts in recovery
+    mode until an owner runs `veil cas recovery restore URL --key FILE`.
+
+    VEIL_MODE=hw makes the CAS attest itself with this machine's TEE (no sealing key there:
+    every start joins or is recovered); otherwise it runs in sim mode and says so in every
+    answer (header Veil-Sim: true).
     """
     host, port = listen
     mode = resolve_mode(os.environ.get("VEIL_MODE", "sim"))
-    if mode == "sim":
+    sim = mode == "sim"
+    if sim:
         sim_banner(NETWORK_SIM_BANNER)
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    identity = CasIdentity.load_or_create(data)
-    platform_key = PlatformSigningKey.load_or_create(data / "platform.key")
-    me = CasSelf(
-        identity=identity,
-        measurement=measure_veil(),
-        evidence=evidence_source(mode, platform_key),
-        platform_public_key=platform_key.public_bytes if mode == "sim" else None,
-    )
-    store: RecordStore = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
-    service = Cas(store, load_or_create_master_key(data / "master.key"), sim_mode=mode == "sim")
     for auditor in auditors:
         if not re.fullmatch(r"[0-9a-f]{64}", auditor):
             raise click.BadParameter(
                 f"'{auditor}' is not an owner id (64 hex digits)", param_hint="--auditor"
             )
-    app = CasApp(service, me, frozenset(auditors))
+    recovery_public = load_recovery_public_key(recovery_key) if recovery_key is not None else None
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    platform_key = PlatformSigningKey.load_or_create(data / "platform.key")
+    evidence = evidence_source(mode, platform_key)
+    measurement = measure_veil()
+    platform_public = platform_key.public_bytes if sim else None
+    store: RecordStore = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
+    custody = Custody(store, data / "master.sealed", PlatformSealer(platform_key) if sim else None)
+    hosts = [host, *names, "localhost", "127.0.0.1"]
 
     def ready(url: str) -> None:
-        click.echo(f"veil CAS listening on {url} (identity {identity.digest[:16]}…)", err=True)
+        click.echo(f"veil CAS listening on {url}", err=True)
         sys.stderr.flush()
 
     try:
-        serve(app, host, port, [host, *names, "localhost", "127.0.0.1"], ready)
+        join = (
+            None if join_url is None else lambda: join_replica(join_url, custody, evidence, measurement, sim)
+        )
+        obtained = obtain_master_key(custody, data, join)
+        master = obtained.master
+        if master is None:
+            if custody.recovery() is None:
+                raise MasterKeyError(
+                    "this node cannot unseal the master key and no recovery key was set: start it with "
+                    "--join URL of a running replica"
+                )
+            note("recovery mode: waiting for `veil cas recovery restore URL --key FILE`")
+            recovery = RecoveryApp(custody, evidence, measurement, platform_public)
+            restored = asyncio.Event()
+            throwaway = CasIdentity(CertificateAuthority.create("veil CAS (recovery mode)"))
+            if not run_site(
+                recovery.build(restored), throwaway.server_context(hosts), host, port, ready, restored
+            ):
+                return
+            master = recovery.master
+            assert master is not None
+        service = Cas(store, master, sim_mode=sim)
+        identity = CasIdentity.load_or_store(service.records, data)
+        if obtained.attested_identity is not None:
+            check_identity(obtained.attested_identity, identity.digest)
+        events = {"joined": "replica.joined", "recovery": "recovery.restore"}
+        if obtained.how in events:
+            service.audit.append(events[obtained.how], sim, identity=identity.digest)
+        if recovery_public is not None:
+            ciphertext = seal_to_key(master.raw, recovery_public, recovery_info(master_key_id(master)))
+            custody.set_recovery(master, recovery_public, ciphertext)
+            service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
+        how = {"joined": f"received from {join_url}", "recovery": "restored by an owner"}
+        note(f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…")
+        me = CasSelf(identity, measurement, evidence, platform_public)
+        serve(CasApp(service, me, frozenset(auditors)), host, port, hosts, ready)
     finally:
-        service.close()
+        store.close()
+
+
+@cas.group("recovery")
+def recovery() -> None:
+    """The owners' recovery key: restores the master key when every replica is lost."""
+
+
+@recovery.command("keygen")
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Private key file."
+)
+def recovery_keygen(out: Path) -> None:
+    """Create a recovery key pair: OUT (private, 0600: keep it offline) and OUT.pub (give it
+    to `veil cas serve --recovery-key`)."""
+    public = generate_recovery_key(out)
+    note(f"private key {out} (keep it offline); public key {public}")
+    click.echo(str(public))
+
+
+@recovery.command("restore")
+@click.argument("url")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The recovery private key (veil cas recovery keygen).",
+)
+@click.option("--measurement", default=None, help="Expected CAS measurement (refused if different).")
+@click.option("--tolerate", multiple=True, help="Accept this weakness (sim, ...); repeatable.")
+def recovery_restore(url: str, key_file: Path, measurement: str | None, tolerate: tuple[str, ...]) -> None:
+    """Restore the master key to the CAS in recovery mode at URL.
+
+    The CAS's evidence must bind a fresh nonce and the key the master key is sent to; the
+    recovery copy is opened here, with KEY, never on the CAS host.
+    """
+    master_id = restore(normalize_url(url), key_file, tolerate, measurement)
+    note(f"restored master key {master_id[:16]}…; the CAS now serves")
 
 
 @cas.command("attest")

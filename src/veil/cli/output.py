@@ -14,7 +14,8 @@ SIM_BANNER = (
 
 NETWORK_SIM_BANNER = (
     "veil: SIM MODE: no TEE protects this CAS or the programs it provisions (sim evidence, "
-    "master key in a plain file); root on their hosts can read every secret. For development only."
+    "master key sealed to a platform key that is a plain file); root on their hosts can read every "
+    "secret. For development only."
 )
 
 

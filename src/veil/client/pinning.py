@@ -7,7 +7,6 @@ holds the key. Sim evidence proves nothing about the machine (anyone can make a 
 it is accepted only with ``--tolerate sim`` and said loudly.
 """
 
-import datetime as dt
 import os
 from collections.abc import Collection
 
@@ -19,9 +18,8 @@ from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 from veil.protocol import NONCE_LEN, Evidence, b64, cas_report_data, unb64
-from veil.tee import EvidenceError, verify_sim_evidence
-from veil.tee.hardware_evidence import HardwareEvidence
-from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
+from veil.tee import EvidenceError
+from veil.tee.peer import verify_peer_evidence
 
 
 class CasAttestationFailed(VeilError):
@@ -35,32 +33,17 @@ def _check_evidence(
     tolerate: Collection[str],
 ) -> str:
     """Verify the evidence; return the measurement it attests."""
-    if evidence.platform == "sim":
-        if "sim" not in tolerate:
-            raise CasAttestationFailed(
-                "the CAS runs in sim mode: its evidence proves nothing about the machine "
-                "(pass --tolerate sim for development)"
-            )
-        platform_key = unb64(answer.get("platform_public_key"), "platform_public_key")
-        claims = verify_sim_evidence(
-            evidence.data, lambda pid: platform_key if sha256_hex(platform_key) == pid else None
+    if evidence.platform == "sim" and "sim" not in tolerate:
+        raise CasAttestationFailed(
+            "the CAS runs in sim mode: its evidence proves nothing about the machine "
+            "(pass --tolerate sim for development)"
         )
-        report_data, measurement = claims.report_data, claims.measurement
-    elif evidence.platform in HARDWARE_PLATFORMS:
-        hardware = HardwareEvidence.from_evidence(evidence)
-        verdict = verify_hardware_evidence(
-            evidence.platform,
-            hardware.primary,
-            endorsement_key=hardware.endorsement_key,
-            at=dt.datetime.now(dt.UTC),
-            event_log=hardware.event_log,
-        )
-        problem = refusal(verdict, tolerate)
-        if problem:
-            raise CasAttestationFailed(problem)
-        report_data, measurement = verdict.report_data, verdict.measurement.hex()
-    else:
-        raise CasAttestationFailed(f"the CAS sent evidence of unknown platform '{evidence.platform}'")
+    platform_key = (
+        unb64(answer.get("platform_public_key"), "platform_public_key") if evidence.platform == "sim" else b""
+    )
+    report_data, measurement = verify_peer_evidence(
+        evidence, lambda pid: platform_key if sha256_hex(platform_key) == pid else None, tolerate
+    )
     if not constant_time_equal(report_data, expected_report_data):
         raise CasAttestationFailed(
             "the CAS evidence does not bind this request's nonce and the CAS identity key "

@@ -21,6 +21,7 @@ from cryptography import x509
 from veil import __version__
 from veil.cas.errors import AccessDenied, Conflict, PredecessorMismatch, SessionNotFound, VolumeTagRefused
 from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_id
+from veil.cas.replicas import JoinRequest, grant_join
 from veil.cas.server.metrics import CasMetrics
 from veil.cas.service import Cas
 from veil.cas.sharing import SessionRecord
@@ -104,6 +105,7 @@ class CasApp:
         app.router.add_get("/v1/launch", self.launch)
         app.router.add_post("/v1/attest", self.attest)
         app.router.add_post("/v1/volume-tags", self.volume_tag)
+        app.router.add_post("/v1/replicas/join", self.replica_join)
         app.router.add_get("/v1/sessions", self.sessions_get)
         app.router.add_post("/v1/sessions", self.session_create)
         app.router.add_put("/v1/sessions", self.session_update)
@@ -250,6 +252,11 @@ class CasApp:
             raise _Fail(403, {"error": str(exc), "reason": exc.reason}) from None
         self.metrics.attestations.labels("grant").inc()
         return self._json(grant.to_json())
+
+    async def replica_join(self, request: web.Request) -> web.Response:
+        join = JoinRequest.from_json(await self._body(request))
+        sealed = grant_join(self.cas, self.me.measurement, self.me.platform_public_key, join)
+        return self._json({"master_key": b64(sealed)})
 
     async def volume_tag(self, request: web.Request) -> web.Response:
         self.cas.push_volume_tag(VolumeTagUpdate.from_json(await self._body(request)))
