@@ -20,6 +20,8 @@ from veil.protocol import NONCE_LEN, EvidenceSource, b64, unb64
 
 log = logging.getLogger(__name__)
 
+_MAX_NONCES = 1024
+
 
 class RecoveryApp:
     def __init__(
@@ -77,6 +79,8 @@ class RecoveryApp:
         recovery = self.custody.recovery()
         if recovery is None:
             return self._json({"error": "no recovery key was set for this database"}, 409)
+        if len(self._nonces) >= _MAX_NONCES:  # anyone may ask: keep memory bounded
+            self._nonces.pop()
         self._nonces.add(nonce)
         report_data = transfer_report_data(RECOVERY_DOMAIN, nonce, self._keys.public_bytes)
         evidence = self.evidence.collect(report_data, self.measurement)
