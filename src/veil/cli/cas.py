@@ -30,6 +30,7 @@ from veil.crypto import PlatformSigningKey, seal_to_key
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.x509ca import CertificateAuthority
 from veil.las.client import LasClient
+from veil.protocol import b64
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
 from veil.tee.measure import measure_veil
 
@@ -157,7 +158,8 @@ def serve_command(
         events = {"joined": "replica.joined", "recovery": "recovery.restore"}
         if obtained.how in events:
             service.audit.append(events[obtained.how], sim, identity=identity.digest)
-        if recovery_public is not None:
+        stored = custody.recovery() or {}
+        if recovery_public is not None and stored.get("public_key") != b64(recovery_public):
             ciphertext = seal_to_key(master.raw, recovery_public, recovery_info(master_key_id(master)))
             custody.set_recovery(master, recovery_public, ciphertext)
             service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
