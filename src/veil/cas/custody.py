@@ -21,7 +21,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from veil.cas.errors import Conflict, MasterKeyError
 from veil.cas.sealing import load_or_create_master_key
 from veil.cas.storage import RecordStore
-from veil.crypto import AeadKey, DecryptionFailed, PlatformSigningKey, canonical_json, open_sealed, seal
+from veil.crypto import (
+    AeadKey,
+    DecryptionFailed,
+    PlatformSigningKey,
+    canonical_json,
+    open_sealed,
+    seal,
+    seal_to_key,
+)
 from veil.crypto.encoding import sha256_hex, sha512
 from veil.crypto.files import replace_private_file
 
@@ -120,16 +128,25 @@ class Custody:
             return
         replace_private_file(self.sealed_path, self.sealer.seal(master))
 
-    def set_recovery(self, master: AeadKey, public_key: bytes, ciphertext: bytes) -> None:
+    def set_recovery(self, master: AeadKey, public_key: bytes) -> bool:
+        """Keep a copy of ``master`` encrypted to the owners' recovery key; False when that
+        key already holds the copy."""
         record = self.store.get(MASTER_KIND, "recovery")
+        encoded = base64.b64encode(public_key).decode()
+        if record is not None and json.loads(record.blob).get("public_key") == encoded:
+            return False
+        master_id = master_key_id(master)
         value = {
-            "id": master_key_id(master),
-            "public_key": base64.b64encode(public_key).decode(),
-            "ciphertext": base64.b64encode(ciphertext).decode(),
+            "id": master_id,
+            "public_key": encoded,
+            "ciphertext": base64.b64encode(
+                seal_to_key(master.raw, public_key, recovery_info(master_id))
+            ).decode(),
         }
         self.store.put(
             MASTER_KIND, "recovery", canonical_json(value), None if record is None else record.version
         )
+        return True
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from veil.crypto import (
 from veil.crypto.encoding import sha256_hex
 from veil.protocol import NONCE_LEN, AttestationRefused, Evidence, EvidenceSource, b64, unb64
 from veil.tee import EvidenceError
-from veil.tee.peer import verify_peer_evidence
+from veil.tee.peer import same_measurement, verify_peer_evidence
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _refusal(cas: Cas, measurement: str, own_platform: bytes | None, request: Jo
         report_data, attested = verify_peer_evidence(request.evidence, platform, tolerate)
     except EvidenceError as exc:
         return f"the replica's evidence does not verify: {exc}"
-    if not constant_time_equal(attested.removeprefix("sha256:"), measurement.removeprefix("sha256:")):
+    if not same_measurement(attested, measurement):
         return f"the replica runs measurement {attested}, this CAS {measurement}"
     if not constant_time_equal(
         report_data, transfer_report_data(JOIN_DOMAIN, request.nonce, request.public_key)

@@ -1,7 +1,6 @@
 """`veil cas serve|attest|platform|recovery`: run a network CAS, pin one, register node
 platforms, restore a lost master key."""
 
-import asyncio
 import os
 import re
 import sys
@@ -10,27 +9,24 @@ from pathlib import Path
 import click
 
 from veil.cas import Cas
-from veil.cas.custody import Custody, PlatformSealer, master_key_id, obtain_master_key, recovery_info
+from veil.cas.custody import Custody, PlatformSealer, obtain_master_key
 from veil.cas.errors import MasterKeyError
 from veil.cas.identity import CasIdentity
 from veil.cas.postgres import PostgresStore
 from veil.cas.replicas import check_identity
 from veil.cas.replicas import join as join_replica
 from veil.cas.server import CasApp, CasSelf, serve
-from veil.cas.server.recovery import RecoveryApp
-from veil.cas.server.serve import run_site
+from veil.cas.server.recovery import RecoveryApp, wait_for_recovery
 from veil.cas.storage import RecordStore, SqliteStore
-from veil.cli.options import HOST_PORT, cas_url_option
+from veil.cli.options import HOST_PORT, cas_measurement_option, cas_tolerate_option, cas_url_option
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
 from veil.client.config import ClientConfig, normalize_url
 from veil.client.http import OwnerClient
 from veil.client.pinning import attest_cas
 from veil.client.recovery import generate_recovery_key, load_recovery_public_key, restore
-from veil.crypto import PlatformSigningKey, seal_to_key
+from veil.crypto import PlatformSigningKey
 from veil.crypto.encoding import sha256_hex
-from veil.crypto.x509ca import CertificateAuthority
 from veil.las.client import LasClient
-from veil.protocol import b64
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
 from veil.tee.measure import measure_veil
 
@@ -142,15 +138,11 @@ def serve_command(
                     "--join URL of a running replica"
                 )
             note("recovery mode: waiting for `veil cas recovery restore URL --key FILE`")
-            recovery = RecoveryApp(custody, evidence, measurement, platform_public)
-            restored = asyncio.Event()
-            throwaway = CasIdentity(CertificateAuthority.create("veil CAS (recovery mode)"))
-            if not run_site(
-                recovery.build(restored), throwaway.server_context(hosts), host, port, ready, restored
-            ):
+            master = wait_for_recovery(
+                RecoveryApp(custody, evidence, measurement, platform_public), host, port, hosts, ready
+            )
+            if master is None:
                 return
-            master = recovery.master
-            assert master is not None
         service = Cas(store, master, sim_mode=sim)
         identity = CasIdentity.load_or_store(service.records, data)
         if obtained.attested_identity is not None:
@@ -158,10 +150,7 @@ def serve_command(
         events = {"joined": "replica.joined", "recovery": "recovery.restore"}
         if obtained.how in events:
             service.audit.append(events[obtained.how], sim, identity=identity.digest)
-        stored = custody.recovery() or {}
-        if recovery_public is not None and stored.get("public_key") != b64(recovery_public):
-            ciphertext = seal_to_key(master.raw, recovery_public, recovery_info(master_key_id(master)))
-            custody.set_recovery(master, recovery_public, ciphertext)
+        if recovery_public is not None and custody.set_recovery(master, recovery_public):
             service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
         how = {"joined": f"received from {join_url}", "recovery": "restored by an owner"}
         note(f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…")
@@ -197,8 +186,8 @@ def recovery_keygen(out: Path) -> None:
     required=True,
     help="The recovery private key (veil cas recovery keygen).",
 )
-@click.option("--measurement", default=None, help="Expected CAS measurement (refused if different).")
-@click.option("--tolerate", multiple=True, help="Accept this weakness (sim, ...); repeatable.")
+@cas_measurement_option
+@cas_tolerate_option
 def recovery_restore(url: str, key_file: Path, measurement: str | None, tolerate: tuple[str, ...]) -> None:
     """Restore the master key to the CAS in recovery mode at URL.
 
@@ -211,10 +200,8 @@ def recovery_restore(url: str, key_file: Path, measurement: str | None, tolerate
 
 @cas.command("attest")
 @click.argument("url")
-@click.option("--measurement", default=None, help="Expected CAS measurement (refused if different).")
-@click.option(
-    "--tolerate", multiple=True, help="Accept this weakness (sim, debug-mode, out-of-date, ...); repeatable."
-)
+@cas_measurement_option
+@cas_tolerate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the pinned identity as JSON.")
 def attest_command(url: str, measurement: str | None, tolerate: tuple[str, ...], as_json: bool) -> None:
     """Verify the CAS at URL by its own evidence and pin its identity.

@@ -10,6 +10,14 @@ cas_url_option = click.option(
     "--cas", "cas_url", default=None, help="CAS URL [default: $VEIL_CAS_ADDR or the pinned default]."
 )
 
+#: checking a CAS's own evidence (`veil cas attest`, `veil cas recovery restore`)
+cas_measurement_option = click.option(
+    "--measurement", default=None, help="Expected CAS measurement (refused if different)."
+)
+cas_tolerate_option = click.option(
+    "--tolerate", multiple=True, help="Accept this weakness (sim, debug-mode, out-of-date, ...); repeatable."
+)
+
 
 class HostPort(click.ParamType):  # type: ignore[type-arg]
     """HOST:PORT (``:PORT`` means every interface), parsed to (host, port)."""

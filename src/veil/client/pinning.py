@@ -9,6 +9,7 @@ it is accepted only with ``--tolerate sim`` and said loudly.
 
 import os
 from collections.abc import Collection
+from typing import Any
 
 from veil.client.config import CasPin
 from veil.client.http import CasConnection, CasRequestFailed
@@ -19,37 +20,52 @@ from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 from veil.protocol import NONCE_LEN, Evidence, b64, cas_report_data, unb64
 from veil.tee import EvidenceError
-from veil.tee.peer import verify_peer_evidence
+from veil.tee.peer import same_measurement, verify_peer_evidence
 
 
 class CasAttestationFailed(VeilError):
     """The CAS's evidence does not verify, or is not acceptable."""
 
 
-def _check_evidence(
-    evidence: Evidence,
-    answer: dict[str, object],
+def verify_cas_evidence(
+    answer: dict[str, Any],
     expected_report_data: bytes,
     tolerate: Collection[str],
-) -> str:
-    """Verify the evidence; return the measurement it attests."""
-    if evidence.platform == "sim" and "sim" not in tolerate:
+    expected_measurement: str | None,
+) -> tuple[str, bool]:
+    """Verify the evidence in a CAS's answer (for pinning, or of a CAS in recovery mode):
+    the platform, the binding to ``expected_report_data``, the stated and the expected
+    measurement. Returns (the attested measurement, whether it is sim)."""
+    try:
+        raw = answer["evidence"]
+        evidence = Evidence(str(raw["platform"]), unb64(raw.get("data"), "evidence.data"))
+        stated = str(answer["measurement"])
+        sim = evidence.platform == "sim"
+        platform_key = unb64(answer.get("platform_public_key"), "platform_public_key") if sim else b""
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CasAttestationFailed(f"the CAS answer is malformed: {exc}") from None
+    if sim and "sim" not in tolerate:
         raise CasAttestationFailed(
-            "the CAS runs in sim mode: its evidence proves nothing about the machine "
-            "(pass --tolerate sim for development)"
+            "the CAS runs in sim mode: its evidence proves nothing about the machine and sim is not "
+            "tolerated (pass --tolerate sim for development)"
         )
-    platform_key = (
-        unb64(answer.get("platform_public_key"), "platform_public_key") if evidence.platform == "sim" else b""
-    )
-    report_data, measurement = verify_peer_evidence(
-        evidence, lambda pid: platform_key if sha256_hex(platform_key) == pid else None, tolerate
-    )
+    try:
+        report_data, attested = verify_peer_evidence(
+            evidence, lambda pid: platform_key if sha256_hex(platform_key) == pid else None, tolerate
+        )
+    except EvidenceError as exc:
+        raise CasAttestationFailed(f"the CAS evidence does not verify: {exc}") from None
     if not constant_time_equal(report_data, expected_report_data):
         raise CasAttestationFailed(
-            "the CAS evidence does not bind this request's nonce and the CAS identity key "
-            "(replayed or relayed?)"
+            "the CAS evidence does not bind this request's nonce and the CAS's key (replayed or relayed?)"
         )
-    return measurement
+    if sim and attested != stated:
+        raise CasAttestationFailed("the CAS evidence attests another measurement than the CAS states")
+    if expected_measurement is not None and not same_measurement(expected_measurement, attested):
+        raise CasAttestationFailed(
+            f"the CAS measurement is {attested}, not the expected {expected_measurement}"
+        )
+    return attested, sim
 
 
 def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | None) -> CasPin:
@@ -58,24 +74,10 @@ def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | 
     try:
         ca_pem = str(answer["ca_certificate"])
         ca = load_pem_chain(ca_pem.encode())[0]
-        measurement = str(answer["measurement"])
-        raw = answer["evidence"]
-        evidence = Evidence(str(raw["platform"]), unb64(raw.get("data"), "evidence.data"))
-        expected = cas_report_data(nonce, spki_sha256(ca.public_key()), measurement)  # type: ignore[arg-type]
+        expected = cas_report_data(nonce, spki_sha256(ca.public_key()), str(answer["measurement"]))  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CasAttestationFailed(f"the CAS answer is malformed: {exc}") from None
-    try:
-        attested = _check_evidence(evidence, answer, expected, tolerate)
-    except EvidenceError as exc:
-        raise CasAttestationFailed(f"the CAS evidence does not verify: {exc}") from None
-    if evidence.platform == "sim" and attested != measurement:
-        raise CasAttestationFailed("the CAS evidence attests another measurement than the CAS states")
-    if expected_measurement is not None and not constant_time_equal(
-        expected_measurement.removeprefix("sha256:"), attested.removeprefix("sha256:")
-    ):
-        raise CasAttestationFailed(
-            f"the CAS measurement is {attested}, not the expected {expected_measurement}"
-        )
+    attested, sim = verify_cas_evidence(answer, expected, tolerate, expected_measurement)
     verified = CasConnection(url, ca_pem)
     try:
         verified.call("GET", "/v1/cas")
@@ -88,5 +90,5 @@ def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | 
         ca_certificate=ca_pem,
         identity=spki_sha256(ca.public_key()),  # type: ignore[arg-type]
         measurement=attested,
-        sim=evidence.platform == "sim",
+        sim=sim,
     )

@@ -23,6 +23,7 @@ from veil.cas.custody import (
     transfer_report_data,
 )
 from veil.client.http import CasConnection
+from veil.client.pinning import verify_cas_evidence
 from veil.crypto import (
     AeadKey,
     BundleKeyPair,
@@ -31,12 +32,9 @@ from veil.crypto import (
     open_to_key,
     seal_to_key,
 )
-from veil.crypto.encoding import sha256_hex
 from veil.crypto.files import write_private_file
 from veil.errors import VeilError
-from veil.protocol import NONCE_LEN, Evidence, b64, unb64
-from veil.tee import EvidenceError
-from veil.tee.peer import verify_peer_evidence
+from veil.protocol import NONCE_LEN, b64, unb64
 
 
 class RecoveryFailed(VeilError):
@@ -87,31 +85,11 @@ def restore(url: str, key_file: Path, tolerate: Collection[str], expected_measur
         answer = connection.call("POST", "/v1/recovery/evidence", {"nonce": b64(nonce)})
         try:
             cas_key = unb64(answer.get("public_key"), "public_key")
-            raw = answer["evidence"]
-            evidence = Evidence(str(raw["platform"]), unb64(raw.get("data"), "evidence.data"))
-            recovery = answer["recovery"]
-            sim_key = (
-                unb64(answer.get("platform_public_key"), "platform_public_key")
-                if evidence.platform == "sim"
-                else b""
-            )
-            report_data, measurement = verify_peer_evidence(
-                evidence, lambda pid: sim_key if sha256_hex(sim_key) == pid else None, tolerate
-            )
-        except EvidenceError as exc:
-            raise RecoveryFailed(f"the CAS evidence does not verify: {exc}") from None
+            recovery = dict(answer["recovery"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RecoveryFailed(f"the CAS answer is malformed: {exc}") from None
-        if not constant_time_equal(report_data, transfer_report_data(RECOVERY_DOMAIN, nonce, cas_key)):
-            raise RecoveryFailed(
-                "the CAS evidence does not bind this nonce and its key (replayed or relayed?)"
-            )
-        if expected_measurement is not None and not constant_time_equal(
-            expected_measurement.removeprefix("sha256:"), measurement.removeprefix("sha256:")
-        ):
-            raise RecoveryFailed(
-                f"the CAS measurement is {measurement}, not the expected {expected_measurement}"
-            )
+        binding = transfer_report_data(RECOVERY_DOMAIN, nonce, cas_key)
+        verify_cas_evidence(answer, binding, tolerate, expected_measurement)
         if not constant_time_equal(
             unb64(recovery.get("public_key"), "recovery.public_key"), raw_public(private.public_key())
         ):

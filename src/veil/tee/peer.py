@@ -4,11 +4,17 @@ no session policy; the caller compares the measurement and the report data."""
 import datetime as dt
 from collections.abc import Callable, Collection
 
+from veil.crypto import constant_time_equal
 from veil.protocol import Evidence
 from veil.tee.claims import EvidenceError
 from veil.tee.hardware_evidence import HardwareEvidence
 from veil.tee.sim import verify_sim_evidence
 from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
+
+
+def same_measurement(a: str, b: str) -> bool:
+    """Two measurements are the same digest, with or without the ``sha256:`` prefix."""
+    return constant_time_equal(a.removeprefix("sha256:"), b.removeprefix("sha256:"))
 
 
 def verify_peer_evidence(

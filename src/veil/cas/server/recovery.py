@@ -8,13 +8,17 @@ ephemeral key the master key is encrypted to.
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from veil.cas.custody import RECOVERY_DOMAIN, Custody, transfer_info, transfer_report_data
 from veil.cas.errors import MasterKeyError
+from veil.cas.identity import CasIdentity
+from veil.cas.server.serve import run_site
 from veil.crypto import AeadKey, BundleKeyPair, DecryptionFailed, open_to_key
+from veil.crypto.x509ca import CertificateAuthority
 from veil.errors import VeilError
 from veil.protocol import NONCE_LEN, EvidenceSource, b64, unb64
 
@@ -113,3 +117,15 @@ class RecoveryApp:
         self.master = master
         self._restored.set()
         return self._json({"state": "restored"})
+
+
+def wait_for_recovery(
+    app: RecoveryApp, host: str, port: int, host_names: list[str], ready: Callable[[str], None]
+) -> AeadKey | None:
+    """Serve the recovery API until an owner restored the master key (returned) or a
+    termination signal (None)."""
+    restored = asyncio.Event()
+    throwaway = CasIdentity(CertificateAuthority.create("veil CAS (recovery mode)"))
+    if not run_site(app.build(restored), throwaway.server_context(host_names), host, port, ready, restored):
+        return None
+    return app.master
