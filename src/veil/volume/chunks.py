@@ -42,18 +42,44 @@ class ChunkCodec:
         tag = hmac.new(self.key, aad + plaintext, hashlib.sha256).digest()[:TAG]
         return plaintext + tag, tag
 
-    def seal_many(self, first: int, plaintexts: list[bytes | memoryview]) -> tuple[bytes, bytes]:
-        """Seal consecutive chunks ``first``..: (their records, their tags)."""
-        records, tags = [], []
-        seal = self.seal
-        for offset, plaintext in enumerate(plaintexts):
-            record, tag = seal(first + offset, bytes(plaintext))
-            records.append(record)
-            tags.append(tag)
-        return b"".join(records), b"".join(tags)
+    def seal_many(self, first: int, plaintexts: list[bytes | memoryview]) -> tuple[bytearray, bytes]:
+        """Seal consecutive chunks ``first``..: (their records, their tags). The write path's
+        loop, kept tight: one draw of nonces for the batch, each chunk sealed in place into
+        one buffer (only the last may be short, so record i starts at i * stride)."""
+        overhead = self.overhead
+        records = bytearray(sum(len(plain) for plain in plaintexts) + overhead * len(plaintexts))
+        out = memoryview(records)
+        prefix, pack = self._aad_prefix, _INDEX_LENGTH.pack
+        stride = len(plaintexts[0]) + overhead
+        starts = range(0, len(records), stride)
+        if self._aead is not None:
+            encrypt_into = self._aead.encrypt_into
+            nonces = os.urandom(NONCE * len(plaintexts))
+            for index, at, plain in zip(
+                range(first, first + len(plaintexts)), starts, plaintexts, strict=True
+            ):
+                nonce = nonces[(index - first) * NONCE : (index - first + 1) * NONCE]
+                out[at : at + NONCE] = nonce
+                encrypt_into(
+                    nonce,
+                    plain,
+                    prefix + pack(index, len(plain)),
+                    out[at + NONCE : at + overhead + len(plain)],
+                )
+        else:
+            key, new, sha256 = self.key, hmac.new, hashlib.sha256
+            for index, at, plain in zip(
+                range(first, first + len(plaintexts)), starts, plaintexts, strict=True
+            ):
+                mac = new(key, prefix + pack(index, len(plain)), sha256)
+                mac.update(plain)
+                out[at : at + len(plain)] = plain
+                out[at + len(plain) : at + len(plain) + TAG] = mac.digest()[:TAG]
+        ends = [*range(stride, len(records), stride), len(records)]
+        return records, b"".join([out[end - TAG : end] for end in ends])
 
     def open(
-        self, index: int, record: bytes | memoryview, expected_tag: bytes | bytearray, where: str
+        self, index: int, record: bytes | memoryview, expected_tag: bytes | bytearray | memoryview, where: str
     ) -> bytes:
         length = len(record) - self.overhead
         if length < 0:
@@ -74,39 +100,65 @@ class ChunkCodec:
             raise IntegrityError(f"{where}: chunk {index} fails authentication")
         return plaintext
 
-    def open_many(
-        self, first: int, raw: bytes, tags: bytearray, chunk_size: int, file_size: int, where: str
-    ) -> bytes:
-        """Open the consecutive chunks ``first``.. stored in ``raw``: the read path's loop,
-        kept tight (one call per request instead of several per chunk)."""
-        out: list[bytes] = []
+    def open_into(
+        self,
+        first: int,
+        raw: bytes,
+        tags: bytearray,
+        chunk_size: int,
+        file_size: int,
+        where: str,
+        out: memoryview,
+    ) -> None:
+        """Open the consecutive chunks ``first``.. stored in ``raw`` into ``out`` (exactly
+        their plaintext length). The read path's loop, kept tight: the freshness of the whole
+        batch in one comparison, then each chunk decrypted in place; a failure is located
+        afterwards, for the message."""
         view = memoryview(raw)
-        overhead, prefix, pack, aead = self.overhead, self._aad_prefix, _INDEX_LENGTH.pack, self._aead
-        stride = chunk_size + overhead
-        compare = hmac.compare_digest
-        at, index = 0, first
-        while at < len(raw):
-            length = min(chunk_size, file_size - index * chunk_size)
-            record = view[at : at + length + overhead]
-            tag = record[-TAG:]
-            if len(record) != length + overhead or not compare(tag, tags[index * TAG : index * TAG + TAG]):
-                raise IntegrityError(
-                    f"{where}: chunk {index} is not the current version (modified, truncated or rolled back)"
-                )
-            aad = prefix + pack(index, length)
-            if aead is not None:
-                try:
-                    out.append(aead.decrypt(record[:NONCE], record[NONCE:], aad))
-                except InvalidTag:
-                    raise IntegrityError(f"{where}: chunk {index} fails authentication") from None
-            else:
-                plaintext = record[:-TAG]
-                if not compare(hmac.new(self.key, aad + plaintext, hashlib.sha256).digest()[:TAG], tag):
-                    raise IntegrityError(f"{where}: chunk {index} fails authentication")
-                out.append(bytes(plaintext))
-            at += stride
-            index += 1
-        return b"".join(out)
+        overhead, stride = self.overhead, chunk_size + self.overhead
+        count = -(-len(raw) // stride)
+        starts = range(0, count * stride, stride)
+        ends = [*range(stride, (count - 1) * stride + 1, stride), len(raw)]
+        last = first + count - 1
+        if ends[-1] - starts[-1] - overhead != min(chunk_size, file_size - last * chunk_size):
+            raise IntegrityError(f"{where}: chunk {last} is truncated")
+        stored = b"".join([view[end - TAG : end] for end in ends])
+        if not hmac.compare_digest(stored, bytes(tags[first * TAG : (last + 1) * TAG])):
+            index = next(
+                i
+                for i in range(count)
+                if stored[i * TAG : i * TAG + TAG] != tags[(first + i) * TAG : (first + i + 1) * TAG]
+            )
+            raise IntegrityError(
+                f"{where}: chunk {first + index} is not the current version"
+                " (modified, truncated or rolled back)"
+            )
+        prefix, pack = self._aad_prefix, _INDEX_LENGTH.pack
+        places = range(0, count * chunk_size, chunk_size)
+        try:
+            if self._aead is not None:
+                decrypt_into = self._aead.decrypt_into
+                for index, at, end, place in zip(range(first, last + 1), starts, ends, places, strict=True):
+                    length = end - at - overhead
+                    decrypt_into(
+                        view[at : at + NONCE],
+                        view[at + NONCE : end],
+                        prefix + pack(index, length),
+                        out[place : place + length],
+                    )
+                return
+            key, new, compare, sha256 = self.key, hmac.new, hmac.compare_digest, hashlib.sha256
+            for index, at, end, place in zip(range(first, last + 1), starts, ends, places, strict=True):
+                body = view[at : end - TAG]
+                mac = new(key, prefix + pack(index, len(body)), sha256)
+                mac.update(body)
+                if not compare(mac.digest()[:TAG], view[end - TAG : end]):
+                    raise InvalidTag
+                out[place : place + len(body)] = body
+        except InvalidTag:
+            for index, at, end in zip(range(first, last + 1), starts, ends, strict=True):
+                self.open(index, view[at:end], view[end - TAG : end], where)
+            raise IntegrityError(f"{where}: chunks {first}..{last} fail authentication") from None
 
 
 def tags_root(table: bytes | bytearray) -> str:

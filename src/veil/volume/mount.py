@@ -6,6 +6,7 @@ file); OSError keeps its errno. Tag tables and the manifest are written every
 current tag is kept in a state file so that ``veil volume unmount`` can print the final one.
 """
 
+import ctypes
 import ctypes.util
 import errno
 import hashlib
@@ -28,6 +29,8 @@ from veil.volume.errors import IntegrityError
 from veil.volume.volume import Volume, VolumeFile
 
 log = logging.getLogger(__name__)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+_READ_AHEAD_KIB = 1024  # the largest request the mount negotiates (max_readahead)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -73,6 +76,7 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         self.init("/")
 
     def init(self, path: str) -> None:
+        _read_ahead(self.mountpoint, _READ_AHEAD_KIB)
         self._record(self.volume.tag)
         self._flusher.start()
 
@@ -174,6 +178,11 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self._call(lambda: self.handles[fh].pread(size, offset))
 
+    def read_into(self, fh: int, address: int, size: int, offset: int) -> int:
+        """``read`` without copies: decrypt into libfuse's reply buffer (see _Fuse)."""
+        target = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        return self._call(lambda: self.handles[fh].pread_into(target, offset))
+
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         return self._call(lambda: self.handles[fh].pwrite(data, offset))
 
@@ -255,12 +264,55 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         }
 
 
+class _Fuse(fuse.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE, whose read callback hands the reply buffer to the filesystem instead
+    of copying a returned bytes object into it: one copy of every byte read less."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        return int(self.operations.read_into(fip.contents.fh, address, size, offset))
+
+
+def _read_ahead(mountpoint: Path, kib: int) -> None:
+    """Let the kernel read ahead ``kib`` on this mount: its default (128 KiB) caps read
+    requests at 128 KiB, and each request costs the loop as much as decrypting 100 KiB.
+    Root only (the knob is in sysfs); otherwise the default stays. Uses mountinfo, not stat:
+    stat of the mountpoint would call into this filesystem before it answers."""
+    escaped = str(mountpoint).translate({ord(c): f"\\{ord(c):03o}" for c in " \t\n\\"})
+    device = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == escaped:
+            device = fields[2]  # the most recent mount on that path wins
+    if device is None:
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(kib))
+    except OSError as exc:
+        log.info("read-ahead stays at the kernel default: %s", exc.strerror)
+
+
+def _keep_large_buffers() -> None:
+    """Keep freed megabyte buffers in the heap (glibc). Each request allocates a few 1 MiB
+    buffers; by default glibc maps and unmaps each one, and touching fresh pages halved the
+    read throughput (measured: 250 against 540 MB/s for 1 MiB reads)."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    libc = ctypes.CDLL(libc_name)
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+
+
 def serve(
     volume: Volume, mountpoint: Path, foreground_ready: Any = None, options: dict[str, Any] | None = None
 ) -> str:
     """Mount and serve until unmounted; return the final tag."""
+    _keep_large_buffers()
     operations = VolumeFS(volume, mountpoint)
     # One thread: operations are serialised by the volume lock anyway, and a single-threaded
     # loop avoids GIL and lock hand-offs (measured: 18 us per request against 57 us).
-    fuse.FUSE(operations, str(mountpoint), foreground=True, nothreads=True, fsname="veil", **(options or {}))
+    _Fuse(operations, str(mountpoint), foreground=True, nothreads=True, fsname="veil", **(options or {}))
     return operations.final_tag or volume.tag

@@ -30,6 +30,7 @@ VERSION = 1
 MODES = ("encrypted", "authenticated")
 DEFAULT_CHUNK = 4096
 _IO_BLOCK = 1 << 20
+_READ_AHEAD = 2 << 20
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -71,6 +72,7 @@ class _FileState:
     refs: int = 0
     dirty: bool = False
     unlinked: bool = False
+    read_end: int = -1
 
 
 @dataclass
@@ -413,16 +415,40 @@ class Volume:
     def read_at(self, state: _FileState, offset: int, length: int) -> bytes:
         if offset >= state.size or length <= 0:
             return b""
-        end = min(state.size, offset + length)
+        out = bytearray(min(length, state.size - offset))
+        self.read_into(state, offset, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, state: _FileState, offset: int, out: memoryview) -> int:
+        """Read up to len(out) bytes at ``offset`` into ``out``; the count read. Chunks are
+        decrypted straight into ``out`` when the read starts on a chunk and ends on one (or
+        at the end of the file), as the kernel's page-aligned requests do."""
+        if offset >= state.size or not len(out):
+            return 0
+        end = min(state.size, offset + len(out))
         cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
         first, last = offset // cs, (end - 1) // cs
         span = (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
         raw = os.pread(state.fd, span, first * stride)
+        if offset == state.read_end:  # sequential: have the disk read ahead while we decrypt
+            os.posix_fadvise(state.fd, first * stride + span, _READ_AHEAD, os.POSIX_FADV_WILLNEED)
+        state.read_end = end
         if len(raw) != span:
             raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
-        out = state.codec.open_many(first, raw, state.tags, cs, state.size, state.path)
-        start = offset - first * cs
-        return bytes(out[start : start + end - offset])
+        count = end - offset
+        plain_length = min(state.size, (last + 1) * cs) - first * cs
+        if first == last:  # one chunk (random access): the short path
+            plain = state.codec.open(first, raw, state.tags[first * TAG : (first + 1) * TAG], state.path)
+            start = offset - first * cs
+            out[:count] = memoryview(plain)[start : start + count]
+        elif offset == first * cs and count == plain_length:
+            state.codec.open_into(first, raw, state.tags, cs, state.size, state.path, out[:count])
+        else:
+            whole = bytearray(plain_length)
+            state.codec.open_into(first, raw, state.tags, cs, state.size, state.path, memoryview(whole))
+            start = offset - first * cs
+            out[:count] = whole[start : start + count]
+        return count
 
     def write_at(self, state: _FileState, offset: int, data: bytes) -> int:
         if not data:
@@ -434,26 +460,26 @@ class Volume:
         return len(data)
 
     def _write_block(self, state: _FileState, offset: int, data: bytes) -> None:
-        cs, overhead = self.chunk_size, state.codec.overhead
-        stride = cs + overhead
+        cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
         end = offset + len(data)
         old_size, new_size = state.size, max(state.size, end)
         first, last = offset // cs, (end - 1) // cs
-        plains: list[bytes | memoryview] = []
         view = memoryview(data)
-        for index in range(first, last + 1):
+        # Chunks the write covers whole are sealed straight from the caller's buffer; only
+        # the first and the last may be partial and merged with what they held.
+        plains: list[bytes | memoryview] = [
+            view[start - offset : start - offset + cs] for start in range(first * cs, (last + 1) * cs, cs)
+        ]
+        for position, index in ((0, first), (-1, last))[: 1 if first == last else 2]:
             chunk_start = index * cs
             chunk_end = min(chunk_start + cs, new_size)
-            lo, hi = max(offset, chunk_start), min(end, chunk_end)
-            if lo == chunk_start and hi == chunk_end:
-                plains.append(view[lo - offset : hi - offset])
-            else:
-                old_len = self._chunk_len(old_size, index)
-                old = self._read_chunk(state, index, old_len) if old_len else b""
-                buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
-                buf[lo - chunk_start : hi - chunk_start] = data[lo - offset : hi - offset]
-                plains.append(bytes(buf))
-        records, new_tags = state.codec.seal_many(first, plains)
+            if offset > chunk_start or end < chunk_end:
+                plains[position] = self._merged(state, index, view, offset, old_size, chunk_end)
+        records: bytes | bytearray
+        if first == last:  # one chunk (random access): the short path
+            records, new_tags = state.codec.seal(first, bytes(plains[0]))
+        else:
+            records, new_tags = state.codec.seal_many(first, plains)
         os.pwrite(state.fd, records, first * stride)
         needed = _chunks(new_size, cs) * TAG
         if len(state.tags) < needed:
@@ -461,6 +487,18 @@ class Volume:
         state.tags[first * TAG : (last + 1) * TAG] = new_tags
         state.size = new_size
         state.dirty = True
+
+    def _merged(
+        self, state: _FileState, index: int, data: memoryview, offset: int, old_size: int, chunk_end: int
+    ) -> bytes:
+        """Chunk ``index`` as it holds after writing ``data`` at ``offset`` over it."""
+        chunk_start = index * self.chunk_size
+        lo, hi = max(offset, chunk_start), min(offset + len(data), chunk_end)
+        old_len = self._chunk_len(old_size, index)
+        old = self._read_chunk(state, index, old_len) if old_len else b""
+        buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
+        buf[lo - chunk_start : hi - chunk_start] = data[lo - offset : hi - offset]
+        return bytes(buf)
 
     def _read_chunk(self, state: _FileState, index: int, length: int) -> bytes:
         stride = self.chunk_size + state.codec.overhead
@@ -592,6 +630,11 @@ class VolumeFile:
         written = self._volume.write_at(self._state, self._pos, bytes(data))
         self._pos += written
         return written
+
+    def pread_into(self, out: memoryview, offset: int) -> int:
+        """Read up to len(out) bytes at ``offset`` into ``out``; the count read."""
+        self._check(writing=False)
+        return self._volume.read_into(self._state, offset, out)
 
     def pwrite(self, data: bytes, offset: int) -> int:
         self._check(True)
