@@ -286,7 +286,11 @@ def _read_ahead(mountpoint: Path, kib: int) -> None:
     stat of the mountpoint would call into this filesystem before it answers."""
     escaped = str(mountpoint).translate({ord(c): f"\\{ord(c):03o}" for c in " \t\n\\"})
     device = None
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text()
+    except OSError:  # no /proc (a bare chroot): the default stays
+        return
+    for line in mounts.splitlines():
         fields = line.split()
         if len(fields) > 4 and fields[4] == escaped:
             device = fields[2]  # the most recent mount on that path wins
