@@ -182,6 +182,8 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         return self._call(lambda: self._new_handle(self.volume.open_file(path, "w+", mode & 0o7777)))
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        # mfusepy registers its read callback because this exists; _Fuse then calls
+        # read_into instead, so this copying version serves plain mfusepy users only.
         return self._call(lambda: self.handles[fh].pread(size, offset))
 
     def read_into(self, fh: int, address: int, size: int, offset: int) -> int:

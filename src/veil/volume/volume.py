@@ -30,7 +30,7 @@ VERSION = 1
 MODES = ("encrypted", "authenticated")
 DEFAULT_CHUNK = 4096
 _IO_BLOCK = 1 << 20
-_READ_AHEAD = 2 << 20
+_DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -431,7 +431,7 @@ class Volume:
         span = (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
         raw = os.pread(state.fd, span, first * stride)
         if offset == state.read_end:  # sequential: have the disk read ahead while we decrypt
-            os.posix_fadvise(state.fd, first * stride + span, _READ_AHEAD, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(state.fd, first * stride + span, _DISK_PREFETCH, os.POSIX_FADV_WILLNEED)
         state.read_end = end
         if len(raw) != span:
             raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
