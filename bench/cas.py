@@ -35,7 +35,7 @@ ANCHOR = 400.0
 CONFIG_ID = "bench/app/app"
 
 
-def start_cas(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_cas(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = 20000 + os.getpid() % 20000
     log = open(root / "cas.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
@@ -49,6 +49,8 @@ def start_cas(root: Path) -> tuple[subprocess.Popen[bytes], str]:
             f"127.0.0.1:{port}",
             "--data",
             str(root / "cas"),
+            "--workers",
+            str(workers),
         ],
         stdout=log,
         stderr=log,
@@ -156,12 +158,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--workers", type=int, default=2, help="CAS processes (veil cas serve --workers)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="veil-bench-cas-") as tmp:
         root = Path(tmp)
         os.environ["XDG_CONFIG_HOME"] = str(root / "xdg")
-        process, url = start_cas(root)
+        process, url = start_cas(root, args.workers)
         try:
             ca, measurement = prepare(root, url)
             rows = [

@@ -71,6 +71,15 @@ def cas() -> None:
     help="Owners' recovery public key (veil cas recovery keygen): keep a copy of the master key "
     "encrypted to it in the database.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    envvar="VEIL_CAS_WORKERS",
+    help="Processes serving the API on the same port, each with its own store connection "
+    "(one per core is a good start; also VEIL_CAS_WORKERS).",
+)
 def serve_command(
     listen: tuple[str, int],
     data: Path,
@@ -79,6 +88,7 @@ def serve_command(
     auditors: tuple[str, ...],
     join_url: str | None,
     recovery_key: Path | None,
+    workers: int,
 ) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
 
@@ -96,6 +106,9 @@ def serve_command(
     Recovery: with --recovery-key FILE.pub the database also holds the master key encrypted
     to the owners' recovery key. A node that can neither unseal nor join starts in recovery
     mode until an owner runs `veil cas recovery restore URL --key FILE`.
+
+    Workers: --workers N serves the API from N processes on the same port (one per core),
+    each with its own store connection; they stop together, and die with the first.
 
     VEIL_MODE=hw makes the CAS attest itself with this machine's TEE (no sealing key there:
     every start joins or is recovered); otherwise it runs in sim mode and says so in every
@@ -117,7 +130,11 @@ def serve_command(
     evidence = evidence_source(mode, platform_key)
     measurement = measure_veil()
     platform_public = platform_key.public_bytes if sim else None
-    store: RecordStore = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
+
+    def open_store() -> RecordStore:
+        return SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
+
+    store = open_store()
     custody = Custody(store, data / "master.sealed", PlatformSealer(platform_key) if sim else None)
     hosts = [host, *names, "localhost", "127.0.0.1"]
 
@@ -154,10 +171,14 @@ def serve_command(
             service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
         how = {"joined": f"received from {join_url}", "recovery": "restored by an owner"}
         note(f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…")
-        me = CasSelf(identity, measurement, evidence, platform_public)
-        serve(CasApp(service, me, frozenset(auditors)), host, port, hosts, ready)
     finally:
-        store.close()
+        store.close()  # each serving process opens its own connection (after the fork)
+    me = CasSelf(identity, measurement, evidence, platform_public)
+
+    def build() -> CasApp:
+        return CasApp(Cas(open_store(), master, sim_mode=sim), me, frozenset(auditors))
+
+    serve(build, identity.server_context(hosts), host, port, ready, workers)
 
 
 @cas.group("recovery")

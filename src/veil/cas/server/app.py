@@ -90,6 +90,10 @@ class CasApp:
         self._owners: dict[bytes, str] = {}
         self._openapi = json.dumps(openapi_document()).encode()
 
+    def close(self) -> None:
+        """Close this process's store connection."""
+        self.cas.records.store.close()
+
     # -- plumbing -----------------------------------------------------------------------
 
     def build(self) -> web.Application:
