@@ -2,18 +2,24 @@
 
 One provision is what a runtime does at start: nonce request, key generation, evidence,
 attestation request, bundle decryption and certificate check (veil.runtime.attest.provision),
-over HTTPS with keep-alive. The CAS (`veil cas serve`, one process) and the load generator
+over HTTPS with keep-alive. The CAS (`veil cas serve --workers W`) and the load generator
 (2 processes x N/2 threads) share this machine. Prints provisions/s and p50/p99 latency at
 each concurrency, and the ratio to the published anchor (Veraison: ~400 verifications/s
 on three small cloud instances; not measured here).
 
-Run: .venv/bin/python bench/cas.py [--seconds 10] [--concurrency 1 16 64] [--json]
+Then the floor, in the same run: the two requests of a provision (recorded, same bodies)
+replayed by the same client code against the same server stack (aiohttp, uvloop, TLS 1.3,
+W processes) whose handlers only parse the body and return the recorded answer. No CAS
+can provision faster than its HTTP stack answers nothing on the same machine.
+
+Run: .venv/bin/python bench/cas.py [--seconds 10] [--concurrency 1 16 64] [--workers 2] [--json]
 """
 
 import argparse
 import json
 import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -21,13 +27,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
+from aiohttp import web
 
+from veil.cas.identity import CasIdentity
+from veil.cas.server.serve import run_site
 from veil.client.config import ClientConfig
 from veil.client.http import CasConnection, HttpCasClient, OwnerClient
 from veil.client.pinning import attest_cas
 from veil.crypto import PlatformSigningKey
+from veil.crypto.x509ca import CertificateAuthority
 from veil.runtime.attest import provision
 from veil.tee import SimEvidenceSource, measure_command
 
@@ -92,18 +103,77 @@ def prepare(root: Path, url: str) -> tuple[str, str]:
     return pin.ca_certificate, measurement
 
 
+class RecordingConnection(CasConnection):
+    """Records each request body and answer of one provision (the floor replays them)."""
+
+    def __init__(self, url: str, ca: str) -> None:
+        super().__init__(url, ca)
+        self.exchanges: list[tuple[str, str, Any, int, Any]] = []
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        status, answer = super().request(method, path, body)
+        self.exchanges.append((method, path, body, status, answer))
+        return status, answer
+
+
+def record_exchanges(
+    url: str, ca: str, key_file: str, measurement: str
+) -> list[tuple[str, str, Any, int, Any]]:
+    connection = RecordingConnection(url, ca)
+    provision(
+        HttpCasClient(connection),
+        SimEvidenceSource(PlatformSigningKey.load_or_create(Path(key_file))),
+        CONFIG_ID,
+        measurement,
+    )
+    connection.close()
+    return connection.exchanges
+
+
+def floor_server(
+    port: int, exchanges: list[tuple[str, str, Any, int, Any]], identity: CasIdentity, ready: Any
+) -> None:
+    """The CAS's HTTP stack (aiohttp, uvloop, TLS 1.3, same routes and body sizes) with
+    handlers that parse the request and return the recorded answer, doing nothing else."""
+    app = web.Application()
+    for method, path, _, status, answer in exchanges:
+        body = json.dumps(answer).encode()
+
+        async def handler(request: web.Request, body: bytes = body, status: int = status) -> web.Response:
+            json.loads(await request.read() or b"{}")
+            return web.Response(body=body, status=status, content_type="application/json")
+
+        app.router.add_route(method, path, handler)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    run_site(
+        app, identity.server_context(["127.0.0.1"]), "127.0.0.1", port, lambda url: ready.set(), sock=sock
+    )
+
+
 def worker(
-    url: str,
-    ca: str,
-    key_file: str,
-    measurement: str,
+    target: dict[str, Any],
     threads: int,
     seconds: float,
     queue: "multiprocessing.Queue[list[float]]",
 ) -> None:
-    key = PlatformSigningKey.load_or_create(Path(key_file))
-    client = HttpCasClient(CasConnection(url, ca))
-    source = SimEvidenceSource(key)
+    """``threads`` runtimes in this process, each provisioning in a loop (or, for the floor,
+    replaying a provision's two requests)."""
+    connection = CasConnection(target["url"], target["ca"])
+    if "exchanges" in target:
+
+        def once() -> None:
+            for method, path, body, status, _ in target["exchanges"]:
+                assert connection.request(method, path, body)[0] == status
+    else:
+        client = HttpCasClient(connection)
+        source = SimEvidenceSource(PlatformSigningKey.load_or_create(Path(target["key_file"])))
+
+        def once() -> None:
+            provision(client, source, CONFIG_ID, target["measurement"])
+
     latencies: list[float] = []
     lock = threading.Lock()
     start_at = time.time() + 0.5
@@ -111,12 +181,12 @@ def worker(
 
     def loop() -> None:
         mine = []
-        provision(client, source, CONFIG_ID, measurement)  # warm the connection
+        once()  # warm the connection
         while time.time() < start_at:
             time.sleep(0.001)
         while time.time() < stop_at:
             t = time.perf_counter()
-            provision(client, source, CONFIG_ID, measurement)
+            once()
             mine.append(time.perf_counter() - t)
         with lock:
             latencies.extend(mine)
@@ -129,16 +199,11 @@ def worker(
     queue.put(latencies)
 
 
-def measure(
-    url: str, ca: str, key_file: str, measurement: str, concurrency: int, seconds: float
-) -> dict[str, float]:
+def measure(target: dict[str, Any], concurrency: int, seconds: float) -> dict[str, float]:
     processes = 1 if concurrency == 1 else 2
     queue: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    pool = [
-        multiprocessing.Process(target=worker, args=(url, ca, key_file, measurement, n, seconds, queue))
-        for n in shares
-    ]
+    pool = [multiprocessing.Process(target=worker, args=(target, n, seconds, queue)) for n in shares]
     for process in pool:
         process.start()
     latencies = [x for _ in pool for x in queue.get()]
@@ -154,6 +219,32 @@ def measure(
     }
 
 
+def measure_floor(
+    exchanges: list[tuple[str, str, Any, int, Any]], workers: int, concurrency: int, seconds: float
+) -> dict[str, float]:
+    port = 20000 + (os.getpid() + 7919) % 20000
+    identity = CasIdentity(CertificateAuthority.create("floor"))
+    servers = []
+    for _ in range(workers):
+        ready = multiprocessing.Event()
+        server = multiprocessing.Process(
+            target=floor_server, args=(port, exchanges, identity, ready), daemon=True
+        )
+        server.start()
+        if not ready.wait(30):
+            raise SystemExit("the floor server did not start")
+        servers.append(server)
+    try:
+        url = f"https://127.0.0.1:{port}"
+        return measure(
+            {"url": url, "ca": identity.certificate_pem, "exchanges": exchanges}, concurrency, seconds
+        )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -167,15 +258,20 @@ def main() -> None:
         process, url = start_cas(root, args.workers)
         try:
             ca, measurement = prepare(root, url)
-            rows = [
-                measure(url, ca, str(root / "platform.key"), measurement, c, args.seconds)
-                for c in args.concurrency
-            ]
+            target = {
+                "url": url,
+                "ca": ca,
+                "key_file": str(root / "platform.key"),
+                "measurement": measurement,
+            }
+            rows = [measure(target, c, args.seconds) for c in args.concurrency]
+            exchanges = record_exchanges(url, ca, target["key_file"], measurement)
         finally:
             process.terminate()
             process.wait()
+    floor = measure_floor(exchanges, args.workers, max(args.concurrency), args.seconds)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"provisions": rows, "floor": floor}, indent=2))
         return
     print(f"{'concurrent':>10} {'provisions/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'vs anchor':>10}")
     for row in rows:
@@ -184,6 +280,12 @@ def main() -> None:
             f"{row['p99_ms']:>8.1f} {row['provisions_per_s'] / ANCHOR:>9.2f}x"
         )
     print(f"anchor: Veraison's published load test, ~{ANCHOR:.0f} verifications/s (not measured here)")
+    share = rows[-1]["provisions_per_s"] / floor["provisions_per_s"]
+    print(
+        f"floor: the same two HTTPS requests answered by handlers that do nothing, {floor['concurrency']} "
+        f"clients, {args.workers} server processes: {floor['provisions_per_s']:.0f}/s, p99 "
+        f"{floor['p99_ms']:.1f} ms (provisions reach {share:.0%} of it)"
+    )
 
 
 if __name__ == "__main__":
