@@ -143,22 +143,24 @@ class SqliteStore(ReentrantTransactions):
         return stored_record(row, kind, key)
 
     def put(self, kind: str, key: str, blob: bytes, expected_version: int | None) -> int:
+        """Compare-and-swap in one statement: the row is written only if its version is
+        still ``expected_version`` (or, for None, if there is no row yet)."""
         with self.transaction():
-            current = self.get(kind, key)
             if expected_version is None:
-                if current is not None:
-                    raise Conflict(f"{kind} '{key}' already exists")
-                self._db.execute(
-                    "INSERT INTO records (kind, key, version, blob) VALUES (?, ?, 1, ?)",
-                    (kind, key, blob),
-                )
+                try:
+                    self._db.execute(
+                        "INSERT INTO records (kind, key, version, blob) VALUES (?, ?, 1, ?)",
+                        (kind, key, blob),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"{kind} '{key}' already exists") from None
                 return 1
-            if current is None or current.version != expected_version:
-                raise Conflict(f"{kind} '{key}' was changed concurrently")
-            self._db.execute(
-                "UPDATE records SET version = ?, blob = ? WHERE kind = ? AND key = ?",
-                (expected_version + 1, blob, kind, key),
+            cursor = self._db.execute(
+                "UPDATE records SET version = ?, blob = ? WHERE kind = ? AND key = ? AND version = ?",
+                (expected_version + 1, blob, kind, key, expected_version),
             )
+            if cursor.rowcount != 1:
+                raise Conflict(f"{kind} '{key}' was changed concurrently")
             return expected_version + 1
 
     def delete(self, kind: str, key: str) -> bool:
