@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.cas.identity import CasIdentity
-from veil.cas.server.serve import run_site
+from veil.cas.server.serve import listening_socket, run_site
 from veil.client.config import ClientConfig
 from veil.client.http import CasConnection, HttpCasClient, OwnerClient
 from veil.client.pinning import attest_cas
@@ -148,10 +147,7 @@ def floor_server(
             return web.Response(body=body, status=status, content_type="application/json")
 
         app.router.add_route(method, path, handler)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
+    sock = listening_socket("127.0.0.1", port)
     run_site(
         app, identity.server_context(["127.0.0.1"]), "127.0.0.1", port, lambda url: ready.set(), sock=sock
     )

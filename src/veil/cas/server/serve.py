@@ -97,11 +97,7 @@ def serve(
     """Serve the CAS API until a termination signal, in ``workers`` processes; ``build``
     makes one process's app (and opens its store) after the fork."""
     if workers <= 1:
-        app = build()
-        try:
-            run_site(app.build(), context, host, port, ready)
-        finally:
-            app.close()
+        _run_app(build, context, host, port, ready)
         return
     metrics_dir = tempfile.mkdtemp(prefix="veil-cas-metrics-")
     use_multiprocess_metrics(metrics_dir)
@@ -111,7 +107,25 @@ def serve(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _run_app(
+    build: Callable[[], CasApp],
+    context: ssl.SSLContext,
+    host: str,
+    port: int,
+    ready: Callable[[str], None],
+    sock: socket.socket | None = None,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Build this process's app, serve it, close its store."""
+    app = build()
+    try:
+        run_site(app.build(), context, host, port, ready, sock=sock, stop_signals=stop_signals)
+    finally:
+        app.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket other processes may bind too (SO_REUSEPORT)."""
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,12 +150,7 @@ def _worker(build: Callable[[], CasApp], context: ssl.SSLContext, host: str, por
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
     try:
-        sock = _listening_socket(host, port)
-        app = build()
-        try:
-            run_site(app.build(), context, host, port, ready, sock=sock, stop_signals=(signal.SIGTERM,))
-        finally:
-            app.close()
+        _run_app(build, context, host, port, ready, listening_socket(host, port), (signal.SIGTERM,))
     except BaseException:
         log.exception("CAS worker %d failed", os.getpid())
         return 1
@@ -156,7 +165,7 @@ def _serve_workers(
     ready: Callable[[str], None],
     workers: int,
 ) -> None:
-    sock = _listening_socket(host, port)
+    sock = listening_socket(host, port)
     port = sock.getsockname()[1]
     parent = os.getpid()
     children: dict[int, int] = {}  # pid -> read end of its readiness pipe
@@ -183,11 +192,9 @@ def _serve_workers(
     stopping = threading.Event()
     watcher = threading.Thread(target=_watch, args=(set(children), exits, stopping), daemon=True)
     watcher.start()
-    app = build()
     try:
-        run_site(app.build(), context, host, port, ready, sock=sock)
+        _run_app(build, context, host, port, ready, sock)
     finally:
-        app.close()
         stopping.set()
         _stop([pid for pid in children if pid not in exits])
         watcher.join(_STOP_GRACE)
