@@ -188,11 +188,24 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
 
     def read_into(self, fh: int, address: int, size: int, offset: int) -> int:
         """``read`` without copies: decrypt into libfuse's reply buffer (see _Fuse)."""
-        target = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
-        return self._call(lambda: self.handles[fh].pread_into(target, offset))
+        target = _buffer(address, size)
+        with self._mutex:  # _call inlined: this runs once per read request
+            try:
+                return self.handles[fh].pread_into(target, offset)
+            except IntegrityError as exc:
+                log.error("integrity: %s", exc)
+                raise fuse.FuseOSError(errno.EIO) from None
+            except OSError as exc:
+                raise fuse.FuseOSError(exc.errno or errno.EIO) from None
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        # Like read: _Fuse calls write_from instead; this serves plain mfusepy users.
         return self._call(lambda: self.handles[fh].pwrite(data, offset))
+
+    def write_from(self, fh: int, address: int, size: int, offset: int) -> int:
+        """``write`` without a copy: seal straight from libfuse's request buffer."""
+        source = _buffer(address, size)
+        return self._call(lambda: self.handles[fh].pwrite(source, offset))
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         def work() -> int:
@@ -272,13 +285,22 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         }
 
 
+def _buffer(address: int, size: int) -> memoryview:
+    """libfuse's buffer at ``address`` as bytes, valid only during the callback that got it."""
+    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+
+
 class _Fuse(fuse.FUSE):  # type: ignore[misc]
-    """mfusepy's FUSE, whose read callback hands the reply buffer to the filesystem instead
-    of copying a returned bytes object into it: one copy of every byte read less."""
+    """mfusepy's FUSE, whose read and write callbacks hand libfuse's buffer to the
+    filesystem instead of copying it (read: a returned bytes object into the reply; write:
+    the request into a new bytes object): one copy of every byte less."""
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
-        address = ctypes.cast(buf, ctypes.c_void_p).value
-        return int(self.operations.read_into(fip.contents.fh, address, size, offset))
+        # addressof(buf.contents), not cast(buf, c_void_p).value: 0.3 against 2 us a request
+        return int(self.operations.read_into(fip.contents.fh, ctypes.addressof(buf.contents), size, offset))
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        return int(self.operations.write_from(fip.contents.fh, ctypes.addressof(buf.contents), size, offset))
 
 
 def _read_ahead(mountpoint: Path, kib: int) -> None:

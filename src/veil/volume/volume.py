@@ -28,7 +28,7 @@ from veil.volume.manifest import Manifest, volume_tag
 FORMAT = "veil-volume"
 VERSION = 1
 MODES = ("encrypted", "authenticated")
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 
@@ -437,20 +437,18 @@ class Volume:
             raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
         count = end - offset
         plain_length = min(state.size, (last + 1) * cs) - first * cs
-        if first == last:  # one chunk (random access): the short path
-            plain = state.codec.open(first, raw, state.tags[first * TAG : (first + 1) * TAG], state.path)
-            start = offset - first * cs
-            out[:count] = memoryview(plain)[start : start + count]
-        elif offset == first * cs and count == plain_length:
-            state.codec.open_into(first, raw, state.tags, cs, state.size, state.path, out[:count])
+        in_place = offset == first * cs and count == plain_length  # whole chunks: no copy
+        target = out[:count] if in_place else memoryview(bytearray(plain_length))
+        if first == last:  # one chunk (a random read): the short path
+            state.codec.open_one_into(first, raw, state.tags, state.path, target)
         else:
-            whole = bytearray(plain_length)
-            state.codec.open_into(first, raw, state.tags, cs, state.size, state.path, memoryview(whole))
+            state.codec.open_into(first, raw, state.tags, cs, state.size, state.path, target)
+        if not in_place:
             start = offset - first * cs
-            out[:count] = whole[start : start + count]
+            out[:count] = target[start : start + count]
         return count
 
-    def write_at(self, state: _FileState, offset: int, data: bytes) -> int:
+    def write_at(self, state: _FileState, offset: int, data: bytes | memoryview) -> int:
         if not data:
             return 0
         if offset > state.size:
@@ -459,7 +457,7 @@ class Volume:
             self._write_block(state, offset + block_start, data[block_start : block_start + _IO_BLOCK])
         return len(data)
 
-    def _write_block(self, state: _FileState, offset: int, data: bytes) -> None:
+    def _write_block(self, state: _FileState, offset: int, data: bytes | memoryview) -> None:
         cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
         end = offset + len(data)
         old_size, new_size = state.size, max(state.size, end)
@@ -636,9 +634,10 @@ class VolumeFile:
         self._check(writing=False)
         return self._volume.read_into(self._state, offset, out)
 
-    def pwrite(self, data: bytes, offset: int) -> int:
+    def pwrite(self, data: bytes | memoryview, offset: int) -> int:
+        """Write ``data`` at ``offset``; the caller's buffer is only read during the call."""
         self._check(True)
-        return self._volume.write_at(self._state, offset, bytes(data))
+        return self._volume.write_at(self._state, offset, data)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._state.size}[whence]

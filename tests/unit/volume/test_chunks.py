@@ -1,5 +1,6 @@
-"""The batch chunk paths (seal_many, open_into) against the one-chunk ones, in both modes:
-the same records, and every failure located at the right chunk."""
+"""The batch chunk paths (seal_many, open_into) and the random-read one (open_one_into)
+against the one-chunk ones, in both modes: the same records, and every failure located at
+the right chunk."""
 
 import os
 
@@ -75,3 +76,40 @@ def test_nonces_are_never_reused() -> None:
     stride = CHUNK + c.overhead
     nonces = {bytes(r[at : at + 12]) for r in (first, again) for at in range(0, len(r), stride)}
     assert len(nonces) == 16
+
+
+def open_one(c: ChunkCodec, records: bytearray, table: bytearray, i: int) -> bytes:
+    stride = CHUNK + c.overhead
+    out = bytearray(CHUNK)
+    c.open_one_into(3 + i, bytes(records[i * stride : (i + 1) * stride]), table, "/f", memoryview(out))
+    return bytes(out)
+
+
+def test_the_random_read_path_opens_one_chunk(sealed: tuple[ChunkCodec, bytes, bytearray, bytearray]) -> None:
+    c, plain, records, table = sealed
+    assert [open_one(c, records, table, i) for i in range(6)] == [
+        plain[i * CHUNK : (i + 1) * CHUNK] for i in range(6)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("body", "chunk 5 fails authentication"),
+        ("table", "chunk 5 is not the current version"),
+        ("swap", "chunk 5 "),  # chunk 6's record, whose tag the table holds for chunk 6
+    ],
+)
+def test_the_random_read_path_refuses_what_the_others_refuse(
+    sealed: tuple[ChunkCodec, bytes, bytearray, bytearray], damage: str, reason: str
+) -> None:
+    c, _, records, table = sealed
+    stride = CHUNK + c.overhead
+    if damage == "body":
+        records[2 * stride + 100] ^= 1
+    elif damage == "table":
+        table[5 * TAG] ^= 1
+    else:
+        records[2 * stride : 3 * stride] = records[3 * stride : 4 * stride]
+    with pytest.raises(IntegrityError, match=f"/f: {reason}"):
+        open_one(c, records, table, 2)

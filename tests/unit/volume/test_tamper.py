@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from veil.volume import IntegrityError, StaleVolume, Volume, VolumeBusy, WrongKey, verify_volume
+from veil.volume.volume import DEFAULT_CHUNK
 
 MODES = ["encrypted", "authenticated"]
-CHUNK = 4096
+CHUNK = DEFAULT_CHUNK
 
 
 class Fixture:
@@ -73,7 +74,7 @@ def test_bit_flip_in_the_headers(vol: Fixture) -> None:
 
 def test_header_fields_that_disagree_with_the_manifest(vol: Fixture) -> None:
     header = json.loads((vol.root / "volume.json").read_text())
-    header["chunk_size"] = 8192
+    header["chunk_size"] = 2 * CHUNK
     (vol.root / "volume.json").write_text(json.dumps(header))
     with pytest.raises(IntegrityError, match="does not match the sealed manifest"):
         Volume.open(vol.root, vol.key)
