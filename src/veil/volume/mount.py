@@ -124,11 +124,8 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         with self._mutex:
             try:
                 return work(*args, **kwargs)
-            except IntegrityError as exc:
-                log.error("integrity: %s", exc)
-                raise fuse.FuseOSError(errno.EIO) from None
-            except OSError as exc:
-                raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+            except (IntegrityError, OSError) as exc:
+                raise _fuse_error(exc) from None
 
     def _attrs(self, path: str) -> dict[str, Any]:
         st = self.volume.stat(path)
@@ -192,11 +189,8 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         with self._mutex:  # _call inlined: this runs once per read request
             try:
                 return self.handles[fh].pread_into(target, offset)
-            except IntegrityError as exc:
-                log.error("integrity: %s", exc)
-                raise fuse.FuseOSError(errno.EIO) from None
-            except OSError as exc:
-                raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+            except (IntegrityError, OSError) as exc:
+                raise _fuse_error(exc) from None
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         # Like read: _Fuse calls write_from instead; this serves plain mfusepy users.
@@ -283,6 +277,16 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
                 "f_namemax",
             )
         }
+
+
+def _fuse_error(exc: IntegrityError | OSError) -> Exception:
+    """What FUSE answers for a failed operation: EIO for an integrity failure (logged with
+    the file's name), the errno of an OSError."""
+    if isinstance(exc, IntegrityError):
+        log.error("integrity: %s", exc)
+    code = errno.EIO if isinstance(exc, IntegrityError) else exc.errno or errno.EIO
+    error: Exception = fuse.FuseOSError(code)
+    return error
 
 
 def _buffer(address: int, size: int) -> memoryview:
