@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import requires_root, veil
+from veil.volume.mount import state_file
 
 pytestmark = requires_root
 
@@ -183,6 +184,30 @@ def test_a_tampered_file_reads_as_eio_in_the_mount(mounted: Mounted) -> None:
     result = subprocess.run(["cat", str(mounted.mnt / "victim")], capture_output=True, check=False)
     assert result.returncode != 0 and b"Input/output error" in result.stderr
     assert (mounted.mnt / "bystander").read_bytes() == b"b" * 100
+
+
+def test_a_tampered_chunk_deep_in_a_large_file_reads_as_eio(mounted: Mounted) -> None:
+    """Large reads are shared with the daemon's helper process (veil.volume.helper): a chunk
+    it opens that does not check is refused all the same, and the daemon keeps serving."""
+    data = random.Random(5).randbytes(3 << 20)
+    (mounted.mnt / "large").write_bytes(data)
+    daemon = json.loads(state_file(mounted.mnt).read_text())["pid"]
+    children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+    assert len(children) == 1, "the daemon runs one read helper"
+    mounted.unmount()
+    stored = max(
+        (p for p in (mounted.vol / "objects").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    with open(stored, "r+b") as handle:  # the last chunk: always in the helper's part
+        handle.seek(383 * (8192 + 28) + 100)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 1]))
+    assert mounted.mount().returncode == 0
+    result = subprocess.run(["cat", str(mounted.mnt / "large")], capture_output=True, check=False)
+    assert result.returncode != 0 and b"Input/output error" in result.stderr
+    with open(mounted.mnt / "large", "rb") as handle:
+        assert handle.read(2 << 20) == data[: 2 << 20]  # the chunks before it still read
 
 
 def test_mount_refuses_a_stale_volume_before_mounting(tmp_path: Path) -> None:

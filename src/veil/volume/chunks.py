@@ -121,16 +121,16 @@ class ChunkCodec:
         self,
         first: int,
         raw: bytes,
-        tags: bytearray,
+        expected: bytes,
         chunk_size: int,
         file_size: int,
         where: str,
         out: memoryview,
     ) -> None:
         """Open the consecutive chunks ``first``.. stored in ``raw`` into ``out`` (exactly
-        their plaintext length). The read path's loop, kept tight: the freshness of the whole
-        batch in one comparison, then each chunk decrypted in place; a failure is located
-        afterwards, for the message."""
+        their plaintext length); ``expected``: the tags they must carry. The read path's
+        loop, kept tight: the freshness of the whole batch in one comparison, then each chunk
+        decrypted in place; a failure is located afterwards, for the message."""
         view = memoryview(raw)
         overhead, stride = self.overhead, chunk_size + self.overhead
         count = -(-len(raw) // stride)
@@ -140,11 +140,14 @@ class ChunkCodec:
         if ends[-1] - starts[-1] - overhead != min(chunk_size, file_size - last * chunk_size):
             raise IntegrityError(f"{where}: chunk {last} is truncated")
         stored = b"".join([view[end - TAG : end] for end in ends])
-        if not hmac.compare_digest(stored, bytes(tags[first * TAG : (last + 1) * TAG])):
+        if not hmac.compare_digest(stored, expected):
             index = next(
-                i
-                for i in range(count)
-                if stored[i * TAG : i * TAG + TAG] != tags[(first + i) * TAG : (first + i + 1) * TAG]
+                (
+                    i
+                    for i in range(count)
+                    if stored[i * TAG : i * TAG + TAG] != expected[i * TAG : i * TAG + TAG]
+                ),
+                count - 1,
             )
             raise IntegrityError(
                 f"{where}: chunk {first + index} is not the current version"

@@ -22,6 +22,7 @@ from typing import Any
 
 from veil.volume.chunks import TAG, ChunkCodec, tags_root
 from veil.volume.errors import IntegrityError, StaleVolume, VolumeBusy, VolumeError, WrongKey
+from veil.volume.helper import Part, ReadHelper
 from veil.volume.keys import VolumeKeys
 from veil.volume.manifest import Manifest, volume_tag
 
@@ -31,6 +32,7 @@ MODES = ("encrypted", "authenticated")
 DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
+_SPLIT_CHUNKS = 16  # reads of more chunks than this are shared with the helper, if any
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -88,6 +90,7 @@ class Volume:
     _new_dirs: set[Path] = field(default_factory=set)
     _dirty: bool = False
     _closed: bool = False
+    helper: ReadHelper | None = None  # set by the mount: a second process for large reads
 
     # -- creating and opening ---------------------------------------------------------
 
@@ -428,25 +431,69 @@ class Volume:
         end = min(state.size, offset + len(out))
         cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
         first, last = offset // cs, (end - 1) // cs
-        span = (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
-        raw = os.pread(state.fd, span, first * stride)
         if offset == state.read_end:  # sequential: have the disk read ahead while we decrypt
-            os.posix_fadvise(state.fd, first * stride + span, _DISK_PREFETCH, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(state.fd, (last + 1) * stride, _DISK_PREFETCH, os.POSIX_FADV_WILLNEED)
         state.read_end = end
-        if len(raw) != span:
-            raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
         count = end - offset
         plain_length = min(state.size, (last + 1) * cs) - first * cs
         in_place = offset == first * cs and count == plain_length  # whole chunks: no copy
         target = out[:count] if in_place else memoryview(bytearray(plain_length))
-        if first == last:  # one chunk (a random read): the short path
-            state.codec.open_one_into(first, raw, state.tags, state.path, target)
+        helper = self.helper
+        if helper is not None and last - first >= _SPLIT_CHUNKS and helper.alive:
+            self._open_shared(state, helper, first, last, target)
         else:
-            state.codec.open_into(first, raw, state.tags, cs, state.size, state.path, target)
+            self._open_chunks(state, first, last, target)
         if not in_place:
             start = offset - first * cs
             out[:count] = target[start : start + count]
         return count
+
+    def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
+        """Read and open chunks ``first``..``last`` into ``out`` (their plaintext)."""
+        stride = self.chunk_size + state.codec.overhead
+        span = (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
+        raw = os.pread(state.fd, span, first * stride)
+        if len(raw) != span:
+            raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
+        if first == last:  # one chunk (a random read): the short path
+            state.codec.open_one_into(first, raw, state.tags, state.path, out)
+        else:
+            expected = bytes(state.tags[first * TAG : (last + 1) * TAG])
+            state.codec.open_into(first, raw, expected, self.chunk_size, state.size, state.path, out)
+
+    def _open_shared(
+        self, state: _FileState, helper: ReadHelper, first: int, last: int, out: memoryview
+    ) -> None:
+        """``_open_chunks`` with the helper opening the second part, asked for ahead by the
+        previous read (or now); then the helper is asked for the second part of the next
+        range of the same length, which a sequential reader asks for next."""
+        ours = self._helper_part(state, helper, first, last)
+        if not helper.pending(ours):
+            self._submit(state, helper, ours)
+        split = (ours.first - first) * self.chunk_size
+        self._open_chunks(state, first, ours.first - 1, out[:split])
+        opened = helper.collect(ours, out[split:])
+        following = min(last + 1 + last - first, (state.size - 1) // self.chunk_size)
+        if following - last > _SPLIT_CHUNKS:
+            self._submit(state, helper, self._helper_part(state, helper, last + 1, following))
+        if not opened:
+            self._open_chunks(state, ours.first, last, out[split:])
+
+    def _helper_part(self, state: _FileState, helper: ReadHelper, first: int, last: int) -> Part:
+        """The helper's part of chunks first..last: the last 10/16 (it works while this
+        process replies to the kernel), at most what the shared memory holds."""
+        cs = self.chunk_size
+        middle = max(first + 1, last + 1 - helper.capacity // cs, first + (last + 1 - first) * 6 // 16)
+        return Part(
+            state.file_id, middle, last, state.size, bytes(state.tags[middle * TAG : (last + 1) * TAG])
+        )
+
+    def _submit(self, state: _FileState, helper: ReadHelper, part: Part) -> None:
+        stride = self.chunk_size + state.codec.overhead
+        span = (
+            (part.last - part.first) * stride + self._chunk_len(state.size, part.last) + state.codec.overhead
+        )
+        helper.submit(state.fd, part, part.first * stride, span)
 
     def write_at(self, state: _FileState, offset: int, data: bytes | memoryview) -> int:
         if not data:

@@ -29,7 +29,7 @@ def sealed(request: pytest.FixtureRequest) -> tuple[ChunkCodec, bytes, bytearray
 
 def open_batch(c: ChunkCodec, records: bytes, table: bytearray, length: int) -> bytes:
     out = bytearray(length)
-    c.open_into(3, records, table, CHUNK, 3 * CHUNK + length, "/f", memoryview(out))
+    c.open_into(3, records, bytes(table[3 * TAG :]), CHUNK, 3 * CHUNK + length, "/f", memoryview(out))
     return bytes(out)
 
 
