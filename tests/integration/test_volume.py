@@ -187,13 +187,13 @@ def test_a_tampered_file_reads_as_eio_in_the_mount(mounted: Mounted) -> None:
 
 
 def test_a_tampered_chunk_deep_in_a_large_file_reads_as_eio(mounted: Mounted) -> None:
-    """Large reads are shared with the daemon's chunk helper (veil.volume.helper): a chunk
+    """Large reads are shared with the daemon's helper process (veil.volume.helper): a chunk
     it opens that does not check is refused all the same, and the daemon keeps serving."""
     data = random.Random(5).randbytes(3 << 20)
     (mounted.mnt / "large").write_bytes(data)
     daemon = json.loads(state_file(mounted.mnt).read_text())["pid"]
     children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
-    assert len(children) == 1, "the daemon runs one chunk helper"
+    assert len(children) == 1, "the daemon runs one read helper"
     mounted.unmount()
     stored = max(
         (p for p in (mounted.vol / "objects").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size

@@ -26,7 +26,7 @@ os.environ.setdefault("FUSE_LIBRARY_PATH", ctypes.util.find_library("fuse3") or 
 import mfusepy as fuse  # type: ignore[import-untyped]
 
 from veil.volume.errors import IntegrityError
-from veil.volume.helper import ChunkHelper
+from veil.volume.helper import ReadHelper
 from veil.volume.volume import Volume, VolumeFile
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ def serve(
     """Mount and serve until unmounted; return the final tag."""
     _keep_large_buffers()
     # Forked now, before libfuse and the flusher start threads: see veil.volume.helper.
-    volume.helper = ChunkHelper(
+    volume.helper = ReadHelper(
         volume.keys, volume.mode == "encrypted", volume.chunk_size, _READ_AHEAD_KIB << 10
     )
     operations = VolumeFS(volume, mountpoint)

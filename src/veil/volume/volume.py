@@ -22,7 +22,7 @@ from typing import Any
 
 from veil.volume.chunks import TAG, ChunkCodec, tags_root
 from veil.volume.errors import IntegrityError, StaleVolume, VolumeBusy, VolumeError, WrongKey
-from veil.volume.helper import ChunkHelper, Part
+from veil.volume.helper import Part, ReadHelper
 from veil.volume.keys import VolumeKeys
 from veil.volume.manifest import Manifest, volume_tag
 
@@ -90,7 +90,7 @@ class Volume:
     _new_dirs: set[Path] = field(default_factory=set)
     _dirty: bool = False
     _closed: bool = False
-    helper: ChunkHelper | None = None  # set by the mount: a second process for large reads
+    helper: ReadHelper | None = None  # set by the mount: a second process for large reads
 
     # -- creating and opening ---------------------------------------------------------
 
@@ -462,7 +462,7 @@ class Volume:
             state.codec.open_into(first, raw, expected, self.chunk_size, state.size, state.path, out)
 
     def _open_shared(
-        self, state: _FileState, helper: ChunkHelper, first: int, last: int, out: memoryview
+        self, state: _FileState, helper: ReadHelper, first: int, last: int, out: memoryview
     ) -> None:
         """``_open_chunks`` with the helper opening the second part, asked for ahead by the
         previous read (or now); then the helper is asked for the second part of the next
@@ -479,7 +479,7 @@ class Volume:
         if not opened:
             self._open_chunks(state, ours.first, last, out[split:])
 
-    def _helper_part(self, state: _FileState, helper: ChunkHelper, first: int, last: int) -> Part:
+    def _helper_part(self, state: _FileState, helper: ReadHelper, first: int, last: int) -> Part:
         """The helper's part of chunks first..last: the last 10/16 (it works while this
         process replies to the kernel), at most what the shared memory holds."""
         cs = self.chunk_size
@@ -488,7 +488,7 @@ class Volume:
             state.file_id, middle, last, state.size, bytes(state.tags[middle * TAG : (last + 1) * TAG])
         )
 
-    def _submit(self, state: _FileState, helper: ChunkHelper, part: Part) -> None:
+    def _submit(self, state: _FileState, helper: ReadHelper, part: Part) -> None:
         stride = self.chunk_size + state.codec.overhead
         span = (
             (part.last - part.first) * stride + self._chunk_len(state.size, part.last) + state.codec.overhead
@@ -521,43 +521,17 @@ class Volume:
             if offset > chunk_start or end < chunk_end:
                 plains[position] = self._merged(state, index, view, offset, old_size, chunk_end)
         records: bytes | bytearray
-        helper = self.helper
         if first == last:  # one chunk (random access): the short path
             records, new_tags = state.codec.seal(first, bytes(plains[0]))
-            os.pwrite(state.fd, records, first * stride)
-        elif helper is not None and last - first >= _SPLIT_CHUNKS and helper.alive:
-            new_tags = self._seal_shared(state, helper, first, plains)
         else:
             records, new_tags = state.codec.seal_many(first, plains)
-            os.pwrite(state.fd, records, first * stride)
+        os.pwrite(state.fd, records, first * stride)
         needed = _chunks(new_size, cs) * TAG
         if len(state.tags) < needed:
             state.tags.extend(bytes(needed - len(state.tags)))
         state.tags[first * TAG : (last + 1) * TAG] = new_tags
         state.size = new_size
         state.dirty = True
-
-    def _seal_shared(
-        self, state: _FileState, helper: ChunkHelper, first: int, plains: list[bytes | memoryview]
-    ) -> bytes:
-        """Seal and write chunks ``first``.. (``plains``) with the helper sealing and writing
-        the last 10/16 meanwhile (if it cannot, this process does); their new tags."""
-        stride = self.chunk_size + state.codec.overhead
-        split = min(len(plains) * 6 // 16, len(plains) - 1)
-        split = max(split, len(plains) - helper.capacity // self.chunk_size)
-        theirs = plains[split:]
-        at = 0
-        for plain in theirs:
-            helper.plaintext[at : at + len(plain)] = plain
-            at += len(plain)
-        asked = helper.submit_seal(state.fd, state.file_id, first + split, (first + split) * stride, at)
-        records, ours = state.codec.seal_many(first, plains[:split])
-        os.pwrite(state.fd, records, first * stride)
-        tags = helper.collect_seal() if asked else None
-        if tags is None:
-            records, tags = state.codec.seal_many(first + split, theirs)
-            os.pwrite(state.fd, records, (first + split) * stride)
-        return ours + tags
 
     def _merged(
         self, state: _FileState, index: int, data: memoryview, offset: int, old_size: int, chunk_end: int
