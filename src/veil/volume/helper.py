@@ -134,9 +134,7 @@ def _serve(sock: socket.socket, out: memoryview, keys: VolumeKeys, encrypted: bo
                 if codec is None:
                     if len(codecs) >= _CODECS:
                         codecs.clear()
-                    codec = codecs[file_id] = ChunkCodec(
-                        encrypted, keys.volume_id, file_id, keys.file_key(file_id)
-                    )
+                    codec = codecs[file_id] = keys.codec(file_id, encrypted)
                 tags = message[_REQUEST.size :]
                 opened = _open(codec, fds[0], first, at, span, size, tags, chunk_size, out)
             finally:

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veil.crypto.files import exposure_problem, write_private_file
+from veil.volume.chunks import ChunkCodec
 from veil.volume.errors import VolumeError
 
 KEY_LEN = 32
@@ -37,6 +38,10 @@ class VolumeKeys:
 
     def file_key(self, file_id: bytes) -> bytes:
         return derive(self._root, self.volume_id, b"veil-volume-v1 file" + file_id)
+
+    def codec(self, file_id: bytes, encrypted: bool) -> ChunkCodec:
+        """The chunk codec of one file (its own derived key)."""
+        return ChunkCodec(encrypted, self.volume_id, file_id, self.file_key(file_id))
 
 
 def load_or_create_key_file(path: Path) -> bytes:

@@ -373,9 +373,7 @@ class Volume:
         return state
 
     def _load_state(self, path: str, entry: dict[str, Any], file_id: bytes) -> _FileState:
-        codec = ChunkCodec(
-            self.mode == "encrypted", self.keys.volume_id, file_id, self.keys.file_key(file_id)
-        )
+        codec = self.keys.codec(file_id, self.mode == "encrypted")
         size = int(entry["size"])
         try:
             fd = os.open(self._object(file_id), os.O_RDWR)
@@ -450,9 +448,8 @@ class Volume:
 
     def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
         """Read and open chunks ``first``..``last`` into ``out`` (their plaintext)."""
-        stride = self.chunk_size + state.codec.overhead
-        span = (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
-        raw = os.pread(state.fd, span, first * stride)
+        span = self._span(state, first, last)
+        raw = os.pread(state.fd, span, first * (self.chunk_size + state.codec.overhead))
         if len(raw) != span:
             raise IntegrityError(f"{state.path}: its stored object is shorter than its size")
         if first == last:  # one chunk (a random read): the short path
@@ -489,11 +486,13 @@ class Volume:
         )
 
     def _submit(self, state: _FileState, helper: ReadHelper, part: Part) -> None:
+        at = part.first * (self.chunk_size + state.codec.overhead)
+        helper.submit(state.fd, part, at, self._span(state, part.first, part.last))
+
+    def _span(self, state: _FileState, first: int, last: int) -> int:
+        """Bytes the records of chunks ``first``..``last`` take in the object."""
         stride = self.chunk_size + state.codec.overhead
-        span = (
-            (part.last - part.first) * stride + self._chunk_len(state.size, part.last) + state.codec.overhead
-        )
-        helper.submit(state.fd, part, part.first * stride, span)
+        return (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
 
     def write_at(self, state: _FileState, offset: int, data: bytes | memoryview) -> int:
         if not data:
