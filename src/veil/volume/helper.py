@@ -9,7 +9,9 @@ range's second part while the kernel delivers the reply and sends the next reque
 
 The loop sends the object's descriptor, where the part lies and the tags its chunks must
 carry; the helper reads them, checks them and decrypts them into memory both processes
-share. The helper is a shortcut, never a judge:
+share (a memfd of two slots, each the plaintext of one range: the mount replies to the
+kernel from one by splice while the helper opens the next range into the other). The
+helper is a shortcut, never a judge:
 
 - its work is used only for exactly the part asked for, with the same file size and the
   same tags as the file has now (a write since then changed a tag: the work is dropped);
@@ -31,8 +33,9 @@ from veil.volume.chunks import TAG, ChunkCodec
 from veil.volume.keys import VolumeKeys
 
 log = logging.getLogger(__name__)
-# job, file id, first chunk, position of its record in the object, bytes to read, file size
-_REQUEST = struct.Struct("<Q16sQQQQ")
+# job, file id, first chunk, position of its record in the object, bytes to read, file size,
+# where its plaintext goes in the shared memory
+_REQUEST = struct.Struct("<Q16sQQQQQ")
 _ANSWER = struct.Struct("<Q?")  # job, opened
 _CODECS = 64  # codecs the helper keeps (one per file recently read)
 
@@ -49,43 +52,65 @@ class Part:
 
 
 class ReadHelper:
-    """The loop's side: ``submit`` a part, later ``collect`` it (one part in flight)."""
+    """The loop's side: ``submit`` a part, later ``collect`` it (one part in flight).
+
+    ``capacity``: the largest read (bytes) whose plaintext a slot of the shared memory
+    holds; ``fd`` and ``view``: that memory (two slots, at 0 and at ``slot``)."""
 
     def __init__(self, keys: VolumeKeys, encrypted: bool, chunk_size: int, capacity: int) -> None:
         self.capacity = capacity
-        self._shared = mmap.mmap(-1, capacity)  # MAP_SHARED: the helper writes, the loop reads
-        self._view = memoryview(self._shared)
+        page = mmap.PAGESIZE
+        self.slot = -(-(capacity + 2 * chunk_size) // page) * page  # an unaligned read's chunks
+        self.fd = os.memfd_create("veil-read", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, 2 * self.slot)
+        self._shared = mmap.mmap(self.fd, 2 * self.slot)  # MAP_SHARED: both processes write
+        self.view = memoryview(self._shared)
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the helper (coverage does not follow forks)
             self._sock.close()
-            _serve(theirs, self._view, keys, encrypted, chunk_size)
+            _serve(theirs, self.view, keys, encrypted, chunk_size)
         theirs.close()
         self.alive = True
         self.jobs = 0
-        self._pending: Part | None = None
+        self._pending: tuple[Part, int] | None = None  # the part in flight, where it goes
 
-    def submit(self, fd: int, part: Part, at: int, span: int) -> None:
-        """Ask for ``part``, stored in ``span`` bytes at ``at`` of the object open as ``fd``.
-        Replaces the part in flight, if any (its answer is skipped)."""
+    def submit(self, fd: int, part: Part, at: int, span: int, where: int) -> None:
+        """Ask for ``part``, stored in ``span`` bytes at ``at`` of the object open as ``fd``,
+        to be opened into the shared memory at ``where``. Replaces the part in flight, if
+        any (its answer is skipped)."""
         if not self.alive:
             return
         self.jobs += 1
-        request = _REQUEST.pack(self.jobs, part.file_id, part.first, at, span, part.size)
+        request = _REQUEST.pack(self.jobs, part.file_id, part.first, at, span, part.size, where)
         try:
             socket.send_fds(self._sock, [request + part.tags], [fd])
         except OSError as exc:
             self._lost(exc)
             return
-        self._pending = part
+        self._pending = (part, where)
 
-    def pending(self, part: Part) -> bool:
-        return self.alive and self._pending == part
+    def pending_at(self, part: Part) -> int | None:
+        """Where ``part`` goes if it is the part in flight."""
+        if self.alive and self._pending is not None and self._pending[0] == part:
+            return self._pending[1]
+        return None
 
-    def collect(self, part: Part, out: memoryview) -> bool:
-        """Copy the plaintext of ``part`` into ``out`` if it is the part in flight and the
-        helper opened it; False otherwise (then the caller opens it)."""
-        if not self.pending(part):
+    def spare(self) -> int:
+        """The start of a slot that no part in flight is opened into."""
+        if self._pending is None or self._pending[1] >= self.slot:
+            return 0
+        return self.slot
+
+    def other(self, where: int) -> int:
+        """The start of the slot other than the one holding ``where``."""
+        return 0 if where >= self.slot else self.slot
+
+    def collect(self, part: Part) -> bool:
+        """Wait for ``part``: True if it is the part in flight and the helper opened it
+        (its plaintext is where it was asked to go); False otherwise (then the caller
+        opens it)."""
+        if self.pending_at(part) is None:
             return False
         self._pending = None
         while True:
@@ -99,10 +124,7 @@ class ReadHelper:
                 return False
             job, opened = _ANSWER.unpack(answer)
             if job == self.jobs:
-                break
-        if opened:
-            out[:] = self._view[: len(out)]
-        return bool(opened)
+                return bool(opened)
 
     def _lost(self, exc: OSError | None) -> None:
         log.warning("read helper gone (%s): large reads are opened in one process", exc or "it exited")
@@ -129,14 +151,14 @@ def _serve(sock: socket.socket, out: memoryview, keys: VolumeKeys, encrypted: bo
             if not message:
                 break
             try:
-                job, file_id, first, at, span, size = _REQUEST.unpack_from(message)
+                job, file_id, first, at, span, size, where = _REQUEST.unpack_from(message)
                 codec = codecs.get(file_id)
                 if codec is None:
                     if len(codecs) >= _CODECS:
                         codecs.clear()
                     codec = codecs[file_id] = keys.codec(file_id, encrypted)
                 tags = message[_REQUEST.size :]
-                opened = _open(codec, fds[0], first, at, span, size, tags, chunk_size, out)
+                opened = _open(codec, fds[0], first, at, span, size, tags, chunk_size, out[where:])
             finally:
                 for fd in fds:
                     os.close(fd)

@@ -91,6 +91,10 @@ class Volume:
     _dirty: bool = False
     _closed: bool = False
     helper: ReadHelper | None = None  # set by the mount: a second process for large reads
+    chunk_size: int = field(init=False)  # the manifest's, read on every request
+
+    def __post_init__(self) -> None:
+        self.chunk_size = self.manifest.chunk_size
 
     # -- creating and opening ---------------------------------------------------------
 
@@ -161,10 +165,6 @@ class Volume:
     @property
     def mode(self) -> str:
         return self.manifest.mode
-
-    @property
-    def chunk_size(self) -> int:
-        return self.manifest.chunk_size
 
     @property
     def dirty(self) -> bool:
@@ -426,25 +426,54 @@ class Volume:
         at the end of the file), as the kernel's page-aligned requests do."""
         if offset >= state.size or not len(out):
             return 0
-        end = min(state.size, offset + len(out))
-        cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
-        first, last = offset // cs, (end - 1) // cs
-        if offset == state.read_end:  # sequential: have the disk read ahead while we decrypt
-            os.posix_fadvise(state.fd, (last + 1) * stride, _DISK_PREFETCH, os.POSIX_FADV_WILLNEED)
-        state.read_end = end
-        count = end - offset
-        plain_length = min(state.size, (last + 1) * cs) - first * cs
-        in_place = offset == first * cs and count == plain_length  # whole chunks: no copy
-        target = out[:count] if in_place else memoryview(bytearray(plain_length))
+        first, last, count = self._read_range(state, offset, len(out))
+        start = offset - first * self.chunk_size
         helper = self.helper
-        if helper is not None and last - first >= _SPLIT_CHUNKS and helper.alive:
-            self._open_shared(state, helper, first, last, target)
-        else:
-            self._open_chunks(state, first, last, target)
+        if helper is not None and helper.alive and self._shared(helper, first, last):
+            at = self._open_shared(state, helper, first, last, out[:count] if start == 0 else None)
+            if start:
+                out[:count] = helper.view[at + start : at + start + count]
+            return count
+        plain_length = min(state.size, (last + 1) * self.chunk_size) - first * self.chunk_size
+        in_place = start == 0 and count == plain_length  # whole chunks: no copy
+        target = out[:count] if in_place else memoryview(bytearray(plain_length))
+        self._open_chunks(state, first, last, target)
         if not in_place:
-            start = offset - first * cs
             out[:count] = target[start : start + count]
         return count
+
+    def read_shared(self, state: _FileState, offset: int, size: int) -> tuple[int, int]:
+        """The mount's read: open what ``size`` bytes at ``offset`` need into the helper's
+        shared memory (its descriptor goes to the kernel, by splice, without a copy);
+        (where the bytes start there, their count). ``size``: at most the helper's
+        capacity."""
+        helper = self.helper
+        assert helper is not None and size <= helper.capacity
+        if offset >= state.size or size <= 0:
+            return 0, 0
+        first, last, count = self._read_range(state, offset, size)
+        start = offset - first * self.chunk_size
+        if helper.alive and self._shared(helper, first, last):
+            return self._open_shared(state, helper, first, last, None) + start, count
+        at = helper.spare()
+        length = min(state.size, (last + 1) * self.chunk_size) - first * self.chunk_size
+        self._open_chunks(state, first, last, helper.view[at : at + length])
+        return at + start, count
+
+    def _read_range(self, state: _FileState, offset: int, size: int) -> tuple[int, int, int]:
+        """The chunks a read of ``size`` bytes at ``offset`` (inside the file) needs, and
+        how many bytes it returns; a sequential reader's next ciphertext is read ahead."""
+        end = min(state.size, offset + size)
+        first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
+        if offset == state.read_end:  # sequential: have the disk read ahead while we decrypt
+            stride = self.chunk_size + state.codec.overhead
+            os.posix_fadvise(state.fd, (last + 1) * stride, _DISK_PREFETCH, os.POSIX_FADV_WILLNEED)
+        state.read_end = end
+        return first, last, end - offset
+
+    def _shared(self, helper: ReadHelper, first: int, last: int) -> bool:
+        """Whether the helper opens part of chunks first..last."""
+        return last - first >= _SPLIT_CHUNKS and (last + 1 - first) * self.chunk_size <= helper.slot
 
     def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
         """Read and open chunks ``first``..``last`` into ``out`` (their plaintext)."""
@@ -459,35 +488,53 @@ class Volume:
             state.codec.open_into(first, raw, expected, self.chunk_size, state.size, state.path, out)
 
     def _open_shared(
-        self, state: _FileState, helper: ReadHelper, first: int, last: int, out: memoryview
-    ) -> None:
+        self,
+        state: _FileState,
+        helper: ReadHelper,
+        first: int,
+        last: int,
+        out: memoryview | None,
+    ) -> int:
         """``_open_chunks`` with the helper opening the second part, asked for ahead by the
         previous read (or now); then the helper is asked for the second part of the next
-        range of the same length, which a sequential reader asks for next."""
-        ours = self._helper_part(state, helper, first, last)
-        if not helper.pending(ours):
-            self._submit(state, helper, ours)
-        split = (ours.first - first) * self.chunk_size
-        self._open_chunks(state, first, ours.first - 1, out[:split])
-        opened = helper.collect(ours, out[split:])
-        following = min(last + 1 + last - first, (state.size - 1) // self.chunk_size)
-        if following - last > _SPLIT_CHUNKS:
-            self._submit(state, helper, self._helper_part(state, helper, last + 1, following))
-        if not opened:
-            self._open_chunks(state, ours.first, last, out[split:])
-
-    def _helper_part(self, state: _FileState, helper: ReadHelper, first: int, last: int) -> Part:
-        """The helper's part of chunks first..last: the last 10/16 (it works while this
-        process replies to the kernel), at most what the shared memory holds."""
+        range of the same length, which a sequential reader asks for next. The plaintext
+        lands in a slot of the shared memory (returned: where it starts); with ``out``, in
+        ``out`` too, this process's part straight, the helper's copied."""
         cs = self.chunk_size
-        middle = max(first + 1, last + 1 - helper.capacity // cs, first + (last + 1 - first) * 6 // 16)
+        ours = self._helper_part(state, first, last)
+        split = (ours.first - first) * cs
+        where = helper.pending_at(ours)
+        if where is None:
+            where = helper.spare() + split
+            self._submit(state, helper, ours, where)
+        base = where - split
+        length = min(state.size, (last + 1) * cs) - first * cs
+        mine = out[:split] if out is not None else helper.view[base:where]
+        self._open_chunks(state, first, ours.first - 1, mine)
+        theirs = helper.view[where : base + length]
+        opened = helper.collect(ours)
+        following = min(last + 1 + last - first, (state.size - 1) // cs)
+        if following - last > _SPLIT_CHUNKS:
+            part = self._helper_part(state, last + 1, following)
+            where = helper.other(base) + (part.first - last - 1) * cs
+            self._submit(state, helper, part, where)
+        if not opened:
+            self._open_chunks(state, ours.first, last, theirs)
+        if out is not None:
+            out[split:] = theirs[: len(out) - split]
+        return base
+
+    def _helper_part(self, state: _FileState, first: int, last: int) -> Part:
+        """The helper's part of chunks first..last: the last 10/16 (it works while this
+        process replies to the kernel)."""
+        middle = max(first + 1, first + (last + 1 - first) * 6 // 16)
         return Part(
             state.file_id, middle, last, state.size, bytes(state.tags[middle * TAG : (last + 1) * TAG])
         )
 
-    def _submit(self, state: _FileState, helper: ReadHelper, part: Part) -> None:
+    def _submit(self, state: _FileState, helper: ReadHelper, part: Part, where: int) -> None:
         at = part.first * (self.chunk_size + state.codec.overhead)
-        helper.submit(state.fd, part, at, self._span(state, part.first, part.last))
+        helper.submit(state.fd, part, at, self._span(state, part.first, part.last), where)
 
     def _span(self, state: _FileState, first: int, last: int) -> int:
         """Bytes the records of chunks ``first``..``last`` take in the object."""
@@ -679,6 +726,12 @@ class VolumeFile:
         """Read up to len(out) bytes at ``offset`` into ``out``; the count read."""
         self._check(writing=False)
         return self._volume.read_into(self._state, offset, out)
+
+    def pread_shared(self, size: int, offset: int) -> tuple[int, int]:
+        """Read up to ``size`` bytes at ``offset`` into the read helper's shared memory:
+        (where they start, their count); see Volume.read_shared."""
+        self._check(writing=False)
+        return self._volume.read_shared(self._state, offset, size)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
         """Write ``data`` at ``offset``; the caller's buffer is only read during the call."""

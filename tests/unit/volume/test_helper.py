@@ -5,7 +5,8 @@ refused and named, and reads still served when it is gone."""
 
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from veil.volume.volume import DEFAULT_CHUNK
 
 MiB = 1 << 20
 SIZE = 4 * MiB + 5000  # the last request is short, its last chunk partial
+MOUNT_READ = 1008 << 10  # the largest read the mount negotiates (veil.volume.mount)
 
 
 @pytest.fixture(params=["encrypted", "authenticated"])
@@ -45,6 +47,22 @@ def read_sequentially(volume: Volume, path: str, block: int = MiB) -> bytes:
     return bytes(out)
 
 
+def read_shared_sequentially(volume: Volume, path: str, block: int = MOUNT_READ) -> bytes:
+    """As the mount answers the kernel: each request opened into the helper's shared memory,
+    whose bytes libfuse then sends (read here before the next request, as libfuse does)."""
+    assert volume.helper is not None
+    out = bytearray()
+    with volume.open_file(path) as handle:
+        while True:
+            at, count = handle.pread_shared(block, len(out))
+            if not count:
+                return bytes(out)
+            out += volume.helper.view[at : at + count]
+
+
+READS: list[Callable[..., bytes]] = [read_sequentially, read_shared_sequentially]
+
+
 def plain(volume: Volume, path: str) -> bytes:
     """What the file holds, read without the helper."""
     helper, volume.helper = volume.helper, None
@@ -55,12 +73,27 @@ def plain(volume: Volume, path: str) -> bytes:
         volume.helper = helper
 
 
-def test_large_reads_return_what_the_file_holds(volume: Volume) -> None:
+@pytest.mark.parametrize("read", READS)
+def test_large_reads_return_what_the_file_holds(volume: Volume, read: Callable[..., bytes]) -> None:
     expected = plain(volume, "/big")
-    assert read_sequentially(volume, "/big") == expected
-    assert read_sequentially(volume, "/big", block=300_000) == expected  # unaligned requests
+    assert read(volume, "/big") == expected
+    assert read(volume, "/big", block=300_000) == expected  # unaligned requests
+    assert read(volume, "/big", block=4096) == expected  # small ones, without the helper
     assert volume.helper is not None and volume.helper.alive
     assert volume.helper.jobs >= 2 * (SIZE // MiB)  # it opened parts of every request
+
+
+def test_a_reply_is_not_overwritten_while_the_helper_opens_the_next_read(volume: Volume) -> None:
+    """The mount hands libfuse the slot a read was opened into and returns; the helper
+    then opens the next range ahead. It must write into the other slot, so that the reply
+    still holds the bytes read when libfuse sends it."""
+    expected = plain(volume, "/big")
+    assert volume.helper is not None
+    with volume.open_file("/big") as handle:
+        for offset in range(0, SIZE, MOUNT_READ):
+            at, count = handle.pread_shared(MOUNT_READ, offset)
+            time.sleep(0.05)  # the helper opens the next range's part meanwhile
+            assert bytes(volume.helper.view[at : at + count]) == expected[offset : offset + count]
 
 
 def test_a_write_after_the_helper_was_asked_is_seen(volume: Volume) -> None:
@@ -76,6 +109,17 @@ def test_a_write_after_the_helper_was_asked_is_seen(volume: Volume) -> None:
     assert bytes(second) == plain(volume, "/big")[MiB : 2 * MiB]
 
 
+def test_a_write_after_the_helper_was_asked_is_seen_in_the_mounts_reads(volume: Volume) -> None:
+    assert volume.helper is not None
+    with volume.open_file("/big", "r+") as handle:
+        handle.pread_shared(MOUNT_READ, 0)
+        handle.pwrite(b"new data" * 1000, MOUNT_READ + MOUNT_READ // 2)
+        at, count = handle.pread_shared(MOUNT_READ, MOUNT_READ)
+        second = bytes(volume.helper.view[at : at + count])
+    assert second[MOUNT_READ // 2 : MOUNT_READ // 2 + 8000] == b"new data" * 1000
+    assert second == plain(volume, "/big")[MOUNT_READ : 2 * MOUNT_READ]
+
+
 def flip(volume: Volume, path: str, position: int) -> None:
     file_id = volume.manifest.entries[path]["id"]
     with open(volume.root / "objects" / file_id[:2] / file_id, "r+b") as stored:
@@ -85,14 +129,20 @@ def flip(volume: Volume, path: str, position: int) -> None:
         stored.write(bytes([byte[0] ^ 1]))
 
 
-def test_tampering_in_the_helpers_part_is_refused_and_named(volume: Volume) -> None:
+@pytest.mark.parametrize("read", READS)
+def test_tampering_in_the_helpers_part_is_refused_and_named(
+    volume: Volume, read: Callable[..., bytes]
+) -> None:
     chunk = MiB // DEFAULT_CHUNK + 100  # in the second MiB's helper part
     flip(volume, "/big", chunk * stride(volume) + 40)
     with pytest.raises(IntegrityError, match=f"/big: chunk {chunk} fails authentication"):
-        read_sequentially(volume, "/big")
+        read(volume, "/big")
 
 
-def test_a_chunk_rolled_back_in_the_helpers_part_is_refused(volume: Volume) -> None:
+@pytest.mark.parametrize("read", READS)
+def test_a_chunk_rolled_back_in_the_helpers_part_is_refused(
+    volume: Volume, read: Callable[..., bytes]
+) -> None:
     chunk = 2 * MiB // DEFAULT_CHUNK + 100
     file_id = volume.manifest.entries["/big"]["id"]
     stored = volume.root / "objects" / file_id[:2] / file_id
@@ -106,13 +156,14 @@ def test_a_chunk_rolled_back_in_the_helpers_part_is_refused(volume: Volume) -> N
         handle.seek(at)
         handle.write(old_record)
     with pytest.raises(IntegrityError, match=f"/big: chunk {chunk} is not the current version"):
-        read_sequentially(volume, "/big")
+        read(volume, "/big")
 
 
-def test_reads_go_on_when_the_helper_is_gone(volume: Volume) -> None:
+@pytest.mark.parametrize("read", READS)
+def test_reads_go_on_when_the_helper_is_gone(volume: Volume, read: Callable[..., bytes]) -> None:
     assert volume.helper is not None
     expected = plain(volume, "/big")
     os.kill(volume.helper.pid, signal.SIGKILL)
     os.waitpid(volume.helper.pid, 0)
-    assert read_sequentially(volume, "/big") == expected
+    assert read(volume, "/big") == expected
     assert not volume.helper.alive
