@@ -165,6 +165,11 @@ def test_large_reads_reach_the_volume_in_megabyte_requests(mounted: Mounted) -> 
     with open(mounted.mnt / "big", "rb") as handle:
         handle.seek(3_000_001)
         assert handle.read(1_500_000) == data[3_000_001:4_500_001]
+    for start in (4096 * 37, 1 << 20):  # requests that start inside a chunk, and on one
+        _evict(mounted.mnt / "big")
+        with open(mounted.mnt / "big", "rb") as handle:
+            handle.seek(start)
+            assert handle.read() == data[start:], start
 
 
 def test_a_tampered_file_reads_as_eio_in_the_mount(mounted: Mounted) -> None:

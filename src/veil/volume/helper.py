@@ -90,10 +90,14 @@ class ReadHelper:
             return
         self._pending = (part, where)
 
-    def pending_at(self, part: Part) -> int | None:
-        """Where ``part`` goes if it is the part in flight."""
+    def pending_at(self, part: Part, offset: int) -> int | None:
+        """Where ``part`` goes, if it is the part in flight and goes ``offset`` bytes into
+        its slot (a read's plaintext starts at the start of a slot: the same part asked
+        for as the end of another range lies elsewhere in its slot, and is not used)."""
         if self.alive and self._pending is not None and self._pending[0] == part:
-            return self._pending[1]
+            where = self._pending[1]
+            if where - offset == (0 if where < self.slot else self.slot):
+                return where
         return None
 
     def spare(self) -> int:
@@ -110,7 +114,7 @@ class ReadHelper:
         """Wait for ``part``: True if it is the part in flight and the helper opened it
         (its plaintext is where it was asked to go); False otherwise (then the caller
         opens it)."""
-        if self.pending_at(part) is None:
+        if not self.alive or self._pending is None or self._pending[0] != part:
             return False
         self._pending = None
         while True:

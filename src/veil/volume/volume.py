@@ -503,7 +503,7 @@ class Volume:
         cs = self.chunk_size
         ours = self._helper_part(state, first, last)
         split = (ours.first - first) * cs
-        where = helper.pending_at(ours)
+        where = helper.pending_at(ours, split)
         if where is None:
             where = helper.spare() + split
             self._submit(state, helper, ours, where)

@@ -77,7 +77,10 @@ def plain(volume: Volume, path: str) -> bytes:
 def test_large_reads_return_what_the_file_holds(volume: Volume, read: Callable[..., bytes]) -> None:
     expected = plain(volume, "/big")
     assert read(volume, "/big") == expected
-    assert read(volume, "/big", block=300_000) == expected  # unaligned requests
+    # Unaligned requests: each starts inside the chunk the previous one ended in, so the
+    # part asked for ahead (from the next chunk on) is not the next request's
+    for block in (300_000, 18 * DEFAULT_CHUNK - 1, 17 * DEFAULT_CHUNK + 1, MiB - 1):
+        assert read(volume, "/big", block=block) == expected, block
     assert read(volume, "/big", block=4096) == expected  # small ones, without the helper
     assert volume.helper is not None and volume.helper.alive
     assert volume.helper.jobs >= 2 * (SIZE // MiB)  # it opened parts of every request
