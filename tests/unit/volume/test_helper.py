@@ -4,6 +4,7 @@ returns: the same bytes, a write since it was asked still seen, tampering in its
 refused and named, and reads still served when it is gone."""
 
 import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -170,3 +171,28 @@ def test_reads_go_on_when_the_helper_is_gone(volume: Volume, read: Callable[...,
     os.waitpid(volume.helper.pid, 0)
     assert read(volume, "/big") == expected
     assert not volume.helper.alive
+
+
+def test_mixed_reads_and_writes_return_what_the_file_holds(volume: Volume) -> None:
+    """Sequential runs of assorted sizes and alignments, jumps, small reads and writes in
+    between, as the mount answers them (each reply read before the next request)."""
+    assert volume.helper is not None
+    rng = random.Random(7)
+    expected = bytearray(plain(volume, "/big"))
+    with volume.open_file("/big", "r+") as handle:
+        offset = 0
+        for _ in range(300):
+            choice = rng.random()
+            if choice < 0.1:
+                data = rng.randbytes(rng.randrange(1, 20_000))
+                at = rng.randrange(0, SIZE - len(data))
+                handle.pwrite(data, at)
+                expected[at : at + len(data)] = data
+                continue
+            if choice < 0.3:
+                offset = rng.randrange(0, SIZE)
+            size = rng.choice((MOUNT_READ, 4096, rng.randrange(1, MOUNT_READ + 1)))
+            at, count = handle.pread_shared(size, offset)
+            assert count == min(size, SIZE - offset)
+            assert bytes(volume.helper.view[at : at + count]) == expected[offset : offset + count]
+            offset = offset + count if offset + count < SIZE else 0
