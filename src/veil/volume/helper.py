@@ -138,6 +138,9 @@ class ReadHelper:
     def close(self) -> None:
         self.alive = False
         self._sock.close()  # the helper reads end of file and exits
+        if self.fd >= 0:  # the shared memory stays mapped until the process ends
+            os.close(self.fd)
+            self.fd = -1
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 

@@ -199,8 +199,8 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         plaintext stays in the read helper's shared memory, and libfuse splices a large
         reply from there to the kernel (no copy in this process) and copies a small one."""
         helper = self.volume.helper
-        if helper is None or size > helper.capacity:  # max_read keeps requests within it
-            log.error("read of %d bytes: more than the mount negotiated", size)
+        if helper is None or size > helper.capacity:  # serve() forks it; max_read bounds size
+            log.error("read of %d bytes: no read helper, or more than the mount negotiated", size)
             raise fuse.FuseOSError(errno.EIO)
         with self._mutex:  # _call inlined: this runs once per read request
             try:
