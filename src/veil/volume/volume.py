@@ -434,7 +434,7 @@ class Volume:
             if start:
                 out[:count] = helper.view[at + start : at + start + count]
             return count
-        plain_length = min(state.size, (last + 1) * self.chunk_size) - first * self.chunk_size
+        plain_length = self._plain_length(state, first, last)
         in_place = start == 0 and count == plain_length  # whole chunks: no copy
         target = out[:count] if in_place else memoryview(bytearray(plain_length))
         self._open_chunks(state, first, last, target)
@@ -456,8 +456,7 @@ class Volume:
         if helper.alive and self._shared(helper, first, last):
             return self._open_shared(state, helper, first, last, None) + start, count
         at = helper.spare()
-        length = min(state.size, (last + 1) * self.chunk_size) - first * self.chunk_size
-        self._open_chunks(state, first, last, helper.view[at : at + length])
+        self._open_chunks(state, first, last, helper.view[at : at + self._plain_length(state, first, last)])
         return at + start, count
 
     def _read_range(self, state: _FileState, offset: int, size: int) -> tuple[int, int, int]:
@@ -470,6 +469,10 @@ class Volume:
             os.posix_fadvise(state.fd, (last + 1) * stride, _DISK_PREFETCH, os.POSIX_FADV_WILLNEED)
         state.read_end = end
         return first, last, end - offset
+
+    def _plain_length(self, state: _FileState, first: int, last: int) -> int:
+        """Bytes of plaintext chunks ``first``..``last`` hold."""
+        return min(state.size, (last + 1) * self.chunk_size) - first * self.chunk_size
 
     def _shared(self, helper: ReadHelper, first: int, last: int) -> bool:
         """Whether the helper opens part of chunks first..last."""
@@ -508,7 +511,7 @@ class Volume:
             where = helper.spare() + split
             self._submit(state, helper, ours, where)
         base = where - split
-        length = min(state.size, (last + 1) * cs) - first * cs
+        length = self._plain_length(state, first, last)
         mine = out[:split] if out is not None else helper.view[base:where]
         self._open_chunks(state, first, ours.first - 1, mine)
         theirs = helper.view[where : base + length]
