@@ -12,7 +12,8 @@ from veil.crypto import canonical_json, sha256
 from veil.volume.errors import IntegrityError, VolumeError
 
 FORMAT = "veil-volume-manifest"
-VERSION = 1
+VERSION = 2  # 2: a file's entry may hold its tag table inline ("tags")
+_READS = (1, 2)
 _AAD = b"veil-manifest-v1"
 _TAG_DOMAIN = b"veil-volume-tag-v1"
 
@@ -55,7 +56,7 @@ class Manifest:
                 "the manifest fails authentication (modified, or not this volume's)"
             ) from None
         raw = json.loads(plaintext)
-        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        if raw.get("format") != FORMAT or raw.get("version") not in _READS:
             raise VolumeError(f"manifest format {raw.get('format')} v{raw.get('version')} is not supported")
         return cls(
             volume_id=bytes.fromhex(raw["volume_id"]),

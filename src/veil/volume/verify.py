@@ -25,6 +25,8 @@ def verify_volume(root: Path, key: bytes, expected_tag: str | None = None) -> tu
             if entry["type"] != "file":
                 continue
             referenced.add(str(entry["id"]))
+            if "root" in entry:  # its tag table is an object too (docs/volume-format.md)
+                referenced.add(f"{entry['id']}.tags")
             try:
                 with volume.open_file(path) as handle:
                     position = 0
@@ -33,7 +35,7 @@ def verify_volume(root: Path, key: bytes, expected_tag: str | None = None) -> tu
             except IntegrityError as exc:
                 problems.append(VolumeProblem(path, str(exc).removeprefix(f"{path}: ")))
         for item in sorted((root / "objects").rglob("*")):
-            if item.is_file() and item.name.split(".")[0] not in referenced:
+            if item.is_file() and item.name not in referenced:
                 problems.append(
                     VolumeProblem(
                         str(item.relative_to(root)),

@@ -33,6 +33,7 @@ DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 _SPLIT_CHUNKS = 16  # reads of more chunks than this are shared with the helper, if any
+_INLINE_TAGS = 2 * TAG  # a tag table this long or shorter lives in the manifest entry
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -87,7 +88,7 @@ class Volume:
     _open: dict[bytes, _FileState] = field(default_factory=dict)
     _children: dict[str, set[str]] = field(default_factory=dict)
     _pending_deletes: list[bytes] = field(default_factory=list)
-    _new_dirs: set[Path] = field(default_factory=set)
+    _new_dirs: set[str] = field(default_factory=set)  # object directories with new entries
     _dirty: bool = False
     _closed: bool = False
     helper: ReadHelper | None = None  # set by the mount: a second process for large reads
@@ -95,6 +96,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         self.chunk_size = self.manifest.chunk_size
+        self._objects = os.path.join(self.root, "objects")
 
     # -- creating and opening ---------------------------------------------------------
 
@@ -172,13 +174,14 @@ class Volume:
 
     # -- paths of objects -------------------------------------------------------------
 
-    def _object(self, file_id: bytes) -> Path:
+    # Strings, not Paths: a file created costs a few of these, and pathlib's parsing showed
+    # in the profile of creating small files.
+    def _object(self, file_id: bytes) -> str:
         name = file_id.hex()
-        return self.root / "objects" / name[:2] / name
+        return f"{self._objects}/{name[:2]}/{name}"
 
-    def _tags_path(self, file_id: bytes) -> Path:
-        path = self._object(file_id)
-        return path.with_name(path.name + ".tags")
+    def _tags_path(self, file_id: bytes) -> str:
+        return self._object(file_id) + ".tags"
 
     # -- namespace --------------------------------------------------------------------
 
@@ -342,21 +345,28 @@ class Volume:
         )
 
     def _create_file(self, path: str, perm: int) -> dict[str, Any]:
+        """A new empty file: its entry, and its state already open (nothing to load)."""
         parent = self._parent_dir(path)
         file_id = os.urandom(16)
         obj = self._object(file_id)
-        obj.parent.mkdir(exist_ok=True)
-        os.close(os.open(obj, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        directory = posixpath.dirname(obj)
+        try:
+            fd = os.open(obj, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:  # the first object in its directory
+            os.mkdir(directory)
+            fd = os.open(obj, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         # No tag table yet: an empty file has none (see _load_state). The new directory entry
         # becomes durable at the next durable flush, before the manifest that names it.
-        self._new_dirs.add(obj.parent)
+        self._new_dirs.add(directory)
+        codec = self.keys.codec(file_id, self.mode == "encrypted")
+        self._open[file_id] = _FileState(path, file_id, codec, fd, 0, bytearray())
         entry = {
             "type": "file",
             "mode": perm & 0o7777,
             "mtime": time.time(),
             "size": 0,
             "id": file_id.hex(),
-            "root": tags_root(b""),
+            "tags": "",
         }
         self.manifest.entries[path] = entry
         self._children[parent].add(posixpath.basename(path))
@@ -380,14 +390,7 @@ class Volume:
         except FileNotFoundError:
             raise IntegrityError(f"{path}: its stored object is missing") from None
         try:
-            tags = bytearray(self._tags_path(file_id).read_bytes())
-        except FileNotFoundError:
-            tags = bytearray()  # only valid for an empty file: the root check below decides
-        try:
-            if not hmac.compare_digest(tags_root(tags), str(entry["root"])):
-                raise IntegrityError(
-                    f"{path}: its tag table is not the current one (modified or rolled back)"
-                )
+            tags = self._load_tags(path, entry, file_id)
             if len(tags) != _chunks(size, self.chunk_size) * TAG:
                 raise IntegrityError(f"{path}: its tag table does not fit its size")
             if os.fstat(fd).st_size != self._object_size(size, codec):
@@ -396,6 +399,32 @@ class Volume:
             os.close(fd)
             raise
         return _FileState(path, file_id, codec, fd, size, tags)
+
+    def _load_tags(self, path: str, entry: dict[str, Any], file_id: bytes) -> bytearray:
+        """A file's tag table: inline in its (sealed) entry, or its ID.tags checked against
+        the entry's root."""
+        if "tags" in entry:
+            return bytearray.fromhex(str(entry["tags"]))
+        try:
+            with open(self._tags_path(file_id), "rb") as table:
+                tags = bytearray(table.read())
+        except FileNotFoundError:
+            tags = bytearray()  # only valid for an empty file: the root check decides
+        if not hmac.compare_digest(tags_root(tags), str(entry["root"])):
+            raise IntegrityError(f"{path}: its tag table is not the current one (modified or rolled back)")
+        return tags
+
+    def _store_tags(self, state: _FileState, entry: dict[str, Any], durable: bool) -> bool:
+        """Put a flushed file's tag table where docs/volume-format.md says: inline in its
+        entry, or in ID.tags with the entry's root. True if an ID.tags it had is no longer
+        needed (the caller deletes it once the manifest that says so is written)."""
+        if len(state.tags) <= _INLINE_TAGS:
+            entry["tags"] = state.tags.hex()
+            return entry.pop("root", None) is not None
+        _write_atomic(self._tags_path(state.file_id), bytes(state.tags), durable)
+        entry.pop("tags", None)
+        entry["root"] = tags_root(state.tags)
+        return False
 
     def _release(self, state: _FileState) -> None:
         state.refs -= 1
@@ -630,15 +659,17 @@ class Volume:
             raise VolumeError("the volume is closed")
         if not self.dirty:
             return self.tag
+        unneeded_tables = []
         for state in list(self._open.values()):
             if not state.dirty:
                 continue
             if durable:
                 os.fsync(state.fd)
             if not state.unlinked:
-                _write_atomic(self._tags_path(state.file_id), bytes(state.tags), durable)
                 entry = self.manifest.entries[state.path]
-                entry.update(size=state.size, root=tags_root(state.tags), mtime=time.time())
+                if self._store_tags(state, entry, durable):
+                    unneeded_tables.append(self._tags_path(state.file_id))
+                entry.update(size=state.size, mtime=time.time())
             state.dirty = False
             if state.refs == 0:
                 os.close(state.fd)
@@ -651,11 +682,14 @@ class Volume:
         sealed = self.manifest.seal(self.keys.manifest)
         _write_atomic(self.root / "manifest", sealed, durable)
         self.tag = volume_tag(sealed)
+        for table in unneeded_tables:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(table)
         for file_id in self._pending_deletes:
             if file_id not in self._open:
                 for path in (self._object(file_id), self._tags_path(file_id)):
                     with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                        os.unlink(path)
         self._pending_deletes = [f for f in self._pending_deletes if f in self._open]
         self._dirty = False
         return self.tag
@@ -780,8 +814,8 @@ def _dir_entry(mode: int) -> dict[str, Any]:
     return {"type": "dir", "mode": mode & 0o7777, "mtime": time.time()}
 
 
-def _write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    temporary = path.with_name(path.name + ".tmp")
+def _write_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
+    temporary = f"{path}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
@@ -791,10 +825,10 @@ def _write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         os.close(fd)
     os.replace(temporary, path)
     if durable:
-        _fsync_directory(path.parent)
+        _fsync_directory(os.path.dirname(path))
 
 
-def _fsync_directory(path: Path) -> None:
+def _fsync_directory(path: str | Path) -> None:
     directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
