@@ -1,10 +1,13 @@
 """Protected volumes through the CLI and a real FUSE mount, with real programs."""
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,6 +173,74 @@ def test_large_reads_reach_the_volume_in_megabyte_requests(mounted: Mounted) -> 
         with open(mounted.mnt / "big", "rb") as handle:
             handle.seek(start)
             assert handle.read() == data[start:], start
+
+
+def _daemon(mounted: Mounted) -> int:
+    return int(json.loads(state_file(mounted.mnt).read_text())["pid"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_an_idle_mount_does_not_poll(mounted: Mounted) -> None:
+    """The mount's loop polls for the next request only briefly after each one
+    (veil.volume.session): a mount nobody uses costs no CPU."""
+    (mounted.mnt / "f").write_bytes(b"x" * 100_000)
+    _evict(mounted.mnt / "f")
+    assert (mounted.mnt / "f").read_bytes() == b"x" * 100_000
+    pid = _daemon(mounted)
+    time.sleep(0.2)
+    before = _cpu_seconds(pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(pid) - before < 0.2, "the daemon spins while idle"
+
+
+def test_sigterm_ends_a_mount_cleanly_with_its_tag_recorded(mounted: Mounted) -> None:
+    """SIGTERM ends the loop (libfuse's handlers): the daemon flushes, unmounts, records
+    the final tag, and that tag opens the volume."""
+    (mounted.mnt / "f").write_bytes(b"kept")
+    pid = _daemon(mounted)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 30
+    while Path(f"/proc/{pid}").exists() and time.time() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    assert not os.path.ismount(mounted.mnt)
+    final = json.loads(state_file(mounted.mnt).read_text())
+    assert final["final"] is True
+    assert mounted.mount("--tag", final["tag"]).returncode == 0
+    assert (mounted.mnt / "f").read_bytes() == b"kept"
+
+
+def test_a_mount_that_never_polls_serves_the_same_bytes(tmp_path: Path) -> None:
+    """VEIL_MOUNT_POLL_US=0: the loop sleeps whenever no request is queued and whenever it
+    waits for the read helper (veil.volume.spin); reads and writes are unchanged."""
+    m = Mounted(tmp_path)
+    assert (
+        veil(
+            "volume",
+            "mount",
+            str(m.vol),
+            str(m.mnt),
+            "--key-file",
+            str(m.key),
+            env={"VEIL_MOUNT_POLL_US": "0"},
+        ).returncode
+        == 0
+    )
+    try:
+        data = random.Random(4).randbytes(3 * (1 << 20) + 777)
+        (m.mnt / "big").write_bytes(data)
+        _evict(m.mnt / "big")
+        assert (m.mnt / "big").read_bytes() == data
+    finally:
+        tag = m.unmount()
+    assert m.mount("--tag", tag).returncode == 0
+    assert (m.mnt / "big").read_bytes() == data
+    m.unmount()
 
 
 def test_a_tampered_file_reads_as_eio_in_the_mount(mounted: Mounted) -> None:

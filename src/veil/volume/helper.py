@@ -29,6 +29,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from veil.volume import spin
 from veil.volume.chunks import TAG, ChunkCodec
 from veil.volume.keys import VolumeKeys
 
@@ -119,7 +120,7 @@ class ReadHelper:
         self._pending = None
         while True:
             try:
-                answer = self._sock.recv(_ANSWER.size)
+                answer = self._answer()
             except OSError as exc:
                 self._lost(exc)
                 return False
@@ -129,6 +130,18 @@ class ReadHelper:
             job, opened = _ANSWER.unpack(answer)
             if job == self.jobs:
                 return bool(opened)
+
+    def _answer(self) -> bytes:
+        """The next answer; polled for ``spin.HELPER_NS`` before sleeping (veil.volume.spin)."""
+
+        def attempt() -> bytes | None:
+            try:
+                return self._sock.recv(_ANSWER.size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+
+        answer = spin.poll(attempt, spin.HELPER_NS)
+        return self._sock.recv(_ANSWER.size) if answer is None else answer
 
     def _lost(self, exc: OSError | None) -> None:
         log.warning("read helper gone (%s): large reads are opened in one process", exc or "it exited")

@@ -6,13 +6,14 @@ refused and named, and reads still served when it is gone."""
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from veil.volume import IntegrityError, Volume
+from veil.volume import IntegrityError, Volume, spin
 from veil.volume.helper import ReadHelper
 from veil.volume.volume import DEFAULT_CHUNK
 
@@ -196,3 +197,34 @@ def test_mixed_reads_and_writes_return_what_the_file_holds(volume: Volume) -> No
             assert count == min(size, SIZE - offset)
             assert bytes(volume.helper.view[at : at + count]) == expected[offset : offset + count]
             offset = offset + count if offset + count < SIZE else 0
+
+
+@pytest.mark.parametrize("window", [0, 1_000, 1_000_000])
+def test_reads_are_the_same_however_long_the_loop_polls_for_the_helper(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    monkeypatch.setattr(spin, "HELPER_NS", window)
+    assert read_shared_sequentially(volume, "/big") == plain(volume, "/big")
+
+
+def test_a_helper_slower_than_the_polling_window_is_waited_for(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its window the loop sleeps until the helper answers, and uses its work."""
+    helper = volume.helper
+    assert helper is not None
+    monkeypatch.setattr(spin, "HELPER_NS", 1_000)
+    answers: list[bool] = []
+    collect = helper.collect
+
+    def recorded(part: object) -> bool:
+        answers.append(collect(part))  # type: ignore[arg-type]
+        return answers[-1]
+
+    monkeypatch.setattr(helper, "collect", recorded)
+    os.kill(helper.pid, signal.SIGSTOP)
+    threading.Timer(0.3, os.kill, (helper.pid, signal.SIGCONT)).start()
+    start = time.monotonic()
+    assert read_shared_sequentially(volume, "/big") == plain(volume, "/big")
+    assert time.monotonic() - start >= 0.3
+    assert answers and all(answers), "the helper's work was dropped"
