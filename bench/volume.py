@@ -6,12 +6,20 @@ Python. Caches are dropped before each read test. Prints MB/s, IOPS and the rati
 to gocryptfs. Needs root, fio and gocryptfs (`make bench-volume` installs them).
 
 Run: .venv/bin/python bench/volume.py [--size 1G] [--runtime 15] [--workdir DIR]
+     [--rounds N] [--only plain|gocryptfs|veil|veil-nopoll ...]
+
+--rounds N repeats the whole set N times, the targets taking turns in each round (the
+machine's speed drifts over minutes: interleaved rounds compare like with like), and
+prints each cell's median and range, and veil/gocryptfs per round. The target
+veil-nopoll is veil with VEIL_MOUNT_POLL_US=0 (the mount sleeps whenever it waits; not
+measured unless --only names it).
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 VEIL = [sys.executable, "-m", "veil"]
 CHUNK = int(os.environ.get("VEIL_BENCH_CHUNK", "0")) or None
@@ -102,7 +111,7 @@ def gocryptfs(work: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def veil(work: Path) -> Iterator[Path]:
+def veil(work: Path, environment: dict[str, str] | None = None) -> Iterator[Path]:
     storage, mount, key = work / "veil.vol", work / "veil.mnt", work / "veil.key"
     mount.mkdir()
     sh(
@@ -114,11 +123,65 @@ def veil(work: Path) -> Iterator[Path]:
         str(key),
         *(["--chunk-size", str(CHUNK)] if CHUNK else []),
     )
-    sh(*VEIL, "volume", "mount", str(storage), str(mount), "--key-file", str(key))
+    sh(
+        *VEIL,
+        "volume",
+        "mount",
+        str(storage),
+        str(mount),
+        "--key-file",
+        str(key),
+        env={**os.environ, **(environment or {})},
+    )
     try:
         yield mount
     finally:
         sh(*VEIL, "volume", "unmount", str(mount))
+
+
+def veil_nopoll(work: Path) -> Any:
+    return veil(work, {"VEIL_MOUNT_POLL_US": "0"})
+
+
+TARGETS: dict[str, Callable[[Path], Any]] = {
+    "plain": plain,
+    "gocryptfs": gocryptfs,
+    "veil": veil,
+    "veil-nopoll": veil_nopoll,
+}
+DEFAULT_TARGETS = ["plain", "gocryptfs", "veil"]
+Results = dict[str, dict[str, float]]  # test -> metric -> value
+
+
+def first_value(cell: dict[str, float]) -> float:
+    return next(iter(cell.values()))
+
+
+def report(results: dict[str, list[Results]]) -> None:
+    """The median of each cell (and its range over rounds), veil/gocryptfs of the medians,
+    and per round."""
+    names = list(results)
+    rows = results[names[0]][0].keys()
+    rounds = len(results[names[0]])
+    compare = "veil" in results and "gocryptfs" in results
+    print(f"{'test':<18}" + "".join(f"{n:>28}" for n in names) + ("   veil/gocryptfs" if compare else ""))
+    for row in rows:
+        cells = ""
+        for name in names:
+            values = [first_value(r[row]) for r in results[name]]
+            metric = next(iter(results[name][0][row]))
+            spread = f" ({min(values):.0f}-{max(values):.0f})" if rounds > 1 else ""
+            cells += f"{statistics.median(values):>12.1f} {metric:<7}{spread:<8}"
+        ratio = ""
+        if compare:
+            ratios = [
+                first_value(v[row]) / first_value(g[row])
+                for v, g in zip(results["veil"], results["gocryptfs"], strict=True)
+            ]
+            ratio = f"   {statistics.median(ratios):.2f}x"
+            if rounds > 1:
+                ratio += " (" + ", ".join(f"{x:.2f}" for x in ratios) + ")"
+        print(f"{row:<18}{cells}{ratio}")
 
 
 def main() -> None:
@@ -131,36 +194,29 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="on the disk to measure (default: /var/tmp)"
     )
-    parser.add_argument("--only", choices=["plain", "gocryptfs", "veil"], action="append")
+    parser.add_argument("--only", choices=list(TARGETS), action="append")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the set, targets taking turns")
     args = parser.parse_args()
     if os.geteuid() != 0 or not shutil.which("fio") or not shutil.which("gocryptfs"):
         sys.exit("bench/volume.py needs root, fio and gocryptfs: run `make bench-volume`")
-    targets: dict[str, Callable[[Path], object]] = {"plain": plain, "gocryptfs": gocryptfs, "veil": veil}
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    if args.rounds < 1:
+        sys.exit("--rounds: at least 1")
+    names = args.only or DEFAULT_TARGETS
+    results: dict[str, list[Results]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(dir=args.workdir or "/var/tmp", prefix="veil-bench-") as tmp:
-        for name, setup in targets.items():
-            if args.only and name not in args.only:
-                continue
-            work = Path(tmp) / name
-            work.mkdir()
-            with setup(work) as directory:  # type: ignore[attr-defined]
-                results[name] = measure(directory, args.size, args.random_size, args.runtime)
-            print(f"measured {name}", file=sys.stderr)
-    rows = next(iter(results.values())).keys()
-    print(f"{'test':<18}" + "".join(f"{n:>22}" for n in results) + "   veil/gocryptfs")
-    for row in rows:
-        cells = ""
-        for name in results:
-            metric, value = next(iter(results[name][row].items()))
-            cells += f"{value:>14.1f} {metric:<7}"
-        ratio = ""
-        if "veil" in results and "gocryptfs" in results:
-            veil_value = next(iter(results["veil"][row].values()))
-            ratio = f"   {veil_value / next(iter(results['gocryptfs'][row].values())):.2f}x"
-        print(f"{row:<18}{cells}{ratio}")
-    for row in ("rand write 4k", "rand read 4k"):
-        for name in results:
-            results[name][row]["IOPS"] = round(results[name][row]["IOPS"])
+        for round_ in range(args.rounds):
+            for name in names:
+                work = Path(tmp) / f"{name}-{round_}"
+                work.mkdir()
+                with TARGETS[name](work) as directory:
+                    results[name].append(measure(directory, args.size, args.random_size, args.runtime))
+                shutil.rmtree(work, ignore_errors=True)
+                print(f"round {round_ + 1}/{args.rounds}: measured {name}", file=sys.stderr)
+    report(results)
+    for runs in results.values():
+        for run in runs:
+            for row in ("rand write 4k", "rand read 4k"):
+                run[row]["IOPS"] = round(run[row]["IOPS"])
     print(json.dumps(results), file=sys.stderr)
 
 
