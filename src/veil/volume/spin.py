@@ -18,17 +18,30 @@ So both ask without blocking for up to their window and only then sleep. An idle
 costs nothing (a window is spent once after the last request); a busy one uses the CPU
 it would otherwise leave to the host. Measured gains and costs: docs/benchmarks.md.
 ``VEIL_MOUNT_POLL_US=0`` in the mount's environment turns polling off (both windows);
-another value sets the request window (the helper window stays 1 ms).
+another whole number sets the request window (the helper window stays 1 ms); anything
+else keeps the default, with a warning in the mount's log.
 """
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_DEFAULT_US = 200
 
-_REQUEST_US = int(os.environ.get("VEIL_MOUNT_POLL_US", "200"))
+
+def _request_us() -> int:
+    value = os.environ.get("VEIL_MOUNT_POLL_US", str(_DEFAULT_US))
+    if value.isdigit():
+        return int(value)
+    log.warning("VEIL_MOUNT_POLL_US=%r is not a number of microseconds: polling %d µs", value, _DEFAULT_US)
+    return _DEFAULT_US
+
+
+_REQUEST_US = _request_us()
 REQUEST_NS = _REQUEST_US * 1000
 HELPER_NS = 1_000_000 if _REQUEST_US else 0
 

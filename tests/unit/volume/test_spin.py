@@ -36,6 +36,9 @@ def test_the_environment_sets_the_windows_and_zero_turns_both_off(monkeypatch: p
         monkeypatch.setenv("VEIL_MOUNT_POLL_US", "50")
         importlib.reload(spin)
         assert spin.REQUEST_NS == 50_000 and spin.HELPER_NS == 1_000_000
+        monkeypatch.setenv("VEIL_MOUNT_POLL_US", "-5")  # not a number of microseconds: the default
+        importlib.reload(spin)
+        assert spin.REQUEST_NS == 200_000 and spin.HELPER_NS == 1_000_000
         monkeypatch.delenv("VEIL_MOUNT_POLL_US")
         importlib.reload(spin)
         assert spin.REQUEST_NS == 200_000 and spin.HELPER_NS == 1_000_000
