@@ -158,8 +158,8 @@ def first_value(cell: dict[str, float]) -> float:
 
 
 def report(results: dict[str, list[Results]]) -> None:
-    """The median of each cell (and its range over rounds), veil/gocryptfs of the medians,
-    and per round."""
+    """The median of each cell (and its range over rounds), and veil/gocryptfs: the median
+    of the rounds' ratios (and each round's)."""
     names = list(results)
     rows = results[names[0]][0].keys()
     rounds = len(results[names[0]])
@@ -217,7 +217,7 @@ def main() -> None:
         for run in runs:
             for row in ("rand write 4k", "rand read 4k"):
                 run[row]["IOPS"] = round(run[row]["IOPS"])
-    print(json.dumps(results), file=sys.stderr)
+    print(json.dumps(results), file=sys.stderr)  # target -> one result per round
 
 
 if __name__ == "__main__":
