@@ -49,7 +49,7 @@ ANCHOR = 400.0
 CONFIG_ID = "bench/app/app"
 
 
-def start_cas(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_cas(root: Path, workers: int, admin: str) -> tuple[subprocess.Popen[bytes], str]:
     port = 20000 + os.getpid() % 20000
     log = open(root / "cas.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
@@ -65,6 +65,8 @@ def start_cas(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
             str(root / "cas"),
             "--workers",
             str(workers),
+            "--admin",
+            admin,
         ],
         stdout=log,
         stderr=log,
@@ -77,21 +79,20 @@ def start_cas(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"https://127.0.0.1:{port}"
 
 
-def prepare(root: Path, url: str) -> tuple[str, str]:
-    """Pin the CAS, enrol an owner, register a platform, create the session."""
-    config = ClientConfig(root / "config", None, {})
+def prepare(root: Path, url: str, config: ClientConfig) -> tuple[str, str]:
+    """Pin the CAS, enrol the administrator, register a platform, create the session."""
     pin = attest_cas(url, ["sim"], None)
     config.pins[url] = pin
     config.save()
     owner = OwnerClient(url, config)
     key = PlatformSigningKey.load_or_create(root / "platform.key")
-    owner.register_platform(key.public_bytes)
+    platform_id = owner.register_platform(key.public_bytes)
     command = [sys.executable, "-c", "pass"]
     measurement = measure_command(command, "/", None).value
     session = {
         "name": "bench/app",
         "version": "1",
-        "security": {"tolerate": ["sim"]},
+        "security": {"tolerate": ["sim"], "sim_platforms": [platform_id]},
         "services": [
             {
                 "name": "app",
@@ -275,9 +276,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="veil-bench-cas-") as tmp:
         root = Path(tmp)
         os.environ["XDG_CONFIG_HOME"] = str(root / "xdg")
-        process, url = start_cas(root, args.workers)
+        config = ClientConfig(root / "config", None, {})
+        process, url = start_cas(root, args.workers, config.owner_id())
         try:
-            ca, measurement = prepare(root, url)
+            ca, measurement = prepare(root, url, config)
             target = {
                 "url": url,
                 "ca": ca,

@@ -1,7 +1,12 @@
 """A real `veil cas serve` on loopback for tests, owners with their own config dirs, and
-helpers of the CAS tests (platforms, volume sessions, signed tag updates)."""
+helpers of the CAS tests (platforms, volume sessions, signed tag updates).
+
+Every CAS starts closed, as in production: its administrator is the owner ``admin`` (a home
+beside the data directory, passed with ``--admin``), who admits the other owners of a test
+(``pinned_owner``) and registers node platforms (``register_platform``)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.conftest import session_dict, veil
 from tests.net import free_port
+from veil.client.config import ClientConfig
 from veil.crypto import PlatformSigningKey
 from veil.protocol import VolumeTagUpdate
 from veil.runtime.attest import Provisioned
@@ -39,6 +45,11 @@ class Owner:
         config = json.loads((self.home / "veil" / "cas.json").read_text())
         return dict(config["pins"][url])
 
+    @property
+    def id(self) -> str:
+        """The owner id (`veil owner id`); makes the owner key on first use."""
+        return ClientConfig.load(self.home / "veil").owner_id()
+
 
 @dataclass
 class CasServer:
@@ -48,21 +59,47 @@ class CasServer:
     db: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None)
     extra: list[str] = field(default_factory=list)
+    #: the administrator's home (default: ``admin`` beside the data directory); None: no --admin
+    admin_home: Path | None = None
+    with_admin: bool = True
+    #: extra environment of the CAS process
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> Owner:
+        """The administrator named with --admin, pinned to this CAS on first use."""
+        owner = Owner(self.admin_home or self.data.parent / "admin")
+        pins = owner.home / "veil" / "cas.json"
+        if not pins.exists() or self.url not in json.loads(pins.read_text())["pins"]:
+            result = owner.veil("cas", "attest", self.url, "--tolerate", "sim")
+            assert result.returncode == 0, result.stderr
+        return owner
+
+    def admit(self, owner: Owner, *roles: str) -> None:
+        """The administrator admits ``owner`` (with ``roles``, default owner)."""
+        argv = ["cas", "owner", "add", owner.id, "--cas", self.url]
+        for role in roles:
+            argv += ["--role", role]
+        result = self.admin.veil(*argv)
+        assert result.returncode == 0, result.stderr
 
     def start(self) -> "CasServer":
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             argv = ["cas", "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data)]
             argv += ["--db", self.db] if self.db else []
+            if self.with_admin:
+                argv += ["--admin", Owner(self.admin_home or self.data.parent / "admin").id]
             argv += self.extra
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "veil", *argv],
                 stdout=log,
                 stderr=log,
+                env={**os.environ, **self.env},
             )
         deadline = time.time() + 30
         while b"listening on" not in self.log.read_bytes()[offset:]:
@@ -86,23 +123,33 @@ def start_cas(
     return CasServer(data or root / name, port or free_port(), root / f"{name}.log", db).start()
 
 
-def pinned_owner(root: Path, cas: CasServer, name: str = "alice") -> Owner:
+def pinned_owner(root: Path, cas: CasServer, name: str = "alice", admit: bool = True) -> Owner:
+    """An owner who verified and pinned ``cas``; admitted by its administrator unless not ``admit``."""
     owner = Owner(root / name)
     result = owner.veil("cas", "attest", cas.url, "--tolerate", "sim")
     assert result.returncode == 0, result.stderr
+    if admit:
+        cas.admit(owner)
     return owner
 
 
-def register_platform(tmp_path: Path, owner: Owner) -> Path:
-    key_file = tmp_path / "node" / "las" / "platform.key"
-    PlatformSigningKey.load_or_create(key_file)
-    result = owner.veil("cas", "platform", "add", "--key-file", str(key_file))
+def node_platform(tmp_path: Path, name: str = "node") -> tuple[Path, str]:
+    """A node's VEIL_HOME with its sim platform key, and the platform id (not registered)."""
+    key = PlatformSigningKey.load_or_create(tmp_path / name / "las" / "platform.key")
+    return tmp_path / name, key.key_id
+
+
+def register_platform(tmp_path: Path, cas: CasServer, name: str = "node") -> Path:
+    """The administrator registers the node's platform key; its VEIL_HOME."""
+    home, _ = node_platform(tmp_path, name)
+    key_file = home / "las" / "platform.key"
+    result = cas.admin.veil("cas", "platform", "add", "--key-file", str(key_file), "--cas", cas.url)
     assert result.returncode == 0, result.stderr
-    return tmp_path / "node"
+    return home
 
 
-def volume_session(tmp_path: Path, name: str) -> Path:
-    document = session_dict(name=name)
+def volume_session(tmp_path: Path, name: str, sim_platforms: list[str] | None = None) -> Path:
+    document = session_dict(name=name, sim_platforms=sim_platforms)
     document["volumes"] = [{"name": "data", "mode": "encrypted", "accept_fresh": True}]
     document["services"][0]["volumes"] = [{"name": "data", "path": "/srv/data"}]
     path = tmp_path / f"{name.replace('/', '_')}.yaml"

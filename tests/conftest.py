@@ -36,13 +36,17 @@ def session_dict(
     tolerate: list[str] | None = None,
     measurement: str | None = None,
     service: str = "app",
+    sim_platforms: list[str] | None = None,
     **service_extra: Any,
 ) -> dict[str, Any]:
     command = command or [PYTHON, str(SHOW)]
+    security: dict[str, Any] = {"tolerate": ["sim"] if tolerate is None else tolerate}
+    if sim_platforms:
+        security["sim_platforms"] = sim_platforms
     return {
         "name": name,
         "version": "1",
-        "security": {"tolerate": ["sim"] if tolerate is None else tolerate},
+        "security": security,
         "services": [
             {
                 "name": service,
@@ -73,6 +77,7 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedCas]:
     cas = Cas.open_embedded(tmp_path / "cas")
     key = PlatformSigningKey.load_or_create(tmp_path / "las" / "platform.key")
     cas.register_sim_platform(key.public_bytes, "local")
+    cas.implicit_sim_platforms = frozenset({key.key_id})  # as the embedded CAS of `veil run`
     yield EmbeddedCas(cas, key)
     cas.close()
 

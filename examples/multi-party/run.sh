@@ -30,6 +30,7 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 wait_for() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; cat "$1" >&2; exit 1; }
+as_operator() { XDG_CONFIG_HOME="$work/operator-config" "$veil" "$@"; }  # runs the CAS
 as_owner() { XDG_CONFIG_HOME="$work/owner-config" "$veil" "$@"; }
 as_analyst() { XDG_CONFIG_HOME="$work/lab-config" "$veil" "$@"; }
 runtime() {  # a runtime on the node: only the CAS address, its pinned CA, the LAS and SESSION/SERVICE
@@ -37,22 +38,28 @@ runtime() {  # a runtime on the node: only the CAS address, its pinned CA, the L
     VEIL_LAS_ADDR="unix:$work/las.sock" VEIL_CONFIG_ID="$1" "$veil" run
 }
 fill() {  # fill in a session template
-  sed -e "s|@PYTHON@|$python|g" -e "s|@WORK@|$work|g" "$@"
+  sed -e "s|@PYTHON@|$python|g" -e "s|@WORK@|$work|g" -e "s|@PLATFORM@|$platform|g" \
+    -e "s|@OWNER_ID@|$(as_owner owner id)|g" "$@"
 }
 
-step "1. a CAS and the node's LAS; the data owner and the analyst each verify and pin the CAS"
-"$veil" cas serve --listen "127.0.0.1:$port" --data "$work/cas" 2> "$work/cas.log" & pids+=($!)
+step "1. an operator runs a CAS (closed: the operator administers it) and the node's LAS"
+"$veil" cas serve --listen "127.0.0.1:$port" --data "$work/cas" --admin "$(as_operator owner id)" \
+  2> "$work/cas.log" & pids+=($!)
 "$veil" las serve --socket "$work/las.sock" 2> "$work/las.log" & pids+=($!)
 wait_for "$work/cas.log" "listening on"
 wait_for "$work/las.log" "serving platform"
 url="https://127.0.0.1:$port"
+as_operator cas attest "$url" --tolerate sim
+platform="$(as_operator cas platform add "$url" --las "unix:$work/las.sock" --name node-1)"
+echo "the operator admits the data owner and the analyst (their owner ids), who each pin the CAS"
+as_operator cas owner add "$(as_owner owner id)"
+as_operator cas owner add "$(as_analyst owner id)"
 as_owner cas attest "$url" --tolerate sim
 as_analyst cas attest "$url" --tolerate sim
-as_owner cas platform add "$url" --las "unix:$work/las.sock"
 python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pins"][sys.argv[2]]["ca_certificate"], end="")' \
   "$work/owner-config/veil/cas.json" "$url" > "$work/cas-ca.pem"
 
-step "2. the analyst writes a session that imports the owner's volume, and creates it"
+step "2. the analyst writes a session that imports the owner's volume (pinned to the owner's id), and creates it"
 fill -e "s|@PROGRAM@|analyze.py|" \
   -e "s|@MEASUREMENT@|$("$veil" measure -- "$python" "$work/lab/analyze.py" "$work/data/records.csv")|" \
   "$here/analyst.yaml.in" > "$work/lab/analysis.yaml"

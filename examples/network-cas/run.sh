@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The quickstart's program, provisioned by a network CAS: a CAS on loopback TLS, an owner
-# who pins it and creates the session, a node agent (LAS) holding the node's sim platform
-# key, and a runtime that knows only the CAS address and SESSION/SERVICE. Sim mode.
+# The quickstart's program, provisioned by a network CAS: a CAS on loopback TLS that starts
+# closed (its administrator named at start), an owner who pins it, registers the node and
+# creates the session, a node agent (LAS) holding the node's sim platform key, and a
+# runtime that knows only the CAS address and SESSION/SERVICE. Sim mode.
 # Run it after `make demo` (it uses .venv): bash examples/network-cas/run.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,8 +23,10 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 wait_for() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; cat "$1" >&2; exit 1; }
 
-step "1. start the CAS (HTTPS, TLS 1.3) and the node's LAS"
-"$veil" cas serve --listen "127.0.0.1:$port" --data "$work/cas" 2> "$work/cas.log" & pids+=($!)
+step "1. start the CAS (HTTPS, TLS 1.3; closed: you are its administrator) and the node's LAS"
+echo "owner id: $("$veil" owner id)"
+"$veil" cas serve --listen "127.0.0.1:$port" --data "$work/cas" --admin "$("$veil" owner id)" \
+  2> "$work/cas.log" & pids+=($!)
 "$veil" las serve --socket "$work/las.sock" 2> "$work/las.log" & pids+=($!)
 wait_for "$work/cas.log" "listening on"
 wait_for "$work/las.log" "serving platform"
@@ -31,13 +34,13 @@ url="https://127.0.0.1:$port"
 
 step "2. the owner verifies the CAS by its evidence and pins it"
 "$veil" cas attest "$url" --tolerate sim
-echo "owner id: $("$veil" owner id)"
 
-step "3. the owner registers the node and creates the session"
-"$veil" cas platform add "$url" --las "unix:$work/las.sock"
+step "3. the administrator registers the node; the session accepts that node and no other"
+platform="$("$veil" cas platform add "$url" --las "unix:$work/las.sock" --name demo-node)"
 measurement="$("$veil" measure -- "$python" "$work/app/app.py")"
 sed -e "s|@PYTHON@|$python|" -e "s|@APP@|$work/app/app.py|" -e "s|@MEASUREMENT@|$measurement|" \
   -e "s|^name: quickstart/demo|name: network/demo|" \
+  -e "s|^  tolerate: \[sim\].*|&\n  sim_platforms: [$platform]   # the registered nodes whose sim evidence counts|" \
   "$top/examples/quickstart/session.yaml.in" > "$work/session.yaml"
 "$veil" session create "$work/session.yaml"
 

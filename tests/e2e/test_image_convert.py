@@ -120,16 +120,18 @@ def test_convert_run_and_refuse_a_modified_layer(
     assert origins == ["rewritten", "rewritten", "source", "volume /app/data", "runtime"]
     assert template.stat().st_mode & 0o777 == 0o600
 
-    # the owner adds a secret to the template, creates the session, registers the LAS
+    # the administrator registers the LAS; the owner adds a secret to the template, names
+    # the node's platform and creates the session
+    added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", las)
+    assert added.returncode == 0, added.stderr
     alice = pinned_owner(tmp_path, cas)
     document = yaml.safe_load(template.read_text())
     assert document["services"][0]["attestation"][0]["measurement"] == summary["measurement"]
     document["secrets"].append({"name": "token", "kind": "ascii", "size": 20})
     document["services"][0]["environment"]["API_TOKEN"] = "$$VEIL::token$$"
+    document["security"]["sim_platforms"] = [added.stdout.strip()]
     template.write_text(yaml.safe_dump(document))
     assert alice.veil("session", "create", str(template)).returncode == 0
-    added = alice.veil("cas", "platform", "add", cas.url, "--las", las)
-    assert added.returncode == 0, added.stderr
 
     env, files = _runtime_env(cas, alice, las)
     first = run_in_chroot(_bundle(out, tmp_path / "run1"), env, files)

@@ -99,7 +99,9 @@ def test_a_new_replica_receives_the_master_key_only_after_attesting(
         assert "platform" in stderr
         assert not (second_data / "master.sealed").exists()
 
-        registered = alice.veil("cas", "platform", "add", "--key-file", str(second_data / "platform.key"))
+        registered = first.admin.veil(
+            "cas", "platform", "add", "--key-file", str(second_data / "platform.key"), "--cas", first.url
+        )
         assert registered.returncode == 0, registered.stderr
         second = CasServer(second_data, free_port(), tmp_path / "second.log", postgres_url)
         second.extra = ["--join", first.url]
@@ -111,7 +113,7 @@ def test_a_new_replica_receives_the_master_key_only_after_attesting(
             assert alice.veil("cas", "attest", second.url, "--tolerate", "sim").returncode == 0
             assert _reads(alice, second.url, "replicated/app")
             assert (second_data / "master.sealed").exists()
-            events = _audit_events(alice, second.url)
+            events = _audit_events(second.admin, second.url)
             assert events.count("replica.join") == 2 and "replica.joined" in events
             del second_platform
         finally:
@@ -175,7 +177,7 @@ def test_the_recovery_key_restores_the_master_key_when_every_replica_is_lost(tmp
             time.sleep(0.2)
         assert alice.pin(new.url)["identity"] == identity, "the same identity: pins still hold"
         assert (new.data / "master.sealed").exists()
-        events = _audit_events(alice, new.url)
+        events = _audit_events(new.admin, new.url)
         assert "recovery.set" in events and events[-1] == "recovery.restore"
         verified = alice.veil("audit", "verify", "--network", "--json")
         assert verified.returncode == 0, verified.stderr

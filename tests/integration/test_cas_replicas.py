@@ -10,6 +10,7 @@ import yaml
 
 from tests.cas_server import (
     CasServer,
+    node_platform,
     pinned_owner,
     register_platform,
     signed_update,
@@ -31,7 +32,7 @@ def test_three_replicas_lose_no_update_and_never_regress_a_tag(tmp_path: Path, p
         alice = pinned_owner(tmp_path, replicas[0], "alice")
         for replica in replicas[1:]:
             assert alice.veil("cas", "attest", replica.url, "--tolerate", "sim").returncode == 0
-        policy = volume_session(tmp_path, "rep/app")
+        policy = volume_session(tmp_path, "rep/app", [node_platform(tmp_path)[1]])
         assert alice.veil("session", "create", str(policy)).returncode == 0
         config = ClientConfig.load(alice.home / "veil")
         owners = [OwnerClient(r.url, config) for r in replicas]
@@ -71,7 +72,7 @@ def test_three_replicas_lose_no_update_and_never_regress_a_tag(tmp_path: Path, p
             assert client.get_session("rep/app")["revision"] == 61
 
         # volume tags: racing pushes from one previous tag, through all replicas; one wins
-        node = register_platform(tmp_path, alice)
+        node = register_platform(tmp_path, replicas[0])
         key = PlatformSigningKey.load_or_create(node / "las" / "platform.key")
         runtimes = [HttpCasClient(CasConnection(r.url, config.pin(r.url).ca_certificate)) for r in replicas]
         measurement = measurement_of([PYTHON, str(SHOW)])

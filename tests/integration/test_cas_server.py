@@ -17,6 +17,7 @@ import yaml
 from tests.cas_server import (
     CasServer,
     Owner,
+    node_platform,
     pinned_owner,
     register_platform,
     signed_update,
@@ -113,6 +114,11 @@ def test_a_cas_that_does_not_match_the_pin_is_refused(tmp_path: Path, cas: CasSe
         ("POST", "/v1/sessions", {"text": "name: x"}),
         ("PUT", "/v1/sessions", {"text": "name: x"}),
         ("POST", "/v1/platforms", {"kind": "sim", "public_key": "AAAA"}),
+        ("GET", "/v1/platforms", None),
+        ("DELETE", "/v1/platforms/" + "00" * 32, None),
+        ("GET", "/v1/owners", None),
+        ("PUT", "/v1/owners/" + "00" * 32, {"roles": ["admin"]}),
+        ("DELETE", "/v1/owners/" + "00" * 32, None),
         ("GET", "/v1/audit", None),
     ],
 )
@@ -182,13 +188,16 @@ def test_malformed_requests_get_400_not_500(cas: CasServer, alice: Owner) -> Non
         ("/v1/attest", {"config_id": "a/b"}),
         ("/v1/attest", {"config_id": "a/b", "nonce": "!!", "evidence": {"platform": "sim", "data": ""}}),
         ("/v1/volume-tags", {"tag": 1}),
-        ("/v1/owners", {"csr": "not a csr"}),
+        ("/v1/owners", {"token": 1}),
         ("/v1/cas/evidence", {"nonce": "AAAA"}),
         ("/v1/launch", None),
     ]:
         status, answer = raw_request(cas, alice, "POST" if body is not None else "GET", path, body)
         assert status == 400, (path, status, answer)
         assert answer["error"]
+    # well-formed, but not what it must be: 422
+    status, answer = raw_request(cas, alice, "POST", "/v1/owners", {"csr": "not a csr"})
+    assert status == 422 and "does not parse" in answer["error"]
 
 
 # -- runtimes ------------------------------------------------------------------------------
@@ -196,18 +205,20 @@ def test_malformed_requests_get_400_not_500(cas: CasServer, alice: Owner) -> Non
 
 @requires_root
 def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
+    home, platform_id = node_platform(tmp_path)
     policy = write_session(
         tmp_path,
         command=[PYTHON, str(SHOW)],
         environment={"APP_PW": "$$VEIL::pw$$", "PYTHONCOERCECLOCALE": "0"},
+        sim_platforms=[platform_id],
     )
     assert alice.veil("session", "create", str(policy)).returncode == 0
-    env = {"VEIL_HOME": str(tmp_path / "node")}
+    env = {"VEIL_HOME": str(home)}
 
     unregistered = alice.veil("run", "--config-id", "net/app/app", env=env)
     assert unregistered.returncode == 1 and "not registered" in unregistered.stderr
 
-    home = register_platform(tmp_path, alice)
+    assert register_platform(tmp_path, cas) == home
     result = alice.veil("run", "--config-id", "net/app/app", env={"VEIL_HOME": str(home)})
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[0])
@@ -246,6 +257,7 @@ def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) 
         name="net/changed",
         command=[PYTHON, str(other)],
         measurement=measurement_of([PYTHON, str(SHOW)]),
+        sim_platforms=[platform_id],
     )
     assert alice.veil("session", "create", str(changed)).returncode == 0
     refused = alice.veil("run", "--config-id", "net/changed/app", env={"VEIL_HOME": str(home)})
@@ -288,9 +300,12 @@ def test_run_with_a_las(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
         while not socket_path.exists():
             assert las.poll() is None and time.time() < deadline, "the LAS did not start"
             time.sleep(0.05)
-        added = alice.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
+        refused = alice.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
+        assert refused.returncode == 1 and "needs the role 'admin'" in refused.stderr
+        added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
         assert added.returncode == 0, added.stderr
-        policy = write_session(tmp_path, environment={"APP_PW": "$$VEIL::pw$$"})
+        platform_id = added.stdout.strip()
+        policy = write_session(tmp_path, environment={"APP_PW": "$$VEIL::pw$$"}, sim_platforms=[platform_id])
         assert alice.veil("session", "create", str(policy)).returncode == 0
         result = alice.veil("run", "--config-id", "net/app/app", env={"VEIL_LAS_ADDR": f"unix:{socket_path}"})
         assert result.returncode == 0, result.stderr
@@ -315,18 +330,27 @@ def test_openapi_is_served_and_documents_every_route(tmp_path: Path, cas: CasSer
         for route in CasApp(embedded, me).build().router.routes()
         if route.method != "HEAD" and route.resource is not None
     }
+    access = {(path, method): str(level) for method, path, _, level in CasApp(embedded, me).routes()}
     embedded.close()
-    documented = {(path, method.upper()) for path, item in served["paths"].items() for method in item}
-    assert documented == routes
+    documented = {
+        (path, method.upper()): operation["x-veil-access"]
+        for path, item in served["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    assert set(documented) == routes
+    assert documented == access, "each route's access is enforced as documented"
     for path in ("/healthz", "/readyz"):
         status, answer = raw_request(cas, alice, "GET", path)
         assert status == 200 and answer["sim"] is True
 
 
 def test_volume_tags_over_the_network(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
+    _, platform_id = node_platform(tmp_path)
     for name in ("net/a", "net/b"):
-        assert alice.veil("session", "create", str(volume_session(tmp_path, name))).returncode == 0
-    node = register_platform(tmp_path, alice)
+        session = volume_session(tmp_path, name, [platform_id])
+        assert alice.veil("session", "create", str(session)).returncode == 0
+    node = register_platform(tmp_path, cas)
     key = PlatformSigningKey.load_or_create(node / "las" / "platform.key")
     client = HttpCasClient(CasConnection(cas.url, alice.pin(cas.url)["ca_certificate"]))
     a = provision(client, SimEvidenceSource(key), "net/a/app", measurement_of([PYTHON, str(SHOW)]))
@@ -362,22 +386,24 @@ def test_exported_audit_logs_are_checked_against_the_pin(
     tmp_path: Path, cas: CasServer, alice: Owner
 ) -> None:
     assert alice.veil("session", "create", str(write_session(tmp_path))).returncode == 0
-    register_platform(tmp_path, alice)
+    register_platform(tmp_path, cas)
+    admin = cas.admin
     export = tmp_path / "audit.json"
-    assert alice.veil("audit", "export", "-o", str(export)).returncode == 0
-    assert alice.veil("audit", "verify", "--file", str(export)).returncode == 0
+    assert admin.veil("audit", "export", "-o", str(export)).returncode == 0
+    assert admin.veil("audit", "verify", "--file", str(export)).returncode == 0
     document = json.loads(export.read_text())
-    assert len(document["entries"]) == 2
+    events = [json.loads(e["body"])["event"] for e in document["entries"]]
+    assert "session.create" in events and "platform.register" in events and "principal.set" in events
 
     def refused(changed: dict) -> str:  # type: ignore[type-arg]
         path = tmp_path / "changed.json"
         path.write_text(json.dumps(changed))
-        result = alice.veil("audit", "verify", "--file", str(path))
+        result = admin.veil("audit", "verify", "--file", str(path))
         assert result.returncode == 1
         return result.stderr
 
     edited = json.loads(export.read_text())
-    edited["entries"][0]["body"] = edited["entries"][0]["body"].replace("session.create", "session.update")
+    edited["entries"][0]["body"] = edited["entries"][0]["body"].replace('"sim"', '"sin"')
     assert "entry 1 was modified" in refused(edited)
     truncated = json.loads(export.read_text())
     truncated["entries"].pop()
@@ -389,30 +415,51 @@ def test_exported_audit_logs_are_checked_against_the_pin(
     resigned["head"]["signature"] = "00" * 70
     assert "not signed by the pinned CAS" in refused(resigned)
 
-    other = start_cas(tmp_path, "other")
+    other = start_cas(tmp_path / "elsewhere", "other")
     try:
-        mallory = pinned_owner(tmp_path, other, "mallory")
         foreign = tmp_path / "foreign.json"
-        assert mallory.veil("audit", "export", "-o", str(foreign)).returncode == 0
+        assert other.admin.veil("audit", "export", "-o", str(foreign)).returncode == 0
         assert "not signed by the pinned CAS" in refused(json.loads(foreign.read_text()))
     finally:
         other.stop()
 
 
-def test_named_auditors_alone_read_the_audit_log(tmp_path: Path) -> None:
+def test_the_audit_log_is_read_by_administrators_and_auditors_owners_see_their_own(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "audited"
     root.mkdir()
     auditor = Owner(root / "auditor")
-    auditor_id = auditor.veil("owner", "id").stdout.strip()
-    server = CasServer(root / "cas", free_port(), root / "cas.log", extra=["--auditor", auditor_id]).start()
+    server = CasServer(root / "cas", free_port(), root / "cas.log", extra=["--auditor", auditor.id]).start()
     try:
         assert auditor.veil("cas", "attest", server.url, "--tolerate", "sim").returncode == 0
         owner = pinned_owner(root, server, "owner")
+        other = pinned_owner(root, server, "other")
         assert owner.veil("session", "create", str(write_session(root))).returncode == 0
-        denied = owner.veil("audit", "verify", "--network")
-        assert denied.returncode == 1 and "only the auditors named by this CAS" in denied.stderr
-        allowed = auditor.veil("audit", "verify", "--network")
-        assert allowed.returncode == 0, allowed.stderr
+        assert other.veil("session", "create", str(write_session(root, "elsewhere/app"))).returncode == 0
+
+        full = auditor.veil("audit", "verify", "--network", "--json")
+        assert full.returncode == 0, full.stderr
+        total = json.loads(full.stdout)["entries"]
+        assert json.loads(full.stdout)["scope"] == "full"
+
+        view = owner.veil("audit", "export")
+        assert view.returncode == 0, view.stderr
+        shown = [json.loads(e["body"]) for e in json.loads(view.stdout)["entries"]]
+        assert [e["event"] for e in shown] == ["session.create"]
+        assert shown[0]["session"] == "net/app"  # not elsewhere/app, not principals, not platforms
+        checked = owner.veil("audit", "verify", "--network", "--json")
+        assert checked.returncode == 0, checked.stderr
+        assert json.loads(checked.stdout) == {
+            "verified": True,
+            "scope": "filtered",
+            "entries": 1,
+            "of": total,
+        }
+
+        stranger = pinned_owner(root, server, "stranger", admit=False)
+        denied = stranger.veil("audit", "verify", "--network")
+        assert denied.returncode == 1 and "is not admitted on this CAS" in denied.stderr
     finally:
         server.stop()
     bad = veil("cas", "serve", "--data", str(root / "x"), "--auditor", "alice")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cas_server import CasServer, Owner, pinned_owner, register_platform
+from tests.cas_server import CasServer, Owner, node_platform, pinned_owner, register_platform
 from tests.conftest import PYTHON, SHOW, measurement_of, session_dict
 from tests.net import free_port
 from veil.client.http import CasConnection, HttpCasClient
@@ -69,8 +69,9 @@ def test_workers_share_the_port_the_sessions_and_the_metrics(tmp_path: Path, cas
     assert len(workers) == 2 and cas.process.pid in workers
 
     alice = pinned_owner(tmp_path, cas)
-    key = PlatformSigningKey.load_or_create(register_platform(tmp_path, alice) / "las" / "platform.key")
-    document = session_dict(name="multi/app", environment={"STAGE": "one"})
+    key = PlatformSigningKey.load_or_create(register_platform(tmp_path, cas) / "las" / "platform.key")
+    platforms = [node_platform(tmp_path)[1]]
+    document = session_dict(name="multi/app", environment={"STAGE": "one"}, sim_platforms=platforms)
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(document, sort_keys=False))
     assert alice.veil("session", "create", str(policy)).returncode == 0

@@ -79,6 +79,15 @@ def test_sharing_warnings_and_public_secrets(tmp_path: Path, cas: CasServer) -> 
     ]
     path = tmp_path / "analyst.yaml"
     path.write_text(yaml.safe_dump(importer, sort_keys=False))
+    unpinned = dora.veil("session", "create", str(path))  # share/owner does not exist yet
+    assert unpinned.returncode == 1
+    assert "session 'share/owner' does not exist yet" in unpinned.stderr
+    line = next(
+        n for n, text in enumerate(path.read_text().splitlines(), 1) if "session: share/owner" in text
+    )
+    assert f"{path}:{line}:" in unpinned.stderr and "hint: pin it: add owner: OWNER_ID" in unpinned.stderr
+    importer["secrets"][0]["import"]["owner"] = dora.id
+    path.write_text(yaml.safe_dump(importer, sort_keys=False))
     created = dora.veil("session", "create", str(path))
     ok(created)
     assert "warning: session 'share/analyst' imports from session 'share/owner', which does not exist" in (

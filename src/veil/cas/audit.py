@@ -67,6 +67,35 @@ def verify_export(document: dict[str, Any], signature_valid: Callable[[bytes, by
     return len(entries)
 
 
+def verify_filtered_export(
+    document: dict[str, Any], signature_valid: Callable[[bytes, bytes], bool]
+) -> tuple[int, int]:
+    """Check a filtered view (``AuditLog.export_filtered``): every entry's own link, their
+    order, and the head's signature. Returns (entries shown, entries in the log)."""
+    try:
+        entries = [
+            (int(e["seq"]), str(e["body"]).encode(), str(e["chain"]), bytes.fromhex(str(e["previous"])))
+            for e in document["entries"]
+        ]
+        head = document["head"]
+        head_seq, head_chain = int(head["seq"]), str(head["chain"])
+        signature = bytes.fromhex(str(head["signature"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditChainBroken(f"not an audit export: {exc}") from None
+    last = 0
+    for seq, body, chain, previous in entries:
+        if seq <= last or seq > head_seq:
+            raise AuditChainBroken(f"audit entry {seq} is out of order")
+        if not constant_time_equal(chain_next(previous, body).hex(), chain):
+            raise AuditChainBroken(f"audit entry {seq} was modified")
+        last = seq
+    if entries and last == head_seq and not constant_time_equal(entries[-1][2], head_chain):
+        raise AuditChainBroken(f"audit entry {last} is not the one the signed head names")
+    if not signature_valid(head_statement(head_seq, head_chain), signature):
+        raise AuditChainBroken("the audit head is not signed by the pinned CAS")
+    return len(entries), head_seq
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     seq: int
@@ -98,6 +127,40 @@ class AuditLog:
         head_chain = log[-1].chain.hex() if log else GENESIS.hex()
         return {
             "entries": [{"seq": e.seq, "body": e.body.decode(), "chain": e.chain.hex()} for e in log],
+            "head": {
+                "seq": len(log),
+                "chain": head_chain,
+                "signature": sign(head_statement(len(log), head_chain)).hex(),
+            },
+        }
+
+    def export_filtered(
+        self, sign: Callable[[bytes], bytes], keep: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The entries whose event ``keep`` accepts, each with the chain value before it
+        (``previous``), and the head signed with ``sign``: a filtered view. Each entry's
+        link verifies on its own; that none is missing between them only a full export can
+        show (``verify_filtered_export``)."""
+        with self._records.store.transaction():
+            self.verify()
+            log = self._records.store.read_log()
+        previous = GENESIS
+        rows = []
+        for e in log:
+            if keep(json.loads(e.body)):
+                rows.append(
+                    {
+                        "seq": e.seq,
+                        "body": e.body.decode(),
+                        "chain": e.chain.hex(),
+                        "previous": previous.hex(),
+                    }
+                )
+            previous = e.chain
+        head_chain = previous.hex()
+        return {
+            "scope": "filtered",
+            "entries": rows,
             "head": {
                 "seq": len(log),
                 "chain": head_chain,

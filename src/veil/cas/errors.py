@@ -15,7 +15,11 @@ class Conflict(CasError):
     """A concurrent change won; re-read and retry."""
 
 
-class SessionNotFound(CasError):
+class NotFound(CasError):
+    """What a request names does not exist (HTTP 404)."""
+
+
+class SessionNotFound(NotFound):
     pass
 
 

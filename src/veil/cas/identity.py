@@ -139,25 +139,26 @@ class CasIdentity:
         context.load_verify_locations(cadata=self.certificate_pem)
         return context
 
-    def issue_owner_certificate(self, csr_pem: str) -> tuple[str, str]:
-        """Enrol an owner: a client certificate for the key of a signed CSR.
-
-        The CSR's signature proves possession of the key; the owner is the key's hash. The
-        certificate only makes the key presentable in TLS; it grants nothing by itself.
-        """
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode())
-            valid = csr.is_signature_valid
-            public_key = csr.public_key()
-        except (ValueError, InvalidSignature, TypeError):
-            raise EnrolmentRefused("the certificate request does not parse (PEM CSR expected)") from None
-        if not valid:
-            raise EnrolmentRefused("the certificate request's signature does not verify")
-        if not isinstance(
-            public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-        ):
-            raise EnrolmentRefused("owner keys must be ECDSA, Ed25519 or RSA")
+    def issue_owner_certificate(self, public_key: PublicKey) -> str:
+        """A client certificate (PEM) for an owner key whose possession a CSR proved
+        (``owner_from_csr``). It only makes the key presentable in TLS; rights come from
+        the principal records and sessions' access policies."""
         owner = owner_id(public_key)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, owner)])
         cert = self._issue(subject, public_key, OWNER_VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH, [])
-        return owner, cert.public_bytes(Encoding.PEM).decode("ascii")
+        return cert.public_bytes(Encoding.PEM).decode("ascii")
+
+
+def owner_from_csr(csr_pem: str) -> tuple[str, PublicKey]:
+    """(owner id, public key) of a signed CSR: its signature proves possession of the key."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, InvalidSignature, TypeError):
+        raise EnrolmentRefused("the certificate request does not parse (PEM CSR expected)") from None
+    if not valid:
+        raise EnrolmentRefused("the certificate request's signature does not verify")
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        raise EnrolmentRefused("owner keys must be ECDSA, Ed25519 or RSA")
+    return owner_id(public_key), public_key

@@ -31,16 +31,19 @@ from veil.cas.errors import (
     AccessDenied,
     CasError,
     Conflict,
+    NotFound,
     PredecessorMismatch,
     SessionNotFound,
     SharingRefused,
     VolumeTagRefused,
 )
+from veil.cas.namespaces import check_namespace, may
 from veil.cas.nonces import NonceRegistry
+from veil.cas.principals import Principals
 from veil.cas.reference_values import mismatch
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
-from veil.cas.sharing import SessionRecord, imported_secret, sharing_warnings, volume_source
+from veil.cas.sharing import SessionRecord, imported_secret, pin_peers, sharing_warnings, volume_source
 from veil.cas.storage import RecordStore, SqliteStore
 from veil.crypto import AeadKey, SignatureInvalid, constant_time_equal, seal_to_key
 from veil.crypto.certs import check_valid_at, load_pem_chain, verify_ecdsa, verify_issued_by
@@ -112,12 +115,11 @@ def _ca_from_der(key_der: bytes, cert_der: bytes) -> CertificateAuthority:
     return CertificateAuthority.from_der(key_der, cert_der)
 
 
-def _may(owners: list[str], caller: str, creator: str) -> bool:
-    if "ANY" in owners:
-        return True
-    if "CREATOR" in owners and constant_time_equal(caller, creator):
-        return True
-    return any(o not in ("CREATOR", "NONE") and constant_time_equal(o, caller) for o in owners)
+@functools.lru_cache(maxsize=64)
+def parse_submitted(text: str, source: str) -> Session:
+    """A submitted session, parsed once: the server parses it off its event loop first, with
+    a time limit (docs/cas-api.md, "Limits"); the use case then finds it here."""
+    return parse_session(text, source)
 
 
 class Cas:
@@ -134,7 +136,11 @@ class Cas:
         self.records = SealedRecords(store, master_key)
         self.audit = AuditLog(self.records)
         self.nonces = NonceRegistry(self.records)
+        self.principals = Principals(self.records, self.audit, sim_mode)
         self.sim_mode = sim_mode
+        #: sim platforms accepted for every session without being named in it: the embedded
+        #: CAS's own node (one machine, one owner); empty on a network CAS
+        self.implicit_sim_platforms: frozenset[str] = frozenset()
         #: Intel collateral (a collateral store, one directory per TEE and FMSPC)
         self.collateral_dir = collateral_dir
         self._clock = clock
@@ -157,7 +163,13 @@ class Cas:
         version, raw = found
         session = _parse_stored(raw["text"], name)
         return version, SessionRecord(
-            name, raw["hash"], raw["text"], raw["creator"], int(raw["revision"]), session
+            name,
+            raw["hash"],
+            raw["text"],
+            raw["creator"],
+            int(raw["revision"]),
+            session,
+            dict(raw.get("peers", {})),
         )
 
     def get_session(self, name: str, caller: str) -> SessionRecord:
@@ -165,7 +177,7 @@ class Cas:
         if found is None:
             raise SessionNotFound(f"no session named '{name}'")
         record = found[1]
-        if not _may(record.session.access_policy.read, caller, record.creator):
+        if not may(record.session.access_policy.read, caller, record.creator):
             raise AccessDenied(f"you may not read session '{name}'")
         return record
 
@@ -174,7 +186,7 @@ class Cas:
         names = []
         for name in self.records.keys(_SESSION):
             found = self._record(name)
-            if found and _may(found[1].session.access_policy.read, caller, found[1].creator):
+            if found and may(found[1].session.access_policy.read, caller, found[1].creator):
                 names.append(name)
         return names
 
@@ -200,19 +212,20 @@ class Cas:
         return found[1].hash if found else None
 
     def create_session(self, text: str, caller: str, source: str = "<session>") -> SessionRecord:
-        session = parse_session(text, source)
+        session = parse_submitted(text, source)
         digest = session_hash(session)
         with self.records.store.transaction():
-            self._check_namespace(session.name, caller)
             if self._record(session.name) is not None:
                 raise Conflict(
                     f"session '{session.name}' already exists; update it by naming its hash as predecessor"
                 )
+            check_namespace(session.name, caller, self._session_record, self._session_names)
             if session.predecessor is not None:
                 raise PredecessorMismatch(
                     f"session '{session.name}' does not exist, so it cannot have a predecessor"
                 )
-            record = SessionRecord(session.name, digest, text, caller, 1, session)
+            peers = pin_peers(session, text, source, self._session_record)
+            record = SessionRecord(session.name, digest, text, caller, 1, session, peers)
             self._store_session(record, None, caller)
             key_der, cert_der = CertificateAuthority.create(f"veil session CA {session.name}").to_der()
             self.records.put(
@@ -228,31 +241,20 @@ class Cas:
             )
         return record
 
-    def _check_namespace(self, name: str, caller: str) -> None:
-        """Creating ``a/b/c`` needs the update right of the nearest existing ``a/b`` or ``a``."""
-        parts = name.split("/")
-        for end in range(len(parts) - 1, 0, -1):
-            parent = self._session_record("/".join(parts[:end]))
-            if parent is None:
-                continue
-            if not _may(parent.session.access_policy.update, caller, parent.creator):
-                raise AccessDenied(
-                    f"session '{name}' is in the namespace of session '{parent.name}'; creating it needs "
-                    f"the right to update '{parent.name}'"
-                )
-            return
+    def _session_names(self, prefix: str) -> list[str]:
+        return self.records.keys(_SESSION, prefix)
 
     def update_session(
         self, text: str, caller: str, source: str = "<session>", approvals: Sequence[Approval] = ()
     ) -> SessionRecord:
-        session = parse_session(text, source)
+        session = parse_submitted(text, source)
         digest = session_hash(session)
         with self.records.store.transaction():
             found = self._record(session.name)
             if found is None:
                 raise SessionNotFound(f"no session named '{session.name}' to update; create it first")
             version, current = found
-            if not _may(current.session.access_policy.update, caller, current.creator):
+            if not may(current.session.access_policy.update, caller, current.creator):
                 raise AccessDenied(f"you may not update session '{session.name}'")
             if session.predecessor is None:
                 raise PredecessorMismatch(
@@ -270,7 +272,10 @@ class Cas:
             )
             if decision.refusal:
                 raise AccessDenied(decision.refusal)
-            record = SessionRecord(session.name, digest, text, current.creator, current.revision + 1, session)
+            peers = pin_peers(session, text, source, self._session_record)
+            record = SessionRecord(
+                session.name, digest, text, current.creator, current.revision + 1, session, peers
+            )
             self._store_session(record, version, caller)
             self._sync_secrets(session, updating=True)
             self._sync_volumes(session)
@@ -291,6 +296,7 @@ class Cas:
             "text": record.text,
             "creator": record.creator,
             "revision": record.revision,
+            "peers": record.peers,
         }
         self.records.put(_SESSION, record.name, value, expected_version)
         version = {**value, "time": int(time.time()), "by": caller}
@@ -423,8 +429,29 @@ class Cas:
         formats = [f for f in KIND_FORMATS[definition.kind] if (definition.kind, f) not in PRIVATE_FORMATS]
         chosen = fmt or formats[0]
         if chosen not in formats:
-            raise CasError(f"public secret '{secret_name}' is available as {', '.join(formats)}")
+            raise NotFound(f"public secret '{secret_name}' is available as {', '.join(formats)}")
         return self._own_renderer(record.session)(secret_name, chosen)
+
+    def audit_for(self, caller: str, sign: Callable[[bytes], bytes]) -> dict[str, object]:
+        """An owner's view of the audit log: the entries about sessions ``caller`` may read
+        now (by ``session`` or ``config_id``), with the signed head."""
+        readable: dict[str, bool] = {}
+
+        def keep(event: dict[str, object]) -> bool:
+            name = event.get("session")
+            if not isinstance(name, str):
+                config_id = event.get("config_id")
+                name = str(config_id).rpartition("/")[0] if isinstance(config_id, str) else None
+            if not name:
+                return False
+            if name not in readable:
+                record = self._session_record(name)
+                readable[name] = record is not None and may(
+                    record.session.access_policy.read, caller, record.creator
+                )
+            return readable[name]
+
+        return self.audit.export_filtered(sign, keep)
 
     def session_ca_pem(self, session_name: str, caller: str) -> str:
         """The session CA's certificate, for whoever may read the session."""
@@ -465,7 +492,7 @@ class Cas:
     def volume_key_for_owner(self, session_name: str, volume: str, caller: str) -> bytes:
         """The key of a volume, for an owner who may update the session (recovery only)."""
         record = self.get_session(session_name, caller)
-        if not _may(record.session.access_policy.update, caller, record.creator):
+        if not may(record.session.access_policy.update, caller, record.creator):
             raise AccessDenied(f"you may not manage the volumes of session '{session_name}'")
         found = self.records.get(_VOLUME, f"{session_name}#{volume}")
         if found is None:
@@ -601,21 +628,50 @@ class Cas:
 
     # -- platforms --------------------------------------------------------------------
 
-    def register_sim_platform(self, public_key: bytes, caller: str) -> str:
+    def register_sim_platform(self, public_key: bytes, caller: str, name: str = "") -> str:
+        """Register a node's sim platform key (an administrator's action on a network CAS);
+        sessions accept it only where ``security.sim_platforms`` names it."""
         platform_id = sha256_hex(public_key)
         with self.records.store.transaction():
             if self.records.get(_PLATFORM, platform_id) is not None:
                 return platform_id
-            self.records.put(
-                _PLATFORM,
-                platform_id,
-                {"kind": "sim", "public_key": base64.b64encode(public_key).decode(), "by": caller},
-                None,
-            )
+            value = {
+                "kind": "sim",
+                "public_key": base64.b64encode(public_key).decode(),
+                "by": caller,
+                "name": name,
+                "time": int(time.time()),
+            }
+            self.records.put(_PLATFORM, platform_id, value, None)
             self.audit.append(
-                "platform.register", True, platform="sim", platform_id=platform_id, owner=caller
+                "platform.register", True, platform="sim", platform_id=platform_id, owner=caller, name=name
             )
         return platform_id
+
+    def remove_platform(self, platform_id: str, caller: str) -> None:
+        """Forget a registered platform: its evidence is refused from now on; audited."""
+        with self.records.store.transaction():
+            if not self.records.delete(_PLATFORM, platform_id):
+                raise NotFound(f"no platform {platform_id[:16]}… is registered")
+            self.audit.append("platform.remove", self.sim_mode, platform_id=platform_id, owner=caller)
+
+    def platforms(self) -> list[dict[str, object]]:
+        """The registered platforms: id, kind, name, who registered them and when."""
+        rows = []
+        for platform_id in self.records.keys(_PLATFORM):
+            found = self.records.get(_PLATFORM, platform_id)
+            if found is not None:
+                raw = found[1]
+                rows.append(
+                    {
+                        "platform_id": platform_id,
+                        "kind": raw["kind"],
+                        "name": raw.get("name", ""),
+                        "by": raw["by"],
+                        "time": int(raw.get("time", 0)),
+                    }
+                )
+        return rows
 
     def sim_platform_key(self, platform_id: str) -> bytes | None:
         """The public key of a registered sim platform, or None."""
@@ -689,6 +745,14 @@ class Cas:
             "measurement": claims.measurement,
             "platform_id": claims.platform_id,
         }
+        accepted = claims.platform_id in session.security.sim_platforms
+        if not accepted and claims.platform_id not in self.implicit_sim_platforms:
+            return _Decision(
+                None,
+                f"sim platform {claims.platform_id[:16]}… is not one session '{session.name}' accepts "
+                "(an owner of the session names it under security.sim_platforms)",
+                facts,
+            )
         if not any(
             isinstance(e, SimAttestation) and constant_time_equal(e.measurement, claims.measurement)
             for e in self._attestation_entries(record, service)

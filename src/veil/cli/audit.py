@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from veil.cas.audit import verify_export
+from veil.cas.audit import verify_export, verify_filtered_export
 from veil.cli.options import cas_url_option
 from veil.cli.output import emit_json
 from veil.cli.run import default_home, home_option
@@ -51,7 +51,9 @@ def verify(
 
     Without --cas/--network/--file: the embedded CAS under --home. With them: a network
     CAS's export (fetched, or read from --file), whose head must be signed by the pinned
-    CAS identity key.
+    CAS identity key. Administrators and auditors get the whole log; an owner gets the
+    entries of the sessions it may read, each checked on its own (a filtered view cannot
+    show that no entry between them is missing: an auditor's export can).
     """
     if cas_url is not None or network or export_file is not None:
         url, signature_valid = _pinned_signature_check(cas_url)
@@ -59,6 +61,16 @@ def verify(
             document = json.loads(export_file.read_text())
         else:
             document = OwnerClient(url, ClientConfig.load()).audit_export()
+        if document.get("scope") == "filtered":
+            shown, total = verify_filtered_export(document, signature_valid)
+            if as_json:
+                emit_json({"verified": True, "scope": "filtered", "entries": shown, "of": total})
+            else:
+                click.echo(
+                    f"audit entries intact: {shown} of {total} (those of your sessions; the log's "
+                    "completeness needs an auditor's export)"
+                )
+            return
         count = verify_export(document, signature_valid)
     else:
         cas, _ = EmbeddedHome(home or default_home()).open()
@@ -67,7 +79,7 @@ def verify(
         finally:
             cas.close()
     if as_json:
-        emit_json({"verified": True, "entries": count})
+        emit_json({"verified": True, "scope": "full", "entries": count})
     else:
         click.echo(f"audit log intact: {count} entries")
 

@@ -13,19 +13,27 @@ from veil.cas.custody import Custody, PlatformSealer, obtain_master_key
 from veil.cas.errors import MasterKeyError
 from veil.cas.identity import CasIdentity
 from veil.cas.postgres import PostgresStore
+from veil.cas.principals import ROLES, Role
 from veil.cas.replicas import check_identity
 from veil.cas.replicas import join as join_replica
 from veil.cas.server import CasApp, CasSelf, serve
 from veil.cas.server.recovery import RecoveryApp, wait_for_recovery
 from veil.cas.storage import RecordStore, SqliteStore
-from veil.cli.options import HOST_PORT, cas_measurement_option, cas_tolerate_option, cas_url_option
+from veil.cli.options import (
+    HOST_PORT,
+    cas_measurement_option,
+    cas_tolerate_option,
+    cas_url_option,
+    owner_client,
+)
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
 from veil.client.config import ClientConfig, normalize_url
-from veil.client.http import OwnerClient
+from veil.client.http import OwnerClient, enrol
 from veil.client.pinning import attest_cas
 from veil.client.recovery import generate_recovery_key, load_recovery_public_key, restore
 from veil.crypto import PlatformSigningKey
 from veil.crypto.encoding import sha256_hex
+from veil.crypto.files import replace_private_file
 from veil.las.client import LasClient
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
 from veil.tee.measure import measure_veil
@@ -53,10 +61,23 @@ def cas() -> None:
 )
 @click.option("--name", "names", multiple=True, help="Extra host name for the TLS certificate (repeatable).")
 @click.option(
+    "--admin",
+    "admins",
+    multiple=True,
+    help="Owner id (veil owner id) to admit as an administrator at start (repeatable). Without "
+    "any administrator, the CAS writes a one-time bootstrap token to DATA/bootstrap-token.",
+)
+@click.option(
     "--auditor",
     "auditors",
     multiple=True,
-    help="Owner id (veil owner id) allowed to read the audit log (repeatable) [default: every owner].",
+    help="Owner id to admit as an auditor at start: reads the whole audit log (repeatable).",
+)
+@click.option(
+    "--open-enrolment",
+    is_flag=True,
+    help="Anyone who can reach the CAS may enrol an owner key and create sessions in free "
+    "namespaces (development only; platforms and other owners' sessions stay closed to them).",
 )
 @click.option(
     "--join",
@@ -85,12 +106,19 @@ def serve_command(
     data: Path,
     db: str | None,
     names: tuple[str, ...],
+    admins: tuple[str, ...],
     auditors: tuple[str, ...],
+    open_enrolment: bool,
     join_url: str | None,
     recovery_key: Path | None,
     workers: int,
 ) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
+
+    The CAS starts closed: only admitted owners may use it. Name the first administrator
+    with --admin $(veil owner id), or redeem the one-time token the first start writes to
+    DATA/bootstrap-token with `veil cas enrol URL --token-file FILE`. Administrators admit
+    owners (`veil cas owner add ID`) and register node platforms.
 
     The master key that seals every record is never stored in the clear: it is sealed to
     this node's platform identity (DATA/master.sealed). The first start creates it and the
@@ -119,11 +147,14 @@ def serve_command(
     sim = mode == "sim"
     if sim:
         sim_banner(NETWORK_SIM_BANNER)
-    for auditor in auditors:
-        if not re.fullmatch(r"[0-9a-f]{64}", auditor):
-            raise click.BadParameter(
-                f"'{auditor}' is not an owner id (64 hex digits)", param_hint="--auditor"
-            )
+    for option, values in (("--admin", admins), ("--auditor", auditors)):
+        for value in values:
+            if not re.fullmatch(r"[0-9a-f]{64}", value):
+                raise click.BadParameter(
+                    f"'{value}' is not an owner id (64 hex digits, `veil owner id`)", param_hint=option
+                )
+    if open_enrolment:
+        note("open enrolment: anyone who reaches this CAS may enrol as an owner (development only)")
     recovery_public = load_recovery_public_key(recovery_key) if recovery_key is not None else None
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     platform_key = PlatformSigningKey.load_or_create(data / "platform.key")
@@ -171,14 +202,41 @@ def serve_command(
             service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
         how = {"joined": f"received from {join_url}", "recovery": "restored by an owner"}
         note(f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…")
+        _bootstrap_principals(service, data, admins, auditors)
     finally:
         store.close()  # each serving process opens its own connection (after the fork)
     me = CasSelf(identity, measurement, evidence, platform_public)
 
     def build() -> CasApp:
-        return CasApp(Cas(open_store(), master, sim_mode=sim), me, frozenset(auditors))
+        return CasApp(Cas(open_store(), master, sim_mode=sim), me, open_enrolment)
 
     serve(build, identity.server_context(hosts), host, port, ready, workers)
+
+
+def _bootstrap_principals(
+    service: Cas, data: Path, admins: tuple[str, ...], auditors: tuple[str, ...]
+) -> None:
+    """Admit --admin and --auditor; with no administrator at all, write a one-time token
+    that makes its redeemer one (DATA/bootstrap-token, 0600); remove a used one."""
+    principals = service.principals
+    principals.admit_at_start(admins, Role.ADMIN, "veil cas serve --admin")
+    principals.admit_at_start(auditors, Role.AUDITOR, "veil cas serve --auditor")
+    token_file = data / "bootstrap-token"
+    token = principals.issue_bootstrap_token()
+    if token is not None:
+        replace_private_file(token_file, (token + "\n").encode())
+    if principals.administrators():
+        token_file.unlink(missing_ok=True)
+        return
+    if token_file.exists():
+        note(
+            f"no administrator yet: the first one runs `veil cas enrol URL --token-file {token_file}` "
+            "(one use), or restart with --admin OWNER_ID"
+        )
+    else:
+        note(
+            "no administrator yet, and the bootstrap token was written on another node: restart with --admin"
+        )
 
 
 @cas.group("recovery")
@@ -249,7 +307,8 @@ def attest_command(url: str, measurement: str | None, tolerate: tuple[str, ...],
 
 @cas.group("platform")
 def platform() -> None:
-    """Node platforms whose sim evidence the CAS accepts."""
+    """Node platforms whose sim evidence the CAS accepts (administrators register them;
+    a session accepts those it names under security.sim_platforms)."""
 
 
 @platform.command("add")
@@ -262,12 +321,15 @@ def platform() -> None:
     default=None,
     help="A platform key file instead of a running LAS (the LAS's platform.key).",
 )
+@click.option("--name", default="", help="A label for the node, shown by `veil cas platform list`.")
 def platform_add(
-    url: str | None, cas_url: str | None, las_address: str | None, key_file: Path | None
+    url: str | None, cas_url: str | None, las_address: str | None, key_file: Path | None, name: str
 ) -> None:
-    """Register a node's sim platform key with the CAS at URL (an owner action, audited).
+    """Register a node's sim platform key with the CAS at URL (administrators; audited).
 
-    URL (or --cas) defaults to $VEIL_CAS_ADDR or the pinned default CAS.
+    Prints the platform id: sessions that should accept this node's sim evidence list it
+    under security.sim_platforms. URL (or --cas) defaults to $VEIL_CAS_ADDR or the pinned
+    default CAS.
     """
     if (las_address is None) == (key_file is None):
         raise click.UsageError("give exactly one of --las ADDRESS or --key-file FILE")
@@ -278,6 +340,120 @@ def platform_add(
         public_key = PlatformSigningKey.load_or_create(key_file).public_bytes
     config = ClientConfig.load()
     target = config.resolve_url(url or cas_url)
-    platform_id = OwnerClient(target, config).register_platform(public_key)
+    platform_id = OwnerClient(target, config).register_platform(public_key, name)
     note(f"registered sim platform {platform_id} with {target}")
     click.echo(platform_id)
+
+
+@platform.command("list")
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the platforms as JSON.")
+def platform_list(cas_url: str | None, as_json: bool) -> None:
+    """The registered platforms (owners may list them, to name them in sessions)."""
+    rows = owner_client(cas_url).list_platforms()
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"{row['platform_id']}  {row['kind']}  {row.get('name') or '-'}  by {str(row['by'])[:16]}…"
+        )
+
+
+@platform.command("remove")
+@click.argument("platform_id")
+@cas_url_option
+def platform_remove(platform_id: str, cas_url: str | None) -> None:
+    """Forget a registered platform: its evidence is refused from now on (administrators)."""
+    owner_client(cas_url).remove_platform(platform_id)
+    note(f"removed platform {platform_id}")
+
+
+@cas.command("enrol")
+@click.argument("url", required=False)
+@cas_url_option
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The one-time bootstrap token a new CAS wrote to DATA/bootstrap-token: makes you its "
+    "first administrator.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print your owner id and roles as JSON.")
+def enrol_command(url: str | None, cas_url: str | None, token_file: Path | None, as_json: bool) -> None:
+    """Obtain your owner certificate from the CAS at URL and show your roles.
+
+    The CAS issues it only to admitted owners (ask an administrator to run `veil cas owner
+    add` with your `veil owner id`), to the holder of the bootstrap token, or to anyone
+    when it runs with --open-enrolment. Other commands enrol on first use by themselves.
+    """
+    config = ClientConfig.load()
+    target = config.resolve_url(url or cas_url)
+    token = token_file.read_text().strip() if token_file is not None else None
+    _, roles = enrol(target, config, token)
+    owner = config.owner_id()
+    if as_json:
+        emit_json({"url": target, "owner": owner, "roles": roles})
+    else:
+        click.echo(f"enrolled with {target} as owner {owner}: {', '.join(roles) or 'no role'}")
+
+
+@cas.group("owner")
+def owner_group() -> None:
+    """Principals of the CAS: who may use it, with which role (administrators)."""
+
+
+_ROLE_OPTION = click.option(
+    "--role",
+    "roles",
+    type=click.Choice(ROLES),
+    multiple=True,
+    help="admin (manages the CAS), owner (sessions) or auditor (the whole audit log); repeatable.",
+)
+
+
+@owner_group.command("add")
+@click.argument("owner_id")
+@_ROLE_OPTION
+@cas_url_option
+def owner_add(owner_id: str, roles: tuple[str, ...], cas_url: str | None) -> None:
+    """Admit OWNER_ID (their `veil owner id`) with --role (default: owner), keeping the
+    roles it has."""
+    client = owner_client(cas_url)
+    current = next((o for o in client.list_owners() if o["owner"] == owner_id), None)
+    wanted = sorted({*(current["roles"] if current else []), *(roles or ("owner",))})
+    result = client.set_owner_roles(owner_id, wanted)
+    click.echo(f"{result['owner']}: {', '.join(result['roles'])}")
+
+
+@owner_group.command("remove")
+@click.argument("owner_id")
+@_ROLE_OPTION
+@cas_url_option
+def owner_remove(owner_id: str, roles: tuple[str, ...], cas_url: str | None) -> None:
+    """Take --role from OWNER_ID, or without --role remove it entirely: its certificate no
+    longer opens anything. The last administrator cannot be removed."""
+    client = owner_client(cas_url)
+    current = next((o for o in client.list_owners() if o["owner"] == owner_id), None)
+    if current is None:
+        raise click.ClickException(f"owner {owner_id} is not admitted")
+    left = sorted(set(current["roles"]) - set(roles)) if roles else []
+    if left:
+        result = client.set_owner_roles(owner_id, left)
+        click.echo(f"{result['owner']}: {', '.join(result['roles'])}")
+    else:
+        client.remove_owner(owner_id)
+        click.echo(f"{owner_id}: removed")
+
+
+@owner_group.command("list")
+@cas_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the principals as JSON.")
+def owner_list(cas_url: str | None, as_json: bool) -> None:
+    """Every admitted owner id with its roles."""
+    rows = owner_client(cas_url).list_owners()
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['owner']}  {','.join(row['roles'])}  by {str(row['by'])[:24]}")

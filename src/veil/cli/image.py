@@ -82,6 +82,13 @@ def _store_on_cas(result: ConvertResult, session_name: str, client: OwnerClient)
     default=None,
     help="Write the session here (mode 0600: it holds the volume keys).",
 )
+@click.option(
+    "--sim-platform",
+    "sim_platforms",
+    multiple=True,
+    metavar="ID",
+    help="A registered sim platform the session accepts (`veil cas platform list`; repeatable).",
+)
 @cas_url_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a summary (digest, measurement, layers) as JSON."
@@ -94,6 +101,7 @@ def convert_command(
     encrypt: tuple[str, ...],
     authenticate: tuple[str, ...],
     template: Path | None,
+    sim_platforms: tuple[str, ...],
     cas_url: str | None,
     as_json: bool,
 ) -> None:
@@ -111,7 +119,13 @@ def convert_command(
     if template is None and cas_url is None and not os.environ.get("VEIL_CAS_ADDR"):
         raise click.UsageError("give --template FILE, --cas URL, or both: the image needs its session")
     options = ConvertOptions(
-        source, destination, session_name, service_name, list(encrypt), list(authenticate)
+        source,
+        destination,
+        session_name,
+        service_name,
+        list(encrypt),
+        list(authenticate),
+        list(sim_platforms),
     )
     # reach the CAS (pin, owner certificate) before the work, so a refusal costs nothing
     client = owner_client(cas_url) if cas_url or template is None else None

@@ -1,8 +1,10 @@
 """`veil session ...`: check and hash session files; create, update and read them on a CAS."""
 
+import contextlib
 import datetime as dt
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,11 @@ import yaml
 from veil.cli.options import cas_url_option, owner_client
 from veil.cli.output import emit_json, note
 from veil.client.config import ClientConfig
-from veil.client.http import OwnerClient, public_secret
+from veil.client.http import CasRequestFailed, OwnerClient, public_secret
 from veil.errors import VeilError
 from veil.policy import PolicyError, Session, load_session_file, parse_session, session_hash, with_predecessor
 from veil.policy.governance import Approval, sign_approval
+from veil.policy.loader import check_session, read_session_file
 from veil.policy.scone import convert_scone_session
 
 
@@ -33,7 +36,7 @@ def check(file: Path, as_json: bool) -> None:
     Exit code 0 when the session is valid, 1 when it is not.
     """
     try:
-        parsed, _ = load_session_file(file)
+        parsed, warnings = check_session(read_session_file(file), str(file))
     except PolicyError as exc:
         if as_json:
             emit_json(
@@ -57,6 +60,10 @@ def check(file: Path, as_json: bool) -> None:
                 "services": [s.name for s in parsed.services],
                 "secrets": [s.name for s in parsed.secrets],
                 "tolerate": parsed.security.tolerate,
+                "warnings": [
+                    {"line": w.line, "column": w.column, "message": w.message, "hint": w.hint}
+                    for w in warnings
+                ],
             }
         )
         return
@@ -64,6 +71,8 @@ def check(file: Path, as_json: bool) -> None:
         f"{file}: ok: session {parsed.name}, {len(parsed.services)} service(s), "
         f"{len(parsed.secrets)} secret(s), hash {digest}"
     )
+    for warning in warnings:
+        click.echo(str(warning))
     if parsed.tolerates_sim:
         click.echo(f"{file}: note: tolerates sim evidence, which protects nothing (development only)")
 
@@ -112,7 +121,18 @@ def _say_stored(result: dict[str, Any], verb: str, as_json: bool) -> None:
 def create(file: Path, cas_url: str | None, as_json: bool) -> None:
     """Create the session in FILE on the CAS; you become its creator (owner)."""
     load_session_file(file)  # report every problem locally, with positions, first
-    _say_stored(owner_client(cas_url).create_session(file.read_text()), "created", as_json)
+    with _located_in(file):
+        result = owner_client(cas_url).create_session(file.read_text())
+    _say_stored(result, "created", as_json)
+
+
+@contextlib.contextmanager
+def _located_in(file: Path) -> Iterator[None]:
+    """The CAS locates problems in the text it received ("<session>:LINE:COL"): name FILE."""
+    try:
+        yield
+    except CasRequestFailed as exc:
+        raise CasRequestFailed(str(exc).replace("<session>:", f"{file}:"), exc.status, exc.body) from None
 
 
 def _update_text(file: Path, client: OwnerClient) -> tuple[Session, str]:
@@ -155,7 +175,8 @@ def update(file: Path, cas_url: str | None, approvals: tuple[Path, ...], as_json
     """
     client = owner_client(cas_url)
     _, text = _update_text(file, client)
-    result = client.update_session(text, [_read_approval(p) for p in approvals])
+    with _located_in(file):
+        result = client.update_session(text, [_read_approval(p) for p in approvals])
     _say_stored(result, "updated", as_json)
 
 

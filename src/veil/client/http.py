@@ -180,23 +180,32 @@ def public_secret(url: str, config: ClientConfig, session: str, secret: str, fmt
     return unb64(answer.get("value"), "value")
 
 
-def enrol_owner(url: str, config: ClientConfig) -> str:
-    """The owner certificate for ``url``: the stored one, or a new one from the CAS."""
+def enrol_owner(url: str, config: ClientConfig, token: str | None = None) -> str:
+    """The owner certificate for ``url``: the stored one, or a new one from the CAS, which
+    issues it to admitted owners (or, with the bootstrap ``token``, to a new administrator)."""
+    return enrol(url, config, token)[0] if token is not None else _stored_or_enrolled(url, config)
+
+
+def _stored_or_enrolled(url: str, config: ClientConfig) -> str:
+    certificate = config.pin(url).owner_certificate
+    return certificate if certificate is not None else enrol(url, config)[0]
+
+
+def enrol(url: str, config: ClientConfig, token: str | None = None) -> tuple[str, list[str]]:
+    """Ask the CAS for an owner certificate (with the bootstrap ``token`` if given); keep
+    it in the pin. Returns (certificate, roles)."""
     pin = config.pin(url)
-    if pin.owner_certificate is not None:
-        return pin.owner_certificate
     key = config.owner_key()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veil owner")]))
         .sign(key, hashes.SHA256())
     )
-    answer = CasConnection(url, pin.ca_certificate).call(
-        "POST", "/v1/owners", {"csr": csr.public_bytes(Encoding.PEM).decode()}
-    )
+    body = {"csr": csr.public_bytes(Encoding.PEM).decode()} | ({"token": token} if token is not None else {})
+    answer = CasConnection(url, pin.ca_certificate).call("POST", "/v1/owners", body)
     pin.owner_certificate = str(answer["certificate"])
     config.save()
-    return pin.owner_certificate
+    return pin.owner_certificate, [str(r) for r in answer.get("roles", [])]
 
 
 class OwnerClient:
@@ -228,12 +237,27 @@ class OwnerClient:
     def list_sessions(self) -> list[str]:
         return [str(n) for n in self.connection.call("GET", "/v1/sessions")["sessions"]]
 
-    def register_platform(self, public_key: bytes) -> str:
-        return str(
-            self.connection.call("POST", "/v1/platforms", {"kind": "sim", "public_key": b64(public_key)})[
-                "platform_id"
-            ]
+    def register_platform(self, public_key: bytes, name: str = "") -> str:
+        body = {"kind": "sim", "public_key": b64(public_key), "name": name}
+        return str(self.connection.call("POST", "/v1/platforms", body)["platform_id"])
+
+    def list_platforms(self) -> list[dict[str, Any]]:
+        return list(self.connection.call("GET", "/v1/platforms")["platforms"])
+
+    def remove_platform(self, platform_id: str) -> None:
+        self.connection.call("DELETE", f"/v1/platforms/{quote(platform_id, safe='')}")
+
+    def list_owners(self) -> list[dict[str, Any]]:
+        return list(self.connection.call("GET", "/v1/owners")["owners"])
+
+    def set_owner_roles(self, owner: str, roles: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = self.connection.call(
+            "PUT", f"/v1/owners/{quote(owner, safe='')}", {"roles": roles}
         )
+        return result
+
+    def remove_owner(self, owner: str) -> None:
+        self.connection.call("DELETE", f"/v1/owners/{quote(owner, safe='')}")
 
     def audit_export(self) -> dict[str, Any]:
         result: dict[str, Any] = self.connection.call("GET", "/v1/audit")

@@ -10,12 +10,19 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from veil.crypto.errors import CryptoError
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` (``os.write`` may write fewer); errors raise."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 (failing if it exists) and write ``data`` durably."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

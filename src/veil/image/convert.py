@@ -46,6 +46,8 @@ class ConvertOptions:
     service: str
     encrypt: list[str] = field(default_factory=list)
     authenticate: list[str] = field(default_factory=list)
+    #: registered sim platforms the session accepts (security.sim_platforms)
+    sim_platforms: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,9 @@ def _protected(options: ConvertOptions) -> list[tuple[str, str]]:
 
 
 def _check_names(options: ConvertOptions) -> None:
-    if not SESSION_NAME.match(options.session):
+    if not SESSION_NAME.fullmatch(options.session):
         raise ImageError(f"'{options.session}' is not a session name (lower-case segments separated by '/')")
-    if not SERVICE_NAME.match(options.service):
+    if not SERVICE_NAME.fullmatch(options.service):
         raise ImageError(f"'{options.service}' is not a service name (a-z, 0-9, '.', '_', '-')")
 
 
@@ -289,7 +291,15 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
             skopeo_copy(f"oci:{out.root}:{out_tag}", options.destination)
 
     text = session_yaml(
-        options.session, options.service, measurement, command, environment, pwd, volumes, options.destination
+        options.session,
+        options.service,
+        measurement,
+        command,
+        environment,
+        pwd,
+        volumes,
+        options.destination,
+        options.sim_platforms,
     )
     return ConvertResult(
         options.destination,

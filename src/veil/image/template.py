@@ -44,11 +44,15 @@ def session_yaml(
     pwd: str,
     volumes: list[TemplateVolume],
     destination: str,
+    sim_platforms: list[str] | None = None,
 ) -> str:
+    security: dict[str, object] = {"tolerate": ["sim"]}
+    if sim_platforms:
+        security["sim_platforms"] = sorted(set(sim_platforms))
     document: dict[str, object] = {
         "name": session,
         "version": "1",
-        "security": {"tolerate": ["sim"]},
+        "security": security,
         "services": [
             {
                 "name": service,

@@ -14,10 +14,12 @@ class PolicyProblem:
     column: int
     message: str
     hint: str = ""
+    #: "error" refuses the session; "warning" is reported by `veil session check` only
+    severity: str = "error"
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        text = f"{where}: error: {self.message}"
+        text = f"{where}: {self.severity}: {self.message}"
         return f"{text} (hint: {self.hint})" if self.hint else text
 
 

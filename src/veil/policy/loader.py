@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from veil.policy.errors import PolicyError, PolicyProblem
 from veil.policy.model import PLATFORM_ENTRIES, Session
-from veil.policy.rules import check_rules
+from veil.policy.rules import check_rules, session_warnings
 from veil.policy.yamlsource import Path, YamlDocument, load_yaml
 
 
@@ -99,6 +99,12 @@ def _problem_from_pydantic(error: Any, doc: YamlDocument) -> PolicyProblem:
 
 def parse_session(text: str, source: str = "<session>") -> Session:
     """Validate a session document; raise PolicyError listing every problem with its position."""
+    return check_session(text, source)[0]
+
+
+def check_session(text: str, source: str = "<session>") -> tuple[Session, list[PolicyProblem]]:
+    """Validate a session document (PolicyError listing every problem), and return it with
+    the warnings about what is valid but probably not meant."""
     doc = load_yaml(text, source)
     if not isinstance(doc.data, dict):
         raise PolicyError([doc.problem((), "a session is a mapping of keys (name, version, services, ...)")])
@@ -109,15 +115,25 @@ def parse_session(text: str, source: str = "<session>") -> Session:
     problems = check_rules(session, doc)
     if problems:
         raise PolicyError(problems)
-    return session
+    return session, session_warnings(session, doc)
+
+
+def locate(text: str, source: str, path: Path, message: str, hint: str = "") -> PolicyProblem:
+    """A problem about ``path`` of a session text that parsed, with its line and column."""
+    return load_yaml(text, source).problem(path, message, hint)
+
+
+def read_session_file(path: FsPath) -> str:
+    """A session file's text; an unreadable file is reported as a policy problem."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([PolicyProblem(str(path), 0, 0, f"cannot read session file: {exc}")]) from None
 
 
 def load_session_file(path: FsPath) -> tuple[Session, str]:
     """(session, its YAML text) from a file; unreadable files are reported as policy problems."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([PolicyProblem(str(path), 0, 0, f"cannot read session file: {exc}")]) from None
+    text = read_session_file(path)
     return parse_session(text, str(path)), text
 
 

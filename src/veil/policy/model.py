@@ -24,11 +24,13 @@ from pydantic import (
     model_validator,
 )
 
-SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-MEASUREMENT = re.compile(r"^sha256:[0-9a-f]{64}$")
-SESSION_HASH = re.compile(r"^[0-9a-f]{64}$")
+SESSION_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
+SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}")
+SESSION_HASH = re.compile(r"[0-9a-f]{64}")
+OWNER_ID = re.compile(r"[0-9a-f]{64}")
+PLATFORM_ID = re.compile(r"[0-9a-f]{64}")
 
 #: Tolerances a session may grant. Only ``sim`` has an effect before hardware verifiers land;
 #: the others are accepted so that sessions can be written for hardware now.
@@ -84,7 +86,7 @@ class _HardwareEntry(StrictModel):
     @field_validator("workload")
     @classmethod
     def _workload(cls, value: str | None) -> str | None:
-        if value is not None and not MEASUREMENT.match(value):
+        if value is not None and not MEASUREMENT.fullmatch(value):
             raise ValueError("a workload measurement is 'sha256:' followed by 64 lower-case hex digits")
         return value
 
@@ -98,7 +100,7 @@ class SimAttestation(StrictModel):
     @field_validator("measurement")
     @classmethod
     def _measurement(cls, value: str) -> str:
-        if not MEASUREMENT.match(value):
+        if not MEASUREMENT.fullmatch(value):
             raise ValueError("a measurement is 'sha256:' followed by 64 lower-case hex digits")
         return value
 
@@ -252,7 +254,7 @@ class InjectedFile(StrictModel):
 
 
 def _session_name(value: str) -> str:
-    if not SESSION_NAME.match(value):
+    if not SESSION_NAME.fullmatch(value):
         raise ValueError("a session name is lower-case segments separated by '/', e.g. acme/payments")
     return value
 
@@ -260,33 +262,62 @@ def _session_name(value: str) -> str:
 SessionName = Annotated[str, AfterValidator(_session_name)]
 
 
+def _session_hash(value: str | None) -> str | None:
+    if value is not None and not SESSION_HASH.fullmatch(value):
+        raise ValueError("session_hash is a session hash: 64 lower-case hex digits (veil session hash)")
+    return value
+
+
+def _owner_id(value: str | None) -> str | None:
+    if value is not None and not OWNER_ID.fullmatch(value):
+        raise ValueError("owner is an owner id: 64 lower-case hex digits (veil owner id)")
+    return value
+
+
+def _unset(value: object) -> bool:
+    return value is None or value == []
+
+
+HashPin = Annotated[str | None, AfterValidator(_session_hash)]
+OwnerPin = Annotated[str | None, AfterValidator(_owner_id)]
+
+# Keys added after language version 1 was first hashed are left out of the canonical form
+# while unset (``exclude_if``), so every session written before keeps its hash.
+
+
 class ExportTarget(StrictModel):
-    """A session a secret or volume is exported to, optionally pinned to one version of it."""
+    """A session a secret or volume is exported to, pinned to one version of it
+    (``session_hash``: any update of the importer ends the export) or to the owner who
+    created it (``owner``); without either, the CAS pins it to that session's creator when
+    the exporting session is stored (docs/policy.md, "Sharing between sessions")."""
 
     session: SessionName
-    #: the importing session's hash; when it changes (any update), the export no longer applies
-    session_hash: str | None = None
-
-    @field_validator("session_hash")
-    @classmethod
-    def _hash(cls, value: str | None) -> str | None:
-        if value is not None and not SESSION_HASH.match(value):
-            raise ValueError("session_hash is a session hash: 64 lower-case hex digits (veil session hash)")
-        return value
+    session_hash: HashPin = None
+    owner: OwnerPin = Field(default=None, exclude_if=_unset)
 
 
 class SecretImport(StrictModel):
-    """Where an imported secret comes from: another session that exports it to this one."""
+    """Where an imported secret comes from: another session that exports it to this one,
+    pinned like an export target."""
 
     session: SessionName
     secret: str
+    session_hash: HashPin = Field(default=None, exclude_if=_unset)
+    owner: OwnerPin = Field(default=None, exclude_if=_unset)
 
 
 class VolumeImport(StrictModel):
-    """Where an imported volume comes from: another session that exports it to this one."""
+    """Where an imported volume comes from: another session that exports it to this one,
+    pinned like an export target."""
 
     session: SessionName
     volume: str
+    session_hash: HashPin = Field(default=None, exclude_if=_unset)
+    owner: OwnerPin = Field(default=None, exclude_if=_unset)
+
+
+#: what names another session in sharing
+SessionPin = ExportTarget | SecretImport | VolumeImport
 
 
 class VolumeDefinition(StrictModel):
@@ -332,7 +363,7 @@ class VolumeDefinition(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not SERVICE_NAME.match(value):
+        if not SERVICE_NAME.fullmatch(value):
             raise ValueError("a volume name uses a-z, 0-9, '.', '_' and '-' and starts alphanumeric")
         return value
 
@@ -351,11 +382,11 @@ class ServiceVolume(StrictModel):
         return value.rstrip("/")
 
 
-_ADDRESS = re.compile(r"^(unix:/.+|\[?[0-9A-Za-z.:\-]*\]?:[0-9]{1,5})$")
+_ADDRESS = re.compile(r"(unix:/.+|\[?[0-9A-Za-z.:\-]*\]?:[0-9]{1,5})")
 
 
 def _address(value: str) -> str:
-    if not _ADDRESS.match(value):
+    if not _ADDRESS.fullmatch(value):
         raise ValueError("an address is HOST:PORT or unix:/PATH")
     if not value.startswith("unix:") and not 0 < int(value.rsplit(":", 1)[1]) < 65536:
         raise ValueError("a port is between 1 and 65535")
@@ -363,13 +394,13 @@ def _address(value: str) -> str:
 
 
 def _identity(value: str) -> str:
-    if value != "instance" and not SECRET_NAME.match(value):
+    if value != "instance" and not SECRET_NAME.fullmatch(value):
         raise ValueError("an identity is 'instance' or the name of an x509 secret")
     return value
 
 
 def _trust(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed and not (value.startswith("ca:") and SECRET_NAME.match(value[3:])):
+    if value not in allowed and not (value.startswith("ca:") and SECRET_NAME.fullmatch(value[3:])):
         choices = " or ".join(f"'{a}'" for a in allowed)
         raise ValueError(f"expected {choices} or 'ca:SECRET' (an x509-ca secret)")
     return value
@@ -465,7 +496,7 @@ class Service(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not SERVICE_NAME.match(value):
+        if not SERVICE_NAME.fullmatch(value):
             raise ValueError("a service name uses a-z, 0-9, '.', '_' and '-' and starts alphanumeric")
         return value
 
@@ -553,7 +584,7 @@ class SecretDefinition(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not SECRET_NAME.match(value):
+        if not SECRET_NAME.fullmatch(value):
             raise ValueError("a secret name uses letters, digits, '_', '.' and '-'")
         return value
 
@@ -712,6 +743,19 @@ class Security(StrictModel):
     #: with a tolerated TCB status other than UpToDate, only these advisories are accepted
     #: (absent: any advisory of a tolerated status).
     allowed_advisories: list[str] | None = None
+    #: the registered sim platforms (ids from `veil cas platform list`) whose evidence the
+    #: network CAS accepts for this session; the embedded CAS also accepts its own node
+    sim_platforms: list[str] = Field(default_factory=list, exclude_if=_unset)
+
+    @field_validator("sim_platforms")
+    @classmethod
+    def _platform_ids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not PLATFORM_ID.fullmatch(item):
+                raise ValueError(
+                    f"'{item[:80]}' is not a platform id (64 lower-case hex digits, `veil cas platform list`)"
+                )
+        return sorted(set(value))
 
     @field_validator("tolerate")
     @classmethod
@@ -735,7 +779,7 @@ class Session(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not SESSION_NAME.match(value):
+        if not SESSION_NAME.fullmatch(value):
             raise ValueError("a session name is lower-case segments separated by '/', e.g. acme/payments")
         return value
 
@@ -747,7 +791,7 @@ class Session(StrictModel):
     @field_validator("predecessor")
     @classmethod
     def _predecessor(cls, value: str | None) -> str | None:
-        if value is not None and not SESSION_HASH.match(value):
+        if value is not None and not SESSION_HASH.fullmatch(value):
             raise ValueError("predecessor is a session hash: 64 lower-case hex digits")
         return value
 

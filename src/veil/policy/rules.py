@@ -260,3 +260,32 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
                     )
                 )
     return problems
+
+
+def session_warnings(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    """What is valid but probably not meant (``veil session check`` reports it): secrets in
+    a command line, which every local user reads in /proc/PID/cmdline (warnings), and sim
+    tolerated without naming the sim platforms a network CAS may accept (a note)."""
+    warnings: list[PolicyProblem] = []
+    for s_index, service in enumerate(session.services):
+        for a_index, argument in enumerate(service.command):
+            names = sorted({p.name for p in find_placeholders(argument)})
+            if names:
+                warnings.append(
+                    doc.problem(
+                        ("services", s_index, "command", a_index),
+                        f"secret {', '.join(repr(n) for n in names)} is in the command line, which every "
+                        "user of the machine can read (/proc/PID/cmdline)",
+                        "pass it in environment or an injected file instead (docs/policy.md)",
+                    )
+                )
+    found = [PolicyProblem(w.source, w.line, w.column, w.message, w.hint, "warning") for w in warnings]
+    if session.tolerates_sim and not session.security.sim_platforms:
+        note = doc.problem(
+            ("security", "tolerate"),
+            "sim is tolerated but security.sim_platforms names no platform: a network CAS accepts "
+            "sim evidence only from the platforms listed there (the embedded CAS, its own node)",
+            "on a network CAS, add sim_platforms: [ID] with ids from `veil cas platform list`",
+        )
+        found.append(PolicyProblem(note.source, note.line, note.column, note.message, note.hint, "note"))
+    return found

@@ -80,7 +80,7 @@ class _Converter:
         fixed = "/".join(p if p and p[0].isalnum() else f"s{p}" for p in fixed.split("/"))
         if fixed != name:
             self.warn(f"{where}: session name '{name}' becomes '{fixed}' (veil names are lower-case)")
-        if not SESSION_NAME.match(fixed):
+        if not SESSION_NAME.fullmatch(fixed):
             self.warn(f"{where}: '{fixed}' is still not a valid session name; rename it")
         return fixed
 
@@ -91,7 +91,7 @@ class _Converter:
             fixed = f"x{fixed}"
         if fixed != name:
             self.warn(f"{what} '{name}' becomes '{fixed}' (veil names are lower-case)")
-        assert SERVICE_NAME.match(fixed)
+        assert SERVICE_NAME.fullmatch(fixed)
         return fixed
 
     def text(self, value: Any, where: str) -> str:

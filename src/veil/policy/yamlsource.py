@@ -2,7 +2,9 @@
 
 PyYAML's composer gives nodes with marks; we construct the values ourselves so that each
 value is reachable by its path (``("services", 0, "command")``) and duplicate keys, which
-PyYAML would silently accept, are reported.
+PyYAML would silently accept, are reported. Before composing, the event stream is scanned
+for its size once aliases are expanded and for its nesting depth, so that an alias bomb or
+a deeply nested document is refused in time linear in its text (docs/policy.md, "Limits").
 """
 
 from dataclasses import dataclass, field
@@ -13,6 +15,11 @@ import yaml
 from veil.policy.errors import PolicyError, PolicyProblem
 
 Path = tuple[str | int, ...]
+
+#: a session is small: these bound the work any document can cause (docs/policy.md, "Limits")
+MAX_TEXT = 1 << 20
+MAX_NODES = 20_000
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -98,10 +105,69 @@ class _Builder:
         return str(value)
 
 
+def _limit_problem(source: str, event: yaml.Event, message: str, hint: str) -> PolicyError:
+    mark = event.start_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+    return PolicyError([PolicyProblem(source, line, column, message, hint)])
+
+
+def check_bounds(text: str, source: str, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a document whose nodes, with every alias expanded, number more than
+    ``max_nodes``, or that nests deeper than ``max_depth``: counted on the event stream,
+    before any node is built (PyYAML's parser is not recursive; its composer is)."""
+    if len(text) > MAX_TEXT:
+        raise PolicyError(
+            [PolicyProblem(source, 0, 0, f"the document has {len(text)} characters; the limit is {MAX_TEXT}")]
+        )
+    open_sizes: list[int] = []  # expanded node count of each open collection
+    open_anchors: list[str | None] = []
+    sizes: dict[str, int] = {}  # anchor -> expanded node count of its node
+    top = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_sizes.append(1)
+            open_anchors.append(event.anchor)
+            if len(open_sizes) > max_depth:
+                raise _limit_problem(
+                    source, event, f"the document nests deeper than {max_depth} levels", "a session is flat"
+                )
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            size = open_sizes.pop()
+            anchor = open_anchors.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors:
+                raise _limit_problem(
+                    source, event, f"alias *{event.anchor} refers to a node that contains it", ""
+                )
+            size, anchor = sizes.get(str(event.anchor), 1), None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        if open_sizes:
+            open_sizes[-1] += size
+            total = open_sizes[-1]
+        else:
+            top += size
+            total = top
+        if total > max_nodes:
+            raise _limit_problem(
+                source,
+                event,
+                f"the document expands to more than {max_nodes} nodes",
+                "aliases (*name) count once per use; a session is small",
+            )
+
+
 def load_yaml(text: str, source: str) -> YamlDocument:
-    """Parse one YAML document; raise PolicyError with the position of any syntax error."""
+    """Parse one YAML document; raise PolicyError with the position of any syntax error
+    and refuse documents beyond the limits (``check_bounds``)."""
     doc = YamlDocument(source=source, data=None)
     try:
+        check_bounds(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -52,7 +52,8 @@ class EmbeddedHome:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         cas = Cas.open_embedded(self.cas_dir, collateral_dir=self.collateral_dir)
         key = PlatformSigningKey.load_or_create(self.platform_key_file)
-        cas.register_sim_platform(key.public_bytes, EMBEDDED_OWNER)
+        cas.register_sim_platform(key.public_bytes, EMBEDDED_OWNER, "this node (embedded CAS)")
+        cas.implicit_sim_platforms = frozenset({key.key_id})  # one machine, one owner
         return cas, key
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import session_dict
+from tests.unit.policy.test_loader import GOOD
 from veil.policy import parse_session, session_hash
 
 BASE = session_dict(
@@ -86,3 +87,20 @@ def test_a_quoted_number_and_a_number_mean_the_same() -> None:
     text = yaml.safe_dump(BASE).replace("version: '1'", "version: 1")
     assert "version: 1\n" in text
     assert _hash(text) == _hash(yaml.safe_dump(BASE))
+
+
+def test_keys_added_to_the_language_leave_earlier_hashes_unchanged() -> None:
+    """sim_platforms, owner pins and import hashes are left out of the canonical form while
+    unset: a session stored before they existed keeps its hash (and every pin naming it)."""
+    text = GOOD + (
+        "volumes:\n"
+        "  - name: data\n"
+        f'    export: [{{session: lab/x, session_hash: "{"ab" * 32}"}}]\n'
+        "  - name: in\n"
+        "    import: {session: lab/y, volume: v}\n"
+    )
+    text = text.replace("  - name: db_pass\n", "  - name: db_pass\n    export: [{session: lab/z}]\n")
+    # the hash veil 0.1.0 gave this text before those keys existed
+    assert _hash(text) == "6da072c9ac268a8da539455971d106ce2b6590146e2051cb649eff9367372977"
+    pinned = text.replace("export: [{session: lab/z}]", f"export: [{{session: lab/z, owner: '{'cd' * 32}'}}]")
+    assert _hash(pinned) != _hash(text)

@@ -7,6 +7,7 @@ import yaml
 
 from tests.conftest import session_dict
 from veil.policy import PolicyError, parse_session
+from veil.policy.loader import check_session
 
 M = "sha256:" + "ab" * 32
 
@@ -189,3 +190,42 @@ def test_an_initial_tag_is_64_hex_digits_and_measure_is_command_or_image() -> No
     document["volumes"] = [{"name": "v", "key": "k", "initial_tag": "ab" * 32}]
     document["secrets"] = [{"name": "k", "kind": "binary", "size": 32}]
     assert parse_session(yaml.safe_dump(document)).services[0].measure == "image"
+
+
+def test_check_warns_about_secrets_in_argv_and_notes_unnamed_sim_platforms() -> None:
+    session, warnings = check_session(GOOD, "s.yaml")
+    assert session.name == "acme/payments"
+    [argv, sim] = warnings
+    assert (argv.severity, argv.line) == ("warning", 10)
+    assert "secret 'db_pass' is in the command line" in argv.message and "environment" in argv.hint
+    assert str(argv).startswith("s.yaml:10:") and ": warning: " in str(argv)
+    assert sim.severity == "note" and "sim_platforms" in sim.message
+    quiet = GOOD.replace(', "--db-pass", "$$VEIL::db_pass$$"', "").replace(
+        "  tolerate: [sim]\n", f"  tolerate: [sim]\n  sim_platforms: ['{'ab' * 32}']\n"
+    )
+    assert check_session(quiet, "s.yaml")[1] == []
+
+
+def test_names_must_match_whole_not_up_to_a_newline() -> None:
+    for bad in ('name: "acme/payments\\n"', 'name: "acme/payments\\nx"'):
+        text = GOOD.replace("name: acme/payments", bad)
+        assert any("session name" in p[2] for p in problems(text))
+    text = GOOD.replace("  - name: db_pass\n", '  - name: "db_pass\\n"\n')
+    assert text != GOOD
+    assert any("secrets[0].name" in p[2] for p in problems(text))
+
+
+def test_limits_refuse_hostile_documents_before_building_them() -> None:
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(7)
+    )
+    [(line, _, message, hint)] = problems(bomb)
+    assert line == 5 and "expands to more than 20000 nodes" in message and "aliases" in hint
+    assert "nests deeper than 64 levels" in problems("a: " + "[" * 5000 + "]" * 5000)[0][2]
+    assert "refers to a node that contains it" in problems("a: &x [*x]\n")[0][2]
+    assert "the limit is" in problems("a: " + "x" * (1 << 20))[0][2]
+    # aliases within the limit are fine: counted once per use
+    shared = GOOD.replace('DB_PASS: "$$VEIL::db_pass$$"', 'DB_PASS: &pw "$$VEIL::db_pass$$"').replace(
+        "PORT: 8080\n", "PORT: 8080\n      COPY: *pw\n"
+    )
+    assert parse_session(shared).service("api").environment["COPY"] == "$$VEIL::db_pass$$"  # type: ignore[union-attr]

@@ -1,16 +1,20 @@
 """HTTP handlers of the network CAS (docs/cas-api.md, openapi.yaml): thin, over ``Cas``.
 
 Each handler parses JSON, calls one use case and maps its result or error to a response.
-Owner endpoints need a client certificate the CAS issued (POST /v1/owners); the owner is
-the hash of that certificate's public key. Runtime endpoints need no TLS client identity:
+Every route declares who may call it (``Access``), and the middleware enforces that before
+the handler runs: principals present a client certificate the CAS issued (POST /v1/owners)
+and must be admitted with the route's role; runtimes need no TLS client identity, since
 evidence and instance-key signatures authenticate them.
 """
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 
@@ -19,11 +23,13 @@ from aiohttp import web
 from cryptography import x509
 
 from veil import __version__
-from veil.cas.errors import AccessDenied, Conflict, PredecessorMismatch, SessionNotFound, VolumeTagRefused
-from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_id
+from veil.cas.errors import AccessDenied, Conflict, NotFound, PredecessorMismatch, VolumeTagRefused
+from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_from_csr, owner_id
+from veil.cas.principals import Principal, PrincipalRefused, Role, check_owner_id
 from veil.cas.replicas import JoinRequest, grant_join
+from veil.cas.server.limits import BODY_TIMEOUT, PARSE_TIMEOUT, parse_json_body
 from veil.cas.server.metrics import CasMetrics
-from veil.cas.service import Cas
+from veil.cas.service import Cas, parse_submitted
 from veil.cas.sharing import SessionRecord
 from veil.errors import VeilError
 from veil.policy import PolicyError
@@ -43,6 +49,22 @@ from veil.protocol import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Access(StrEnum):
+    """Who may call a route (``x-veil-access`` in openapi.yaml)."""
+
+    #: no credential: health, identity, the CAS's evidence, public secrets, enrolment requests
+    ANYONE = "anyone"
+    #: no credential either: the request is authenticated by evidence or an instance key
+    RUNTIME = "runtime"
+    #: any admitted principal (what it sees depends on its roles)
+    PRINCIPAL = "principal"
+    OWNER = "owner"
+    ADMIN = "admin"
+
+
+_ROLE_OF = {Access.OWNER: Role.OWNER, Access.ADMIN: Role.ADMIN}
 
 
 @dataclass(frozen=True)
@@ -69,9 +91,11 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _status_of(exc: VeilError) -> int:
+    if isinstance(exc, PrincipalRefused):
+        return 403
     if isinstance(exc, PolicyError):
         return 422
-    if isinstance(exc, SessionNotFound):
+    if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, AccessDenied | AttestationRefused):
         return 403
@@ -81,48 +105,66 @@ def _status_of(exc: VeilError) -> int:
 
 
 class CasApp:
-    def __init__(self, cas: Cas, me: CasSelf, auditors: frozenset[str] = frozenset()) -> None:
+    def __init__(self, cas: Cas, me: CasSelf, open_enrolment: bool = False) -> None:
         self.cas = cas
         self.me = me
-        #: owners who may read the audit log (empty: every enrolled owner)
-        self.auditors = auditors
+        #: anyone may enrol an owner key and becomes an owner (development only)
+        self.open_enrolment = open_enrolment
         self.metrics = CasMetrics(lambda: len(cas.records.keys("session")), cas.sim_mode)
         self._owners: dict[bytes, str] = {}
         self._openapi = json.dumps(openapi_document()).encode()
+        self._access: dict[tuple[str, str], Access] = {}
+        #: parses submitted sessions off the event loop (docs/cas-api.md, "Limits")
+        self._parser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-cas-parse")
 
     def close(self) -> None:
         """Close this process's store connection."""
+        self._parser.shutdown(wait=False, cancel_futures=True)
         self.cas.records.store.close()
 
     # -- plumbing -----------------------------------------------------------------------
 
+    def routes(self) -> list[tuple[str, str, Handler, Access]]:
+        """Every route with who may call it; the middleware enforces the access."""
+        return [
+            ("GET", "/healthz", self.healthz, Access.ANYONE),
+            ("GET", "/readyz", self.readyz, Access.ANYONE),
+            ("GET", "/metrics", self.metrics_page, Access.ANYONE),
+            ("GET", "/v1/openapi.json", self.openapi, Access.ANYONE),
+            ("GET", "/v1/cas", self.cas_info, Access.ANYONE),
+            ("POST", "/v1/cas/evidence", self.cas_evidence, Access.ANYONE),
+            ("POST", "/v1/owners", self.enrol, Access.ANYONE),
+            ("GET", "/v1/owners", self.owners_list, Access.ADMIN),
+            ("PUT", "/v1/owners/{owner}", self.owner_set, Access.ADMIN),
+            ("DELETE", "/v1/owners/{owner}", self.owner_remove, Access.ADMIN),
+            ("POST", "/v1/nonces", self.nonce, Access.RUNTIME),
+            ("GET", "/v1/launch", self.launch, Access.RUNTIME),
+            ("POST", "/v1/attest", self.attest, Access.RUNTIME),
+            ("POST", "/v1/volume-tags", self.volume_tag, Access.RUNTIME),
+            ("POST", "/v1/replicas/join", self.replica_join, Access.RUNTIME),
+            ("GET", "/v1/sessions", self.sessions_get, Access.OWNER),
+            ("POST", "/v1/sessions", self.session_create, Access.OWNER),
+            ("PUT", "/v1/sessions", self.session_update, Access.OWNER),
+            ("GET", "/v1/sessions/versions", self.session_versions, Access.OWNER),
+            ("GET", "/v1/platforms", self.platforms_list, Access.OWNER),
+            ("POST", "/v1/platforms", self.platform_add, Access.ADMIN),
+            ("DELETE", "/v1/platforms/{platform_id}", self.platform_remove, Access.ADMIN),
+            ("GET", "/v1/audit", self.audit, Access.PRINCIPAL),
+            ("GET", "/v1/public", self.public_secret, Access.ANYONE),
+        ]
+
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=4 << 20)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_page)
-        app.router.add_get("/v1/openapi.json", self.openapi)
-        app.router.add_get("/v1/cas", self.cas_info)
-        app.router.add_post("/v1/cas/evidence", self.cas_evidence)
-        app.router.add_post("/v1/owners", self.enrol)
-        app.router.add_post("/v1/nonces", self.nonce)
-        app.router.add_get("/v1/launch", self.launch)
-        app.router.add_post("/v1/attest", self.attest)
-        app.router.add_post("/v1/volume-tags", self.volume_tag)
-        app.router.add_post("/v1/replicas/join", self.replica_join)
-        app.router.add_get("/v1/sessions", self.sessions_get)
-        app.router.add_post("/v1/sessions", self.session_create)
-        app.router.add_put("/v1/sessions", self.session_update)
-        app.router.add_get("/v1/sessions/versions", self.session_versions)
-        app.router.add_post("/v1/platforms", self.platform_add)
-        app.router.add_get("/v1/audit", self.audit)
-        app.router.add_get("/v1/public", self.public_secret)
+        for method, path, handler, access in self.routes():
+            app.router.add_route(method, path, handler)
+            self._access[(method, path)] = access
         return app
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         try:
+            self._admit(request)
             response = await handler(request)
         except _Fail as fail:
             response = self._json(fail.body, fail.status)
@@ -150,9 +192,15 @@ class CasApp:
     @staticmethod
     async def _body(request: web.Request) -> dict[str, Any]:
         try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            raise _Fail(400, {"error": "the request body is not JSON"}) from None
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+        except TimeoutError:
+            raise _Fail(
+                408, {"error": f"the request body did not arrive within {BODY_TIMEOUT:g} s"}
+            ) from None
+        try:
+            body = parse_json_body(raw)
+        except ValueError as exc:
+            raise _Fail(400, {"error": str(exc)}) from None
         if not isinstance(body, dict):
             raise _Fail(400, {"error": "the request body must be a JSON object"})
         return body
@@ -164,8 +212,36 @@ class CasApp:
             raise _Fail(400, {"error": f"field '{name}' is missing or not a string"})
         return value
 
+    def _admit(self, request: web.Request) -> None:
+        """Enforce the route's access: a principal with the route's role (401 without a
+        client certificate, 403 when not admitted or without the role)."""
+        resource = request.match_info.route.resource
+        key = (request.method, resource.canonical) if resource is not None else None
+        access = self._access.get(key) if key else None
+        if access in (Access.PRINCIPAL, Access.OWNER, Access.ADMIN):
+            owner = self._owner(request)
+            role = _ROLE_OF.get(access)
+            principal = (
+                self.cas.principals.require(owner, role) if role is not None else self._any_principal(owner)
+            )
+            request["principal"] = principal
+
+    def _any_principal(self, owner: str) -> Principal:
+        principal = self.cas.principals.get(owner)
+        if principal is None:
+            return self.cas.principals.require(owner, Role.OWNER)  # raises, saying how to be admitted
+        return principal
+
+    @staticmethod
+    def _principal(request: web.Request) -> Principal:
+        principal: Principal = request["principal"]
+        return principal
+
+    def _caller(self, request: web.Request) -> str:
+        return self._principal(request).owner
+
     def _owner(self, request: web.Request) -> str:
-        """The authenticated owner: the key hash of the client certificate, or 401."""
+        """The authenticated owner id: the key hash of the client certificate, or 401."""
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
@@ -228,12 +304,43 @@ class CasApp:
         return self._json(body)
 
     async def enrol(self, request: web.Request) -> web.Response:
-        csr = self._text(await self._body(request), "csr")
+        """A client certificate for an admitted owner key; the bootstrap token admits its
+        holder as an administrator; ``--open-enrolment`` admits anyone as an owner."""
+        body = await self._body(request)
         try:
-            owner, certificate = self.me.identity.issue_owner_certificate(csr)
+            owner, public_key = owner_from_csr(self._text(body, "csr"))
         except EnrolmentRefused as exc:
-            raise _Fail(400, {"error": str(exc)}) from None
-        return self._json({"owner": owner, "certificate": certificate}, 201)
+            raise _Fail(422, {"error": str(exc)}) from None
+        token = body.get("token")
+        if token is not None:
+            if not isinstance(token, str):
+                raise _Fail(400, {"error": "field 'token' must be a string"})
+            principal = self.cas.principals.redeem_bootstrap_token(token, owner)
+        else:
+            found = self.cas.principals.get(owner)
+            if found is None and self.open_enrolment:
+                found = self.cas.principals.set_roles(owner, [Role.OWNER], "open-enrolment")
+            principal = found or self.cas.principals.require(owner, Role.OWNER)
+        certificate = self.me.identity.issue_owner_certificate(public_key)
+        return self._json({"owner": owner, "certificate": certificate, "roles": sorted(principal.roles)}, 201)
+
+    # -- principals (administrators) -----------------------------------------------------
+
+    async def owners_list(self, request: web.Request) -> web.Response:
+        return self._json({"owners": [p.to_json() for p in self.cas.principals.all()]})
+
+    async def owner_set(self, request: web.Request) -> web.Response:
+        owner = check_owner_id(request.match_info["owner"])
+        roles = (await self._body(request)).get("roles")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise _Fail(400, {"error": "field 'roles' must be a list of role names"})
+        principal = self.cas.principals.set_roles(owner, roles, self._caller(request))
+        return self._json(principal.to_json())
+
+    async def owner_remove(self, request: web.Request) -> web.Response:
+        owner = check_owner_id(request.match_info["owner"])
+        self.cas.principals.remove(owner, self._caller(request))
+        return web.Response(status=204)
 
     # -- runtimes ------------------------------------------------------------------------
 
@@ -278,7 +385,7 @@ class CasApp:
         }
 
     async def sessions_get(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
+        owner = self._caller(request)
         name = request.query.get("name")
         if name is None:
             return self._json({"sessions": self.cas.list_sessions(owner)})
@@ -291,24 +398,38 @@ class CasApp:
             }
         )
 
+    async def _parsed(self, text: str) -> None:
+        """Parse a submitted session in a worker thread, within PARSE_TIMEOUT, so that no
+        document stalls the event loop; the use case then finds the result cached."""
+        future = asyncio.get_running_loop().run_in_executor(self._parser, parse_submitted, text, "<session>")
+        try:
+            await asyncio.wait_for(future, PARSE_TIMEOUT)
+        except TimeoutError:
+            raise _Fail(
+                413,
+                {"error": f"the session took longer than {PARSE_TIMEOUT:g} s to parse; a session is small"},
+            ) from None
+
     async def session_create(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        record = self.cas.create_session(self._text(await self._body(request), "text"), owner)
+        owner = self._caller(request)
+        text = self._text(await self._body(request), "text")
+        await self._parsed(text)
+        record = self.cas.create_session(text, owner)
         return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)}, 201)
 
     async def session_update(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
+        owner = self._caller(request)
         body = await self._body(request)
         approvals = body.get("approvals", [])
         if not isinstance(approvals, list):
             raise _Fail(400, {"error": "field 'approvals' must be a list"})
-        record = self.cas.update_session(
-            self._text(body, "text"), owner, approvals=[Approval.from_json(a) for a in approvals]
-        )
+        text = self._text(body, "text")
+        await self._parsed(text)
+        record = self.cas.update_session(text, owner, approvals=[Approval.from_json(a) for a in approvals])
         return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)})
 
     async def session_versions(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
+        owner = self._caller(request)
         name = request.query.get("name")
         if not name:
             raise _Fail(400, {"error": "query parameter name=SESSION is required"})
@@ -325,8 +446,11 @@ class CasApp:
         ]
         return self._json({"name": name, "versions": rows, "sim": self.cas.sim_mode})
 
+    async def platforms_list(self, request: web.Request) -> web.Response:
+        return self._json({"platforms": self.cas.platforms(), "sim": self.cas.sim_mode})
+
     async def platform_add(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
+        owner = self._caller(request)
         body = await self._body(request)
         if body.get("kind") != "sim":
             raise _Fail(
@@ -335,7 +459,17 @@ class CasApp:
         public_key = unb64(body.get("public_key"), "public_key")
         if len(public_key) != 32:
             raise _Fail(400, {"error": "a sim platform key is a 32-byte Ed25519 public key"})
-        return self._json({"platform_id": self.cas.register_sim_platform(public_key, owner)}, 201)
+        name = body.get("name", "")
+        if not isinstance(name, str) or len(name) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise _Fail(
+                400, {"error": "field 'name' must be text of at most 200 characters, no control ones"}
+            )
+        return self._json({"platform_id": self.cas.register_sim_platform(public_key, owner, name)}, 201)
+
+    async def platform_remove(self, request: web.Request) -> web.Response:
+        platform_id = request.match_info["platform_id"]
+        self.cas.remove_platform(platform_id, self._caller(request))
+        return web.Response(status=204)
 
     async def public_secret(self, request: web.Request) -> web.Response:
         """A secret its session marks export_public: no authentication."""
@@ -349,12 +483,12 @@ class CasApp:
         )
 
     async def audit(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if self.auditors and owner not in self.auditors:
-            raise _Fail(
-                403, {"error": "only the auditors named by this CAS (--auditor) may read its audit log"}
-            )
-        return self._json(self.cas.audit.export(self.me.identity.sign))
+        """Administrators and auditors read the whole log; an owner the entries of the
+        sessions it may read (a filtered view)."""
+        principal = self._principal(request)
+        if principal.has(Role.AUDITOR):
+            return self._json(self.cas.audit.export(self.me.identity.sign))
+        return self._json(self.cas.audit_for(principal.owner, self.me.identity.sign))
 
 
 __all__ = ["CasApp", "CasSelf", "openapi_document"]

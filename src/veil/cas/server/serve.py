@@ -26,6 +26,8 @@ import uvloop
 from aiohttp import web
 
 from veil.cas.server.app import CasApp
+from veil.cas.server.guard import GuardedSite, PendingConnections
+from veil.cas.server.limits import HEADER_TIMEOUT
 from veil.cas.server.metrics import use_multiprocess_metrics
 from veil.errors import VeilError
 
@@ -57,13 +59,11 @@ def run_site(
     (True); ``ready`` is called with the URL once listening (on ``sock`` when given)."""
 
     async def main() -> bool:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=HEADER_TIMEOUT)
         await runner.setup()
-        site: web.BaseSite
-        if sock is None:
-            site = web.TCPSite(runner, host, port, ssl_context=context, backlog=1024, reuse_address=True)
-        else:
-            site = web.SockSite(runner, sock, ssl_context=context, backlog=1024)
+        assert runner.server is not None
+        PendingConnections(runner.server)
+        site = GuardedSite(runner, sock or listening_socket(host, port, shared=False), context)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -124,14 +124,17 @@ def _run_app(
         app.close()
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket other processes may bind too (SO_REUSEPORT)."""
+def listening_socket(host: str, port: int, shared: bool = True) -> socket.socket:
+    """A listening TCP socket, non-blocking as the event loop needs it; ``shared``: other
+    processes of this user may bind the port too (SO_REUSEPORT, for workers)."""
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(info[4])
     sock.listen(1024)
+    sock.setblocking(False)
     return sock
 
 
