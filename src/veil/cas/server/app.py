@@ -192,7 +192,11 @@ class CasApp:
     @staticmethod
     async def _body(request: web.Request) -> dict[str, Any]:
         try:
-            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+            if request.content.is_eof():  # the whole body came with the head: no wait
+                raw = await request.read()
+            else:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    raw = await request.read()
         except TimeoutError:
             raise _Fail(
                 408, {"error": f"the request body did not arrive within {BODY_TIMEOUT:g} s"}
