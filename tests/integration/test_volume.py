@@ -348,3 +348,50 @@ def test_random_operations_through_the_mount_match_a_plain_directory(
         veil("volume", "verify", str(mounted.vol), "--key-file", str(mounted.key), "--tag", tag).returncode
         == 0
     )
+
+
+def test_verify_repair_removes_objects_no_file_refers_to(tmp_path: Path, tree: Path) -> None:
+    key, vol = tmp_path / "k", tmp_path / "vol"
+    tag = veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key)).stdout.strip().splitlines()[-1]
+    orphan = vol / "objects" / "ab" / ("ab" + "0" * 30)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(os.urandom(5000))
+    (orphan.parent / (orphan.name + ".tags")).write_bytes(os.urandom(48))
+    found = veil("volume", "verify", str(vol), "--key-file", str(key), "--tag", tag, "--json")
+    assert found.returncode == 1
+    assert {p["path"] for p in json.loads(found.stdout)["problems"]} == {
+        f"objects/ab/{orphan.name}",
+        f"objects/ab/{orphan.name}.tags",
+    }
+    repaired = veil("volume", "verify", str(vol), "--key-file", str(key), "--tag", tag, "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert repaired.stderr.count("removed (an object no file refers to") == 2
+    assert not orphan.exists()
+    clean = veil("volume", "verify", str(vol), "--key-file", str(key), "--tag", tag)
+    assert clean.returncode == 0 and tag in clean.stdout  # the tag did not move: nothing it covers changed
+
+
+def test_a_busy_unmount_says_so_at_once_and_lazy_finishes_later(mounted: Mounted) -> None:
+    (mounted.mnt / "open.txt").write_bytes(b"kept open")
+    handle = open(mounted.mnt / "open.txt", "rb")  # noqa: SIM115
+    try:
+        started = time.monotonic()
+        busy = veil("volume", "unmount", str(mounted.mnt))
+        assert busy.returncode == 1 and "is in use" in busy.stderr and "--lazy" in busy.stderr
+        assert time.monotonic() - started < 5
+        assert os.path.ismount(mounted.mnt), "nothing changed"
+        lazy = veil("volume", "unmount", "--lazy", str(mounted.mnt))
+        assert lazy.returncode == 0, lazy.stderr
+        assert "detached while in use" in lazy.stderr
+        assert not os.path.ismount(mounted.mnt)
+        assert handle.read() == b"kept open"  # the open file still works
+    finally:
+        handle.close()
+    status = state_file(mounted.mnt)
+    deadline = time.time() + 30
+    while not json.loads(status.read_text()).get("final"):
+        assert time.time() < deadline, "the daemon never finished after the last file closed"
+        time.sleep(0.05)
+    tag = json.loads(status.read_text())["tag"]
+    checked = veil("volume", "verify", str(mounted.vol), "--key-file", str(mounted.key), "--tag", tag)
+    assert checked.returncode == 0, checked.stderr

@@ -12,7 +12,7 @@ from veil.cli.run import default_home, home_option
 from veil.policy import load_session_file
 from veil.runtime.run import EMBEDDED_OWNER, EmbeddedHome
 from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
-from veil.volume.mount import serve
+from veil.volume.mount import serve, state_file
 from veil.volume.volume import DEFAULT_CHUNK
 
 _KEY = click.option(
@@ -132,30 +132,45 @@ def decrypt(directory: Path, destination: Path, key_file: Path, tag: str | None)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_KEY
 @_TAG
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Delete the objects no file refers to (left by a crash, or added by someone else), "
+    "after the manifest authenticated; list them. Nothing a file refers to is touched.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def verify(directory: Path, key_file: Path, tag: str | None, as_json: bool) -> None:
-    """Check every chunk of every file, and the tag; exit 1 naming each problem."""
+def verify(directory: Path, key_file: Path, tag: str | None, repair: bool, as_json: bool) -> None:
+    """Check every chunk of every file, and the tag; exit 1 naming each problem.
+
+    With --repair, objects no file refers to are deleted (and listed as removed); the exit
+    status is then 1 only for problems that remain.
+    """
     try:
-        current, problems = verify_volume(directory, _existing_key(key_file), tag)
+        current, problems = verify_volume(directory, _existing_key(key_file), tag, repair)
     except VolumeError as exc:
         if as_json:
             emit_json({"verified": False, "problems": [{"path": str(directory), "reason": str(exc)}]})
             raise SystemExit(1) from None
         raise
+    removed = [p for p in problems if repair and p.orphan]
+    left = [p for p in problems if p not in removed]
     if as_json:
         emit_json(
             {
-                "verified": not problems,
+                "verified": not left,
                 "tag": current,
-                "problems": [{"path": p.path, "reason": p.reason} for p in problems],
+                "problems": [{"path": p.path, "reason": p.reason} for p in left],
+                "removed": [p.path for p in removed],
             }
         )
     else:
-        for problem in problems:
+        for problem in removed:
+            click.echo(f"{problem.path}: removed ({problem.reason})", err=True)
+        for problem in left:
             click.echo(f"{problem.path}: {problem.reason}", err=True)
-        if not problems:
+        if not left:
             click.echo(f"volume intact, tag {current}")
-    if problems:
+    if left:
         raise SystemExit(1)
 
 
@@ -211,9 +226,36 @@ def mount(directory: Path, mountpoint: Path, key_file: Path, tag: str | None, fo
 
 @volume.command()
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def unmount(mountpoint: Path) -> None:
-    """Flush and unmount; print the volume's new tag as the last line."""
-    click.echo(daemon.stop(mountpoint))
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to retry while a process still uses the mount (default: say so at once).",
+)
+@click.option(
+    "--lazy",
+    is_flag=True,
+    help="Detach the mount now even if in use; the volume is flushed and closed (its final "
+    "tag recorded) when the last file there is closed.",
+)
+def unmount(mountpoint: Path, wait: float, lazy: bool) -> None:
+    """Flush and unmount; print the volume's new tag as the last line.
+
+    A mount still in use (a process with a file or its working directory there) is refused
+    at once with exit 1 and nothing changed: close it, retry with --wait, or --lazy.
+    """
+    if not lazy:
+        click.echo(daemon.stop(mountpoint, wait=wait))
+        return
+    final = daemon.detach(mountpoint)
+    if final is None:
+        note(
+            f"{mountpoint} detached while in use: the volume is flushed and closed, its final tag "
+            f"recorded in {state_file(mountpoint)}, when the last file there is closed"
+        )
+        return
+    click.echo(final)
 
 
 @volume.command()

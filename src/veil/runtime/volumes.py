@@ -19,6 +19,9 @@ from veil.runtime.attest import Provisioned
 from veil.runtime.errors import RuntimeFailure
 from veil.volume import VolumeError, daemon
 
+#: the program has exited; a process it left behind may hold a file open for a moment
+_UNMOUNT_WAIT = 10.0
+
 
 @dataclass(frozen=True)
 class ActiveVolume:
@@ -73,7 +76,7 @@ def mount_volumes(
             active.append(ActiveVolume(spec, path, mounted.initial_tag))
     except BaseException:
         for volume in reversed(active):
-            daemon.stop(volume.path)
+            daemon.stop(volume.path, wait=_UNMOUNT_WAIT)
         raise
     return active
 
@@ -85,7 +88,7 @@ def unmount_volumes(
     failures: list[str] = []
     for volume in reversed(active):
         try:
-            tag = daemon.stop(volume.path)
+            tag = daemon.stop(volume.path, wait=_UNMOUNT_WAIT)
             if tag != volume.tag:
                 _push(client, provisioned, volume.spec.name, volume.tag, tag)
             report(f"volume '{volume.spec.name}' unmounted, tag {tag[:16]}…")

@@ -84,20 +84,45 @@ def start(
     return MountedVolume(resolved, pid, initial)
 
 
-def stop(mountpoint: Path) -> str:
-    """Flush, unmount, wait for the daemon; return the final tag."""
+class VolumeInUse(VolumeError):
+    """A process still has files open on the mount (or its working directory there)."""
+
+
+def stop(mountpoint: Path, wait: float = 0.0) -> str:
+    """Flush, unmount, wait for the daemon; return the final tag. A mount in use is
+    refused at once (VolumeInUse), or retried for ``wait`` seconds."""
+    final = _stop(mountpoint, wait, lazy=False)
+    assert final is not None
+    return final
+
+
+def detach(mountpoint: Path) -> str | None:
+    """Lazy unmount: detach the mount now, in use or not; the daemon flushes and records
+    the final tag when the last file there is closed. The final tag, or None while in use."""
+    return _stop(mountpoint, 0.0, lazy=True)
+
+
+def _stop(mountpoint: Path, wait: float, lazy: bool) -> str | None:
     status = state_file(mountpoint)
     if not status.exists():
         raise VolumeError(f"{mountpoint} is not a mounted veil volume")
     pid = int(json.loads(status.read_text())["pid"])
-    deadline = time.time() + 30
+    deadline = time.time() + wait
     while True:
-        problem = _unmount(mountpoint)
+        problem = _unmount(mountpoint, lazy)
         if problem is None:
             break
-        if "busy" not in problem or time.time() > deadline:
+        if "busy" not in problem:
             raise VolumeError(f"cannot unmount {mountpoint}: {problem}")
-        time.sleep(0.1)  # a process still has files open there
+        if time.time() >= deadline:
+            raise VolumeInUse(
+                f"{mountpoint} is in use: a process has a file or its working directory there "
+                f"(`fuser -vm {mountpoint}` names it); close it and unmount again, or unmount "
+                "with --lazy to detach now and finish when the last file is closed"
+            )
+        time.sleep(0.1)
+    if lazy and not _finished(status):
+        return None
     deadline = time.time() + 60
     while Path(f"/proc/{pid}").exists() and time.time() < deadline:
         with_child = _reap(pid)
@@ -111,18 +136,35 @@ def stop(mountpoint: Path) -> str:
     return str(final["tag"])
 
 
-def _unmount(mountpoint: Path) -> str | None:
+def _finished(status: Path, seconds: float = 5.0) -> bool:
+    """Whether the daemon recorded its final tag within ``seconds`` (after a lazy unmount
+    of a mount nobody uses any more it does so at once)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if json.loads(status.read_text()).get("final"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _unmount(mountpoint: Path, lazy: bool = False) -> str | None:
     """Unmount once; None on success, else the reason. fusermount3 where installed; in an
     image without it (docs/image.md), the umount2 system call (the runtime is root there)."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount") or shutil.which("umount")
     if tool:
-        command = [tool, "-u", str(mountpoint)] if "fusermount" in tool else [tool, str(mountpoint)]
+        if "fusermount" in tool:
+            command = [tool, "-u", *(["-z"] if lazy else []), str(mountpoint)]
+        else:
+            command = [tool, *(["-l"] if lazy else []), str(mountpoint)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         return None if result.returncode == 0 else result.stderr.strip() or "unmount failed"
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(mountpoint), 0) == 0:
+    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH if lazy else 0) == 0:
         return None
     return os.strerror(ctypes.get_errno()).lower()
+
+
+_MNT_DETACH = 2  # sys/mount.h
 
 
 def _reap(pid: int) -> bool:

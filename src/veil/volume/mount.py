@@ -264,8 +264,8 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         self._call(self.volume.unlink, path)
         return 0
 
-    def rename(self, old: str, new: str) -> int:
-        self._call(self.volume.rename, old, new)
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._call(self.volume.rename, old, new, flags)
         return 0
 
     def chmod(self, path: str, mode: int) -> int:
@@ -344,6 +344,12 @@ class _Fuse(fuse.FUSE):  # type: ignore[misc]
 
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         return int(self.operations.write_from(fip.contents.fh, ctypes.addressof(buf.contents), size, offset))
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        # mfusepy drops renameat2's flags: RENAME_EXCHANGE then became a plain rename that
+        # lost the target's data (issue #26)
+        decode = self.encoding, self.errors
+        return int(self.operations.rename(old.decode(*decode), new.decode(*decode), flags))
 
     def create(self, path: bytes, mode: int, fip: Any) -> int:
         # mfusepy's version inspects the signature of operations.create on every call (5% of the

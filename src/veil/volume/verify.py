@@ -9,15 +9,24 @@ from veil.volume.volume import Volume
 _BLOCK = 1 << 20
 
 
+ORPHAN = "an object no file refers to (added outside veil, or left by a crash)"
+
+
 @dataclass(frozen=True)
 class VolumeProblem:
     path: str
     reason: str
+    #: an object no file refers to: safe to delete (``repair``)
+    orphan: bool = False
 
 
-def verify_volume(root: Path, key: bytes, expected_tag: str | None = None) -> tuple[str, list[VolumeProblem]]:
+def verify_volume(
+    root: Path, key: bytes, expected_tag: str | None = None, repair: bool = False
+) -> tuple[str, list[VolumeProblem]]:
     """(the volume's tag, every problem found). A wrong key, a wrong tag or a damaged
-    manifest raise at once: nothing below them can be trusted."""
+    manifest raise at once: nothing below them can be trusted. ``repair`` deletes the
+    objects no file refers to (after the manifest authenticated, so they are not data of
+    this volume's current state); they are still listed, marked orphan."""
     problems: list[VolumeProblem] = []
     with Volume.open(root, key, expected_tag) as volume:
         referenced: set[str] = set()
@@ -36,11 +45,8 @@ def verify_volume(root: Path, key: bytes, expected_tag: str | None = None) -> tu
                 problems.append(VolumeProblem(path, str(exc).removeprefix(f"{path}: ")))
         for item in sorted((root / "objects").rglob("*")):
             if item.is_file() and item.name not in referenced:
-                problems.append(
-                    VolumeProblem(
-                        str(item.relative_to(root)),
-                        "an object no file refers to (added outside veil, or left by a crash)",
-                    )
-                )
+                problems.append(VolumeProblem(str(item.relative_to(root)), ORPHAN, orphan=True))
+                if repair:
+                    item.unlink()
         tag = volume.tag
     return tag, problems

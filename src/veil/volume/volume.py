@@ -34,6 +34,14 @@ _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 _SPLIT_CHUNKS = 16  # reads of more chunks than this are shared with the helper, if any
 _INLINE_TAGS = 2 * TAG  # a tag table this long or shorter lives in the manifest entry
+#: the longest name (bytes of UTF-8, as the program gave it) and the largest file size: ext4's
+NAME_MAX = 255
+MAX_FILE_SIZE = 1 << 44
+# renameat2 flags (linux/fs.h)
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+#: space kept allocated in DIR/reserve so that metadata can be written on a full disk:
+#: at least this, and twice the sealed manifest
+RESERVE_MIN = 1 << 20
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -41,12 +49,17 @@ def _oserror(code: int, path: str) -> OSError:
 
 
 def normalize(path: str) -> str:
-    """An absolute, normalised volume path; refuses to climb above the root."""
+    """An absolute, normalised volume path; refuses to climb above the root, and names
+    longer than NAME_MAX bytes (ENAMETOOLONG, as the kernel's own file systems do)."""
     joined = posixpath.normpath("/" + path.lstrip("/"))
     if joined.startswith("//"):
         joined = "/" + joined.lstrip("/")
     if "\0" in joined:
         raise _oserror(errno.EINVAL, path)
+    if len(joined) > NAME_MAX // 4 and any(  # shorter, no name can have NAME_MAX bytes of UTF-8
+        len(name.encode("utf-8", "surrogateescape")) > NAME_MAX for name in joined.split("/")
+    ):
+        raise _oserror(errno.ENAMETOOLONG, path)
     return joined
 
 
@@ -266,9 +279,18 @@ class Volume:
         self._pending_deletes.append(file_id)
         self._dirty = True
 
-    def rename(self, source: str, target: str) -> None:
+    def rename(self, source: str, target: str, flags: int = 0) -> None:
+        """rename(2), and renameat2(2)'s RENAME_NOREPLACE and RENAME_EXCHANGE; any other flag
+        (RENAME_WHITEOUT included) is EINVAL, never ignored."""
         source, target = normalize(source), normalize(target)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise _oserror(errno.EINVAL, target)
         entry = self._entry(source)
+        if flags & RENAME_EXCHANGE:
+            self._exchange(source, target)
+            return
+        if flags & RENAME_NOREPLACE and target in self.manifest.entries:
+            raise _oserror(errno.EEXIST, target)
         if source == target:
             return
         if target.startswith(source + "/"):
@@ -301,6 +323,38 @@ class Volume:
         self._children[target_parent].add(posixpath.basename(target))
         self._touch(source_parent)
         self._touch(target_parent)
+
+    def _exchange(self, first: str, second: str) -> None:
+        """RENAME_EXCHANGE: ``first`` and ``second`` (both must exist; neither inside the
+        other) swap their places, each with everything under it."""
+        self._entry(first)
+        self._entry(second)
+        if first == second:
+            return
+        if second.startswith(first + "/") or first.startswith(second + "/"):
+            raise _oserror(errno.EINVAL, second)
+        entries = self.manifest.entries
+
+        def subtree(root: str) -> list[str]:
+            return [p for p in entries if p == root or p.startswith(root + "/")]
+
+        moves = [(p, second + p[len(first) :]) for p in subtree(first)]
+        moves += [(p, first + p[len(second) :]) for p in subtree(second)]
+        taken = {old: entries.pop(old) for old, _ in moves}
+        children = {old: self._children.pop(old) for old, _ in moves if old in self._children}
+        for old, new in moves:
+            entries[new] = taken[old]
+            if old in children:
+                self._children[new] = children[old]
+        renamed = dict(moves)
+        for state in self._open.values():
+            root = next(
+                (r for r in (first, second) if state.path == r or state.path.startswith(r + "/")), None
+            )
+            if root is not None:
+                state.path = renamed[root] + state.path[len(root) :]
+        for parent in {posixpath.dirname(first), posixpath.dirname(second)}:
+            self._touch(parent)
 
     def chmod(self, path: str, mode: int) -> None:
         entry = self._entry(normalize(path))
@@ -393,8 +447,11 @@ class Volume:
             tags = self._load_tags(path, entry, file_id)
             if len(tags) != _chunks(size, self.chunk_size) * TAG:
                 raise IntegrityError(f"{path}: its tag table does not fit its size")
-            if os.fstat(fd).st_size != self._object_size(size, codec):
-                raise IntegrityError(f"{path}: its stored object was truncated or extended")
+            stored, expected = os.fstat(fd).st_size, self._object_size(size, codec)
+            if stored < expected:
+                raise IntegrityError(f"{path}: its stored object was truncated")
+            if stored > expected:  # records written past the size no flush recorded (a crash)
+                os.ftruncate(fd, expected)
         except BaseException:
             os.close(fd)
             raise
@@ -421,7 +478,7 @@ class Volume:
         if len(state.tags) <= _INLINE_TAGS:
             entry["tags"] = state.tags.hex()
             return entry.pop("root", None) is not None
-        _write_atomic(self._tags_path(state.file_id), bytes(state.tags), durable)
+        self._write_metadata(self._tags_path(state.file_id), bytes(state.tags), durable)
         entry.pop("tags", None)
         entry["root"] = tags_root(state.tags)
         return False
@@ -576,6 +633,8 @@ class Volume:
     def write_at(self, state: _FileState, offset: int, data: bytes | memoryview) -> int:
         if not data:
             return 0
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise _oserror(errno.EFBIG, state.path)
         if offset > state.size:
             self._resize(state, offset)
         for block_start in range(0, len(data), _IO_BLOCK):
@@ -603,7 +662,12 @@ class Volume:
             records, new_tags = state.codec.seal(first, bytes(plains[0]))
         else:
             records, new_tags = state.codec.seal_many(first, plains)
-        os.pwrite(state.fd, records, first * stride)
+        try:
+            _pwrite_all(state.fd, records, first * stride)
+        except OSError:
+            if new_size > old_size:  # a full disk: no half-written record past the end
+                os.ftruncate(state.fd, self._object_size(old_size, state.codec))
+            raise
         needed = _chunks(new_size, cs) * TAG
         if len(state.tags) < needed:
             state.tags.extend(bytes(needed - len(state.tags)))
@@ -631,6 +695,10 @@ class Volume:
     def _resize(self, state: _FileState, size: int) -> None:
         if size == state.size:
             return
+        if size > MAX_FILE_SIZE:
+            raise _oserror(errno.EFBIG, state.path)
+        if size < 0:
+            raise _oserror(errno.EINVAL, state.path)
         if size > state.size:
             while state.size < size:
                 self._write_block(state, state.size, bytes(min(_IO_BLOCK, size - state.size)))
@@ -640,7 +708,7 @@ class Volume:
         if count and tail < self._chunk_len(state.size, count - 1):
             plain = self._read_chunk(state, count - 1, self._chunk_len(state.size, count - 1))[:tail]
             record, tag = state.codec.seal(count - 1, plain)
-            os.pwrite(state.fd, record, (count - 1) * (self.chunk_size + state.codec.overhead))
+            _pwrite_all(state.fd, record, (count - 1) * (self.chunk_size + state.codec.overhead))
             state.tags[(count - 1) * TAG : count * TAG] = tag
         os.ftruncate(state.fd, self._object_size(size, state.codec))
         del state.tags[count * TAG :]
@@ -680,7 +748,7 @@ class Volume:
             self._new_dirs.clear()
         self.manifest.generation += 1
         sealed = self.manifest.seal(self.keys.manifest)
-        _write_atomic(self.root / "manifest", sealed, durable)
+        self._write_metadata(f"{self.root}/manifest", sealed, durable)
         self.tag = volume_tag(sealed)
         for table in unneeded_tables:
             with contextlib.suppress(FileNotFoundError):
@@ -692,7 +760,50 @@ class Volume:
                         os.unlink(path)
         self._pending_deletes = [f for f in self._pending_deletes if f in self._open]
         self._dirty = False
+        self._keep_reserve(len(sealed))
         return self.tag
+
+    # -- a full disk ------------------------------------------------------------------
+
+    def _write_metadata(self, path: str, data: bytes, durable: bool) -> None:
+        """``_write_atomic``; on a full disk, once more with the reserve's space, so that a
+        flush (and the deletes it carries out) still succeeds. ENOSPC only when even that
+        space does not suffice: the old file stays whole either way."""
+        try:
+            _write_atomic(path, data, durable)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._release_reserve():
+                raise
+            _write_atomic(path, data, durable)
+
+    @property
+    def reserve_size(self) -> int:
+        try:
+            return os.stat(f"{self.root}/reserve").st_size
+        except FileNotFoundError:
+            return 0
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve's space back to the file system; False if there was none."""
+        if not self.reserve_size:
+            return False
+        os.truncate(f"{self.root}/reserve", 0)
+        return True
+
+    def _keep_reserve(self, manifest_size: int) -> None:
+        """Allocate DIR/reserve back up to what metadata needs, where the disk has room."""
+        wanted = max(RESERVE_MIN, 2 * manifest_size)
+        if self.reserve_size >= wanted:
+            return
+        fd = os.open(f"{self.root}/reserve", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, wanted)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EOPNOTSUPP):
+                raise
+            os.ftruncate(fd, 0)  # no room now: an empty reserve, allocated at a later flush
+        finally:
+            os.close(fd)
 
     def close(self) -> str:
         """Flush and release the volume; return the final tag."""
@@ -814,15 +925,32 @@ def _dir_entry(mode: int) -> dict[str, Any]:
     return {"type": "dir", "mode": mode & 0o7777, "mtime": time.time()}
 
 
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset`` (os.pwrite may write fewer); ENOSPC and
+    every other error raise."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def _write_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a reader, or a crash, sees the old or the new
+    file whole: written aside completely (a short write or ENOSPC raises, and the old file
+    stays), synced, renamed over, the directory synced."""
     temporary = f"{path}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            _pwrite_all(fd, data, 0)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     os.replace(temporary, path)
     if durable:
         _fsync_directory(os.path.dirname(path))

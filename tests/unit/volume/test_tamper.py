@@ -90,12 +90,16 @@ def test_bit_flip_in_the_tag_table(vol: Fixture) -> None:
     assert "tag table is not the current one" in vol.problems()["/d/a"]
 
 
-def test_truncation_and_extension(vol: Fixture) -> None:
+def test_truncation_is_refused_and_bytes_past_the_size_are_ignored(vol: Fixture) -> None:
+    """The size is sealed in the manifest: a truncated object is refused; records past
+    it (what a crash leaves after writes no flush recorded) are never read and are trimmed."""
     _edit(vol.obj("/d/a"), lambda d: d.__delitem__(slice(-5, None)))
+    before = vol.obj("/d/b").read_bytes()
     _edit(vol.obj("/d/b"), lambda d: d.extend(b"more"))
     found = vol.problems()
-    assert "truncated or extended" in found["/d/a"]
-    assert "truncated or extended" in found["/d/b"]
+    assert "truncated" in found["/d/a"]
+    assert "/d/b" not in found
+    assert vol.obj("/d/b").read_bytes() == before
 
 
 def test_chunks_reordered(vol: Fixture) -> None:
