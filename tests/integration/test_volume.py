@@ -352,7 +352,8 @@ def test_random_operations_through_the_mount_match_a_plain_directory(
 
 def test_verify_repair_removes_objects_no_file_refers_to(tmp_path: Path, tree: Path) -> None:
     key, vol = tmp_path / "k", tmp_path / "vol"
-    tag = veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key)).stdout.strip().splitlines()[-1]
+    made = veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key))
+    tag = made.stdout.strip().splitlines()[-1]
     orphan = vol / "objects" / "ab" / ("ab" + "0" * 30)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(os.urandom(5000))
