@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +97,13 @@ def veil(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subpro
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")
+
+
+def wait_gone(pid: int, seconds: float = 15) -> bool:
+    """Whether process ``pid`` ended (gone, or a zombie: its files are closed) in time."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            return True
+        time.sleep(0.05)
+    return False

@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from tests.cas_server import CasServer, Owner, node_platform, pinned_owner, register_platform
-from tests.conftest import PYTHON, SHOW, measurement_of, session_dict
+from tests.conftest import PYTHON, SHOW, measurement_of, session_dict, wait_gone
 from tests.net import free_port
 from veil.client.http import CasConnection, HttpCasClient
 from veil.crypto import PlatformSigningKey
@@ -88,15 +87,6 @@ def test_workers_share_the_port_the_sessions_and_the_metrics(tmp_path: Path, cas
     assert {grants(scrape(cas, alice)) for _ in range(6)} == {24.0}
     audit = alice.veil("audit", "verify", "--cas", cas.url)
     assert audit.returncode == 0, audit.stderr
-
-
-def wait_gone(pid: int, seconds: float = 15) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_dead_worker_stops_the_cas_with_an_error(cas: CasServer) -> None:

@@ -6,6 +6,7 @@ import http.client
 import json
 import socket
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,12 @@ class Stranger:
     def context(self, certificate_pem: str | None = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata=self.ca_pem)
         chain = certificate_pem or self.certificate_pem
-        if chain is not None:
-            cert, key = self.home / "client.crt", self.home / "client.key"
-            cert.write_text(chain)
-            key.write_bytes(self.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-            context.load_cert_chain(cert, key)
+        if chain is not None:  # files of this call's own: threads may call at once
+            with tempfile.TemporaryDirectory(dir=self.home) as scratch:
+                cert, key = Path(scratch) / "client.crt", Path(scratch) / "client.key"
+                cert.write_text(chain)
+                key.write_bytes(self.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+                context.load_cert_chain(cert, key)
         return context
 
     def request(
