@@ -225,6 +225,8 @@ class BundleVolume:
     #: None: no tag stored yet (first use); the runtime may create it if ``accept_fresh``.
     tag: str | None
     accept_fresh: bool
+    #: "unmount": the runtime reports the new tag when the program ends; "fsync": at every commit
+    freshness: str = "unmount"
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,7 @@ class ConfigurationBundle:
                         "key": base64.b64encode(v.key).decode(),
                         "tag": v.tag,
                         "accept_fresh": v.accept_fresh,
+                        "freshness": v.freshness,
                     }
                     for v in self.volumes
                 ],
@@ -353,6 +356,7 @@ class ConfigurationBundle:
                         base64.b64decode(v["key"]),
                         None if v["tag"] is None else str(v["tag"]),
                         bool(v["accept_fresh"]),
+                        str(v.get("freshness", "unmount")),
                     )
                     for v in raw.get("volumes", [])
                 ],

@@ -1,13 +1,21 @@
 """`veil run` with a policy volume: ciphertext on disk, persistence, rollback refused."""
 
+import contextlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import PYTHON, TESTS, measurement_of, requires_root, veil
+from tests.conftest import PYTHON, TESTS, measurement_of, requires_root, veil, wait_gone
 from veil.cas import Cas
-from veil.volume import Volume
+from veil.volume import StaleVolume, Volume
+from veil.volume.mount import state_file
 
 pytestmark = requires_root
 
@@ -83,36 +91,112 @@ def test_unknown_data_in_place_of_a_fresh_volume_is_refused(tmp_path: Path) -> N
 
 
 def _crash_like_change(tmp_path: Path) -> None:
-    """What a crash after a flush leaves: the volume moved on, the CAS never heard of it."""
+    """What a crash after a commit leaves: the volume moved on, the CAS never heard of it."""
     cas = Cas.open_embedded(tmp_path / "home" / "cas")
     try:
         key = cas.volume_key_for_owner("test/journal", "data", "local")
+        held = cas.volume_tag("test/journal", "data")
     finally:
         cas.close()
-    with Volume.open(tmp_path / "data", key) as volume, volume.open_file("/log/journal.txt", "a") as handle:
+    volume = Volume.open(tmp_path / "data", key, held)  # as the runtime mounts it
+    with volume, volume.open_file("/log/journal.txt", "a") as handle:
         handle.write(b"entry written before the crash\n")
 
 
-def test_an_owner_accepts_a_volume_after_a_crash_but_not_a_damaged_one(tmp_path: Path) -> None:
+def test_a_volume_that_moved_on_after_a_crash_opens_without_anyone(tmp_path: Path) -> None:
     assert run(tmp_path, "one")[0] == 0
     _crash_like_change(tmp_path)
-    code, _, err = run(tmp_path, "two")
-    assert code == 1 and "is refused" in err
+    code, out, err = run(tmp_path, "two")
+    assert code == 0, err
+    assert out == "entry one\nentry written before the crash\nentry two\n"
+
+
+def test_an_owner_accepts_a_restored_copy_but_not_a_damaged_one(tmp_path: Path) -> None:
+    assert run(tmp_path, "one")[0] == 0
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(tmp_path / "data", snapshot)
+    assert run(tmp_path, "two")[0] == 0
+    shutil.rmtree(tmp_path / "data")
+    shutil.copytree(snapshot, tmp_path / "data")  # the owner restores a backup on purpose
+    code, _, err = run(tmp_path, "three")
+    assert code == 1 and "is refused" in err and "older copy" in err
 
     policy = str(tmp_path / "session.yaml")
     home = {"VEIL_HOME": str(tmp_path / "home")}
     accepted = veil("volume", "accept", "--policy", policy, "--volume", "data", env=home)
     assert accepted.returncode == 0, accepted.stderr
-    code, out, err = run(tmp_path, "three")
+    code, out, err = run(tmp_path, "four")
     assert code == 0, err
-    assert out == "entry one\nentry written before the crash\nentry three\n"
+    assert out == "entry one\nentry four\n"
     assert "volume.tag.accept" in veil("audit", "show", env=home).stdout
 
-    victim = next(
-        p for p in (tmp_path / "data" / "objects").rglob("*") if p.is_file() and p.stat().st_size > 50
-    )
+    victim = next(p for p in (tmp_path / "data" / "objects").rglob("*") if p.is_file())
     data = bytearray(victim.read_bytes())
-    data[40] ^= 1
+    data[20] ^= 1
     victim.write_bytes(bytes(data))
     refused = veil("volume", "accept", "--policy", policy, "--volume", "data", env=home)
     assert refused.returncode == 1 and "cannot be accepted" in refused.stderr
+
+
+def test_freshness_fsync_leaves_no_rollback_window(tmp_path: Path) -> None:
+    """With freshness: fsync the CAS holds each commit's tag before fsync returns: after a
+    kill -9 of everything, the state the program was told is durable is the only one accepted."""
+    data, release = tmp_path / "data", tmp_path / "release"
+    command = [PYTHON, str(TESTS / "programs" / "fsync_writer.py"), f"{data}/log/journal.txt"]
+    session = {
+        "name": "test/fresh",
+        "version": "1",
+        "security": {"tolerate": ["sim"]},
+        "volumes": [{"name": "data", "accept_fresh": True, "freshness": "fsync"}],
+        "services": [
+            {
+                "name": "app",
+                "attestation": [{"platform": "sim", "measurement": measurement_of(command)}],
+                "command": command,
+                "environment": {"ENTRY": "one", "RELEASE": str(release)},
+                "volumes": [{"name": "data", "path": str(data)}],
+            }
+        ],
+    }
+    policy = tmp_path / "session.yaml"
+    policy.write_text(yaml.safe_dump(session))
+    home = {"VEIL_HOME": str(tmp_path / "home")}
+    release.touch()
+    assert veil("run", "--policy", str(policy), "--service", "app", env=home).returncode == 0
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(data, snapshot, ignore=shutil.ignore_patterns(".lock"))
+    release.unlink()
+
+    session["services"][0]["environment"]["ENTRY"] = "two"
+    policy.write_text(yaml.safe_dump(session))
+    runtime = subprocess.Popen(
+        [sys.executable, "-m", "veil", "run", "--policy", str(policy), "--service", "app"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **home},
+        start_new_session=True,
+    )
+    assert runtime.stdout is not None
+    said = runtime.stdout.readline().split()  # fsync returned: the CAS holds that tag
+    assert said[:1] == [b"synced"], said
+    cas = Cas.open_embedded(tmp_path / "home" / "cas")
+    try:
+        held = cas.volume_tag("test/fresh", "data")
+        key = cas.volume_key_for_owner("test/fresh", "data", "local")
+    finally:
+        cas.close()
+    mount_daemon = json.loads(state_file(data).read_text())["pid"]
+    os.killpg(runtime.pid, signal.SIGKILL)  # the runtime, the program, the mount: no unmount
+    os.kill(mount_daemon, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(said[1]), signal.SIGKILL)  # the program runs in a session of its own
+    runtime.wait()
+    assert wait_gone(mount_daemon)  # its lock on the volume goes with it
+    subprocess.run(["fusermount3", "-u", "-z", str(data)], check=False)
+    assert held is not None
+    with Volume.open(data, key, held) as volume:  # the crashed state opens, and holds "two"
+        assert volume.open_file("/log/journal.txt").read() == b"entry one\nentry two\n"
+    shutil.rmtree(data)
+    shutil.copytree(snapshot, data)  # an older copy, made before the acknowledged write
+    with pytest.raises(StaleVolume):
+        Volume.open(data, key, held)

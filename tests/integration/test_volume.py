@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import requires_root, veil
+from veil.volume import daemon
 from veil.volume.mount import state_file
 
 pytestmark = requires_root
@@ -83,7 +85,7 @@ def test_verify_with_a_wrong_tag_or_key_exits_1(tmp_path: Path, tree: Path) -> N
     key, vol = tmp_path / "k", tmp_path / "vol"
     veil("volume", "encrypt", str(tree), str(vol), "--key-file", str(key))
     stale = veil("volume", "verify", str(vol), "--key-file", str(key), "--tag", "0" * 64)
-    assert stale.returncode == 1 and "is not the expected" in stale.stderr
+    assert stale.returncode == 1 and "does not descend from the expected" in stale.stderr
     other = tmp_path / "other"
     other.write_bytes(os.urandom(32))
     other.chmod(0o600)
@@ -396,3 +398,69 @@ def test_a_busy_unmount_says_so_at_once_and_lazy_finishes_later(mounted: Mounted
     tag = json.loads(status.read_text())["tag"]
     checked = veil("volume", "verify", str(mounted.vol), "--key-file", str(mounted.key), "--tag", tag)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_encrypt_and_decrypt_keep_every_file_type_link_owner_and_time(tmp_path: Path) -> None:
+    """A tree as programs leave it (a venv, a library directory, a config with links)."""
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "lib" / "libfoo.so.1.2").write_bytes(os.urandom(50_000))
+    os.symlink("libfoo.so.1.2", src / "lib" / "libfoo.so.1")
+    os.symlink("/usr/bin/python3", src / "python")
+    os.link(src / "lib" / "libfoo.so.1.2", src / "hardlink")
+    os.mkfifo(src / "fifo", 0o600)
+    os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (src / "www").mkdir(mode=0o2750)
+    (src / "www" / "index.html").write_text("<html/>")
+    os.chown(src / "www" / "index.html", 33, 33)
+    os.chmod(src / "www" / "index.html", 0o640)
+    os.utime(src / "www" / "index.html", ns=(1_500_000_000_000_000_001, 1_600_000_000_000_000_002))
+    key, vol, out = tmp_path / "k", tmp_path / "vol", tmp_path / "out"
+    made = veil("volume", "encrypt", str(src), str(vol), "--key-file", str(key))
+    assert made.returncode == 0, made.stderr
+    assert "skipped" not in made.stderr
+    tag = made.stdout.strip().splitlines()[-1]
+    listing = {
+        e["path"]: e
+        for e in json.loads(veil("volume", "ls", str(vol), "--key-file", str(key), "--json").stdout)
+    }
+    assert listing["/lib/libfoo.so.1"]["target"] == "libfoo.so.1.2" and listing["/hardlink"]["nlink"] == 2
+    back = veil("volume", "decrypt", str(vol), str(out), "--key-file", str(key), "--tag", tag)
+    assert back.returncode == 0, back.stderr
+
+    def described(root: Path) -> list[tuple[object, ...]]:
+        rows = []
+        for path in sorted(root.rglob("*")):
+            info = path.lstat()
+            rows.append(
+                (
+                    str(path.relative_to(root)),
+                    stat.S_IFMT(info.st_mode),
+                    stat.S_IMODE(info.st_mode),
+                    info.st_uid,
+                    info.st_gid,
+                    info.st_nlink,
+                    info.st_rdev,
+                    os.readlink(path) if path.is_symlink() else None,
+                    path.read_bytes() if stat.S_ISREG(info.st_mode) else None,
+                    info.st_mtime_ns if not stat.S_ISDIR(info.st_mode) else None,
+                )
+            )
+        return rows
+
+    assert described(out) == described(src)
+    assert (out / "hardlink").stat().st_ino == (out / "lib" / "libfoo.so.1.2").stat().st_ino
+
+
+def test_mounting_leaves_no_descriptor_in_the_caller(tmp_path: Path) -> None:
+    """`veil run` mounts from its own process: the journal and files the daemon serves
+    must not stay open there (a crash loop found one journal descriptor leaked a mount)."""
+    storage, mnt, key = tmp_path / "vol", tmp_path / "mnt", os.urandom(32)
+    tag = daemon.start(storage, mnt, key, None, create_mode="encrypted").initial_tag
+    tag = daemon.stop(mnt, wait=10)
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        daemon.start(storage, mnt, key, tag)
+        (mnt / "f").write_bytes(b"data")
+        tag = daemon.stop(mnt, wait=10)
+    assert sorted(os.listdir("/proc/self/fd")) == before

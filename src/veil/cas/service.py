@@ -536,6 +536,7 @@ class Cas:
                     base64.b64decode(stored["key"]),
                     stored["tag"],
                     definition.accept_fresh,
+                    definition.freshness,
                 )
             )
         return volumes

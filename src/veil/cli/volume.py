@@ -1,8 +1,6 @@
 """`veil volume ...`: create, fill, read, check and mount protected volumes."""
 
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -12,6 +10,7 @@ from veil.cli.run import default_home, home_option
 from veil.policy import load_session_file
 from veil.runtime.run import EMBEDDED_OWNER, EmbeddedHome
 from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
+from veil.volume.copy import copy_in, copy_out, tree_size
 from veil.volume.mount import serve, state_file
 from veil.volume.volume import DEFAULT_CHUNK
 
@@ -55,17 +54,6 @@ def create(directory: Path, mode: str, key_file: Path, chunk_size: int) -> None:
         click.echo(created.tag)
 
 
-def _sources(source: Path) -> Iterator[tuple[Path, str]]:
-    for directory, dirs, files in os.walk(source):
-        dirs.sort()
-        rel = os.path.relpath(directory, source)
-        base = "/" if rel == "." else "/" + rel
-        for name in sorted(dirs):
-            yield Path(directory) / name, os.path.join(base, name)
-        for name in sorted(files):
-            yield Path(directory) / name, os.path.join(base, name)
-
-
 @volume.command()
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
@@ -73,31 +61,20 @@ def _sources(source: Path) -> Iterator[tuple[Path, str]]:
 @_KEY
 @_CHUNK
 def encrypt(source: Path, directory: Path, mode: str, key_file: Path, chunk_size: int) -> None:
-    """Copy the tree SOURCE into a new volume in DIRECTORY; print the volume's tag."""
+    """Copy the tree SOURCE into a new volume in DIRECTORY; print the volume's tag.
+
+    Everything is kept, as `cp -a` keeps it: files, directories, symbolic links, hard links,
+    FIFOs, sockets and device nodes, owners, modes and times.
+    """
     key = load_or_create_key_file(key_file)
-    items = list(_sources(source))
-    total = sum(p.stat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
-    skipped = 0
     with (
-        Volume.create(directory, key, mode) as target,
-        click.progressbar(length=total, label="encrypting", file=sys.stderr, show_pos=True) as bar,
+        Volume.create(directory, key, mode, chunk_size) as target,
+        click.progressbar(
+            length=tree_size(source), label="encrypting", file=sys.stderr, show_pos=True
+        ) as bar,
     ):
-        for path, inside in items:
-            info = path.lstat()
-            if path.is_symlink() or not (path.is_dir() or path.is_file()):
-                skipped += 1
-                continue
-            if path.is_dir():
-                target.mkdir(inside, info.st_mode & 0o7777)
-            else:
-                with path.open("rb") as src, target.open_file(inside, "x", info.st_mode & 0o7777) as dst:
-                    while block := src.read(_BLOCK):
-                        dst.write(block)
-                        bar.update(len(block))
-            target.utime(inside, info.st_mtime)
-        tag = target.flush()
-    if skipped:
-        note(f"skipped {skipped} symbolic link(s) or special file(s): volumes hold files and directories")
+        copy_in(source, target, bar.update)
+        tag = target.close()
     click.echo(tag)
 
 
@@ -107,25 +84,17 @@ def encrypt(source: Path, directory: Path, mode: str, key_file: Path, chunk_size
 @_KEY
 @_TAG
 def decrypt(directory: Path, destination: Path, key_file: Path, tag: str | None) -> None:
-    """Copy the files of the volume in DIRECTORY out to DESTINATION (new or empty)."""
+    """Copy the tree of the volume in DIRECTORY out to DESTINATION (new or empty), every
+    file type, hard link, mode and time; owners too when run as root."""
     if destination.exists() and any(destination.iterdir()):
         raise click.UsageError(f"{destination} is not empty")
     destination.mkdir(parents=True, exist_ok=True)
-    with Volume.open(directory, _existing_key(key_file), tag) as source:
-        entries = [e for e in source.walk() if e.path != "/"]
-        total = sum(e.size for e in entries if e.type == "file")
+    with Volume.open(directory, _existing_key(key_file), tag, readonly=True) as source:
+        total = sum(e.size for e in source.walk() if e.type == "file")
         with click.progressbar(length=total, label="decrypting", file=sys.stderr, show_pos=True) as bar:
-            for entry in entries:
-                out = destination / entry.path.lstrip("/")
-                if entry.type == "dir":
-                    out.mkdir(mode=0o700, exist_ok=True)
-                else:
-                    with source.open_file(entry.path) as src, out.open("wb") as dst:
-                        while block := src.read(_BLOCK):
-                            dst.write(block)
-                            bar.update(len(block))
-                os.chmod(out, entry.mode)
-                os.utime(out, (entry.mtime, entry.mtime))
+            unowned = copy_out(source, destination, bar.update)
+    if unowned:
+        note(f"{unowned} owner(s) not restored: only root may give files to other users")
 
 
 @volume.command()
@@ -180,20 +149,33 @@ def verify(directory: Path, key_file: Path, tag: str | None, repair: bool, as_js
 @_TAG
 @click.option("--json", "as_json", is_flag=True)
 def ls_(directory: Path, key_file: Path, tag: str | None, as_json: bool) -> None:
-    """List the files and directories inside the volume."""
-    with Volume.open(directory, _existing_key(key_file), tag) as source:
+    """List everything inside the volume: type, mode, owner, links, size, path (and the
+    target of a symbolic link)."""
+    with Volume.open(directory, _existing_key(key_file), tag, readonly=True) as source:
         entries = list(source.walk())
     if as_json:
         emit_json(
             [
-                {"path": e.path, "type": e.type, "size": e.size, "mode": f"{e.mode:04o}", "mtime": e.mtime}
+                {
+                    "path": e.path,
+                    "type": e.type,
+                    "size": e.size,
+                    "mode": f"{e.mode:04o}",
+                    "uid": e.uid,
+                    "gid": e.gid,
+                    "nlink": e.nlink,
+                    "mtime": e.mtime,
+                    **({"target": e.target} if e.target is not None else {}),
+                }
                 for e in entries
             ]
         )
         return
+    letters = {"dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "chardev": "c", "blockdev": "b"}
     for e in entries:
-        kind = "d" if e.type == "dir" else "-"
-        click.echo(f"{kind}{e.mode:04o} {e.size:>12} {e.path}")
+        target = f" -> {e.target}" if e.target is not None else ""
+        owner = f"{e.uid:>6} {e.gid:>6} {e.nlink:>3}"
+        click.echo(f"{letters.get(e.type, '-')}{e.mode:04o} {owner} {e.size:>12} {e.path}{target}")
 
 
 @volume.command()
@@ -201,7 +183,7 @@ def ls_(directory: Path, key_file: Path, tag: str | None, as_json: bool) -> None
 @_KEY
 def tag(directory: Path, key_file: Path) -> None:
     """Print the volume's current tag (what a CAS or --tag compares)."""
-    with Volume.open(directory, _existing_key(key_file)) as source:
+    with Volume.open(directory, _existing_key(key_file), readonly=True) as source:
         click.echo(source.tag)
 
 

@@ -337,6 +337,9 @@ class VolumeDefinition(StrictModel):
     key: str | None = None
     #: the volume's tag while the CAS holds none (the state it was shipped in).
     initial_tag: str | None = None
+    #: when the CAS learns the volume's new tag: when the program ends ("unmount"), or at
+    #: every commit, before the fsync that caused it returns ("fsync": no rollback window)
+    freshness: Literal["unmount", "fsync"] = Field(default="unmount", exclude_if=lambda v: v == "unmount")
     #: sessions whose services may mount this volume (with its key and its one tag)
     export: list[ExportTarget] = Field(default_factory=list)
     #: this volume is another session's volume, exported to this one

@@ -1,10 +1,13 @@
 """Mounting a service's volumes before the program and recording their tags after it.
 
 A volume is stored in the directory the service sees it at, and mounted over it. The tag
-the CAS holds must match at mount; after the program, the new tag is pushed with
-compare-and-swap, signed by the runtime's instance key.
+the CAS holds must be in the volume's history at mount (docs/volume-format.md, The volume
+tag); after the program, the new tag is pushed with compare-and-swap from the tag the CAS
+holds, signed by the runtime's instance key. A volume with ``freshness: fsync`` has every
+commit's tag pushed before the fsync returns (veil.volume.reporting).
 """
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +20,19 @@ from veil.client import CasClient
 from veil.protocol import BundleVolume, VolumeTagUpdate
 from veil.runtime.attest import Provisioned
 from veil.runtime.errors import RuntimeFailure
-from veil.volume import VolumeError, daemon
+from veil.volume import VolumeError, daemon, reporting
 
 #: the program has exited; a process it left behind may hold a file open for a moment
 _UNMOUNT_WAIT = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class ActiveVolume:
     spec: BundleVolume
     path: Path
+    #: the tag the CAS holds (moves with each report, for freshness fsync)
     tag: str
+    reports: socket.socket | None = None
 
 
 def _push(client: CasClient, provisioned: Provisioned, volume: str, previous: str | None, tag: str) -> None:
@@ -64,21 +69,49 @@ def mount_volumes(
                         f"volume '{spec.name}': the CAS knows no tag for it, but {path} is not empty; "
                         "refusing to adopt data the CAS has never seen"
                     )
-                mounted = daemon.start(path, path, spec.key, None, create_mode=spec.mode)
+                volume = ActiveVolume(spec, path, "")
+                daemon_end = _reporting(client, provisioned, volume)
+                mounted = daemon.start(path, path, spec.key, None, create_mode=spec.mode, reports=daemon_end)
+                _close(daemon_end)
                 _push(client, provisioned, spec.name, None, mounted.initial_tag)
+                volume.tag = mounted.initial_tag
                 report(f"created fresh {spec.mode} volume '{spec.name}' at {path}")
             else:
+                volume = ActiveVolume(spec, path, spec.tag)
+                daemon_end = _reporting(client, provisioned, volume)
                 try:
-                    mounted = daemon.start(path, path, spec.key, spec.tag)
+                    mounted = daemon.start(path, path, spec.key, spec.tag, reports=daemon_end)
                 except VolumeError as exc:
                     raise RuntimeFailure(f"volume '{spec.name}' at {path} is refused: {exc}") from None
+                finally:
+                    _close(daemon_end)
                 report(f"mounted volume '{spec.name}' at {path}")
-            active.append(ActiveVolume(spec, path, mounted.initial_tag))
+            active.append(volume)
     except BaseException:
         for volume in reversed(active):
             daemon.stop(volume.path, wait=_UNMOUNT_WAIT)
         raise
     return active
+
+
+def _reporting(client: CasClient, provisioned: Provisioned, volume: ActiveVolume) -> socket.socket | None:
+    """For freshness fsync: a thread that pushes each reported commit's tag; the daemon's end."""
+    if volume.spec.freshness != "fsync":
+        return None
+    ours, theirs = reporting.pair()
+
+    def push(previous: str | None, tag: str) -> None:
+        _push(client, provisioned, volume.spec.name, volume.tag, tag)
+        volume.tag = tag
+
+    volume.reports = ours
+    reporting.serve_reports(ours, push, volume.spec.name)
+    return theirs
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()  # the daemon holds its own copy
 
 
 def unmount_volumes(
@@ -89,6 +122,8 @@ def unmount_volumes(
     for volume in reversed(active):
         try:
             tag = daemon.stop(volume.path, wait=_UNMOUNT_WAIT)
+            if volume.reports is not None:
+                volume.reports.close()
             if tag != volume.tag:
                 _push(client, provisioned, volume.spec.name, volume.tag, tag)
             report(f"volume '{volume.spec.name}' unmounted, tag {tag[:16]}…")

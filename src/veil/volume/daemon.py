@@ -11,13 +11,17 @@ import ctypes
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from veil.volume.errors import VolumeError
 from veil.volume.mount import serve, state_file
+from veil.volume.reporting import TagReporter
 from veil.volume.volume import Volume
 
 
@@ -40,12 +44,14 @@ def start(
     key: bytes,
     expected_tag: str | None,
     create_mode: str | None = None,
+    reports: socket.socket | None = None,
 ) -> MountedVolume:
     """Mount the volume stored in ``storage`` at ``mountpoint``.
 
     ``create_mode``: create a fresh volume in ``storage`` (which must be empty) instead of
-    opening one. Otherwise a volume whose tag is not ``expected_tag`` is refused before
-    anything is mounted.
+    opening one. Otherwise a volume whose history does not hold ``expected_tag`` is refused
+    before anything is mounted. ``reports``: the daemon's end of veil.volume.reporting's
+    pair: every commit's tag is reported there before fsync returns.
     """
     fd, root = _storage_handle(storage)
     try:
@@ -68,11 +74,17 @@ def start(
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
+        code = 1
         try:
-            serve(volume, resolved)
+            serve(volume, resolved, reporter=TagReporter(reports) if reports is not None else None)
+            code = 0
+        except BaseException:
+            traceback.print_exc()  # into the log, which stop() quotes
         finally:
-            os._exit(0)
+            sys.stderr.flush()
+            os._exit(code)
     initial = volume.tag
+    volume._release_files()  # the daemon has its own copies of the journal's and files' descriptors
     os.close(volume._lock_fd)  # the daemon holds the lock (same open file description)
     os.close(fd)
     deadline = time.time() + 30
@@ -131,7 +143,12 @@ def _stop(mountpoint: Path, wait: float, lazy: bool) -> str | None:
         time.sleep(0.02)
     final = json.loads(status.read_text())
     if not final.get("final"):
-        raise VolumeError(f"the volume daemon did not finish cleanly; last tag {final.get('tag')}")
+        log = status.with_suffix(".log")
+        reason = log.read_text(errors="replace").strip()[-800:] if log.exists() else ""
+        raise VolumeError(
+            f"the volume daemon did not finish cleanly; last tag {final.get('tag')}"
+            + (f"; its log ends with:\n{reason}" if reason else "")
+        )
     status.unlink()
     return str(final["tag"])
 

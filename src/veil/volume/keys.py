@@ -24,6 +24,7 @@ class VolumeKeys:
     manifest: bytes = field(repr=False)
     check: bytes = field(repr=False)
     _root: bytes = field(repr=False)
+    journal: bytes = field(repr=False, default=b"")
 
     @classmethod
     def derive(cls, key: bytes, volume_id: bytes) -> "VolumeKeys":
@@ -34,6 +35,7 @@ class VolumeKeys:
             derive(key, volume_id, b"veil-volume-v1 manifest"),
             derive(key, volume_id, b"veil-volume-v1 key-check"),
             key,
+            derive(key, volume_id, b"veil-volume-v2 journal"),
         )
 
     def file_key(self, file_id: bytes) -> bytes:

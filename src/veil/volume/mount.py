@@ -1,9 +1,11 @@
 """The FUSE mount: serves a Volume to unmodified programs (mfusepy over libfuse3).
 
 Every operation runs under one lock; IntegrityError becomes EIO (and a log line naming the
-file); OSError keeps its errno. Tag tables and the manifest are written every
-``flush_interval`` seconds when something changed, on fsync, and at unmount, and the
-current tag is kept in a state file so that ``veil volume unmount`` can print the final one.
+file); OSError keeps its errno. The volume commits on fsync (of a file or a directory),
+every ``flush_interval`` seconds when something changed, and at unmount (with a
+checkpoint); the current tag is kept in a state file so that ``veil volume unmount`` can
+print the final one. Owners, modes and link counts are the volume's; with
+``default_permissions`` the kernel enforces them.
 """
 
 import ctypes
@@ -13,9 +15,12 @@ import hashlib
 import json
 import logging
 import os
+import stat as stat_module
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -29,12 +34,16 @@ import mfusepy as fuse  # type: ignore[import-untyped]
 from veil.volume import session
 from veil.volume.errors import IntegrityError
 from veil.volume.helper import ReadHelper
+from veil.volume.inodes import NAME_MAX, TYPE_OF_MODE
+from veil.volume.reporting import ReportRefused
 from veil.volume.volume import Volume, VolumeFile
 
 log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 _FUSE_CAP_SPLICE_WRITE, _FUSE_CAP_WRITEBACK_CACHE = 1 << 7, 1 << 16  # fuse_common.h (libfuse 3)
 _FUSE_BUF_IS_FD, _FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2  # fuse_common.h, enum fuse_buf_flags
+_FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h
+_UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # sys/stat.h
 # The largest read request the mount negotiates (max_read, max_readahead): 252 pages, so that
 # a reply with its header fits a pipe of 1 MiB (/proc/sys/fs/pipe-max-size's default, which
 # only CAP_SYS_RESOURCE may exceed) and libfuse can splice it (libfuse's rule: the reply
@@ -55,8 +64,17 @@ def state_file(mountpoint: Path) -> Path:
 class VolumeFS(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, volume: Volume, mountpoint: Path, flush_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        volume: Volume,
+        mountpoint: Path,
+        flush_interval: float = 2.0,
+        reporter: Callable[[str | None, str], None] | None = None,
+    ) -> None:
         self.volume = volume
+        #: freshness fsync: every commit's tag goes to the runtime (and the CAS) first
+        self.reporter = reporter
+        self.reported = volume.base
         self.mountpoint = mountpoint
         self._mutex = threading.RLock()
         self.handles: dict[int, VolumeFile] = {}
@@ -68,6 +86,7 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         self.state_path = state_file(mountpoint)
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self._encoding = "utf-8"
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -97,21 +116,50 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         self._flusher.start()
 
     def destroy(self, path: str) -> None:
+        """Unmounted: close every handle and the volume, record the final tag. A failure is
+        written to the log (libfuse would swallow it) and the tag is not marked final."""
         self._stop.set()
-        with self._mutex:
-            for handle in list(self.handles.values()):
-                handle.close()
-            self.handles.clear()
-            self.final_tag = self.volume.close()
-            if self.volume.helper is not None:
-                self.volume.helper.close()
+        try:
+            with self._mutex:
+                for handle in list(self.handles.values()):
+                    handle.close()
+                self.handles.clear()
+                self.final_tag = self.volume.close()
+                if self.volume.helper is not None:
+                    self.volume.helper.close()
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            raise
         self._record(self.final_tag, final=True)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval):
             with self._mutex:
-                if self.volume.dirty:
-                    self._record(self.volume.flush(durable=False))
+                if self.volume.dirty and not self.volume.readonly:
+                    try:
+                        self._commit(durable=False)
+                    except OSError as exc:  # a full disk: the next fsync reports it to the program
+                        log.warning("periodic commit failed: %s", exc)
+
+    def _commit(self, durable: bool = True) -> str:
+        """Commit; with a reporter, have the CAS take the new tag before anyone is told it
+        is durable. A refusal stops all writing (EROFS from then on) and is EIO now. A lazy
+        commit's tag (the periodic ones) is neither reported nor recorded: it is not durable
+        until the next durable commit."""
+        tag = self.volume.flush(durable)
+        if self.volume.lazy:
+            return tag
+        if self.reporter is not None and tag != self.reported:
+            try:
+                self.reporter(self.reported, tag)
+            except ReportRefused as exc:
+                log.error("the CAS did not take tag %s…: %s; the volume takes no more writes", tag[:16], exc)
+                self.volume.readonly = True
+                raise OSError(errno.EIO, f"the CAS did not take the volume's new tag: {exc}") from None
+            self.reported = self.volume.base = tag
+        self._record(tag)
+        return tag
 
     def _record(self, tag: str, final: bool = False) -> None:
         target = self.state_path
@@ -139,19 +187,48 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
             except (IntegrityError, OSError) as exc:
                 raise _fuse_error(exc) from None
 
-    def _attrs(self, path: str) -> dict[str, Any]:
-        st = self.volume.stat(path)
-        ns = int(st.mtime * 1e9)
+    def _changed(self, path: str | None, inode: Any = None) -> None:
+        """A file with several names changed through ``path``: the kernel caches each name
+        apart (libfuse's high-level API gives every path its own node), so the other names'
+        attributes and pages are dropped."""
+        try:
+            if inode is None:
+                if path is None:
+                    return
+                inode = self.volume.tree.lookup(path)
+        except OSError:
+            return
+        if inode.is_dir or (inode.nlink < 2 and path is not None):
+            return
+        context = fuse._libfuse.fuse_get_context()
+        handle = context.contents.fuse if context else None
+        if not handle:
+            return
+        for other in self.volume.names_of(inode):
+            if other != path:
+                _invalidate_path(handle, other.encode(self._encoding, "surrogateescape"))
+
+    def _attrs(self, path: str | None, fh: int | None) -> dict[str, Any]:
+        if path is None:  # an open file, whatever its names now (it may have none)
+            handle = self.handles.get(fh) if fh is not None else None
+            if handle is None:
+                raise fuse.FuseOSError(errno.EBADF)
+            st = self.volume.stat_inode(handle.inode)
+        else:
+            st = self.volume.stat(path)
         return {
+            "st_ino": st.ino,
             "st_mode": st.st_mode,
-            "st_nlink": 2 if st.type == "dir" else 1,
+            "st_nlink": st.nlink,
             "st_size": st.size,
-            "st_uid": os.getuid(),
-            "st_gid": os.getgid(),
-            "st_atime": ns,
-            "st_mtime": ns,
-            "st_ctime": ns,
-            "st_blocks": (st.size + 511) // 512,
+            "st_uid": st.uid,
+            "st_gid": st.gid,
+            "st_rdev": st.rdev,
+            "st_atime": st.atime_ns,
+            "st_mtime": st.mtime_ns,
+            "st_ctime": st.ctime_ns,
+            "st_blocks": st.blocks,
+            "st_blksize": 4096,
         }
 
     def _new_handle(self, handle: VolumeFile) -> int:
@@ -171,10 +248,12 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         return path
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
-        return self._call(self._attrs, self._path(path, fh))
+        return self._call(self._attrs, path, fh)
 
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *self._call(self.volume.listdir, path)]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """Names with their inode numbers (use_ino: a zero d_ino hides an entry from readdir(3))."""
+        rows = self._call(self.volume.entries, path)
+        return [(name, {"st_ino": ino, "st_mode": mode}, 0) for name, ino, mode in rows]
 
     def open(self, path: str, flags: int) -> int:
         def work() -> int:
@@ -188,7 +267,10 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         return self._call(work)
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        return self._call(lambda: self._new_handle(self.volume.open_file(path, "w+", mode & 0o7777)))
+        uid, gid, _ = fuse.fuse_get_context()
+        return self._call(
+            lambda: self._new_handle(self.volume.open_file(path, "x+", mode & 0o7777, uid, gid))
+        )
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         # mfusepy registers its read callback because this exists, but libfuse calls
@@ -205,9 +287,11 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.EIO)
         with self._mutex:  # _call inlined: this runs once per read request
             try:
-                at, count = self.handles[fh].pread_shared(size, offset)
+                handle = self.handles[fh]
+                at, count = handle.pread_shared(size, offset)
             except (IntegrityError, OSError) as exc:
                 raise _fuse_error(exc) from None
+            self.volume.touch_atime(handle.inode)
         ctypes.c_void_p.from_address(ctypes.addressof(bufpp.contents)).value = _bufvec(helper.fd, at, count)
         return 0
 
@@ -218,7 +302,11 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
     def write_from(self, fh: int, address: int, size: int, offset: int) -> int:
         """``write`` without a copy: seal straight from libfuse's request buffer."""
         source = _buffer(address, size)
-        return self._call(lambda: self.handles[fh].pwrite(source, offset))
+        handle = self.handles.get(fh)
+        written = self._call(lambda: self.handles[fh].pwrite(source, offset))
+        if handle is not None and handle.inode.nlink > 1:
+            self._changed(handle.path, handle.inode)
+        return written
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         def work() -> int:
@@ -228,7 +316,9 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
                 self.volume.truncate(self._path(path, fh), length)
             return 0
 
-        return self._call(work)
+        result = self._call(work)
+        self._changed(path)
+        return result
 
     def release(self, path: str, fh: int) -> int:
         def work() -> int:
@@ -243,8 +333,10 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
+        """fsync and fdatasync commit everything: one journal for the whole volume."""
+
         def work() -> int:
-            self._record(self.volume.flush(durable=True))
+            self._commit()
             return 0
 
         return self._call(work)
@@ -253,7 +345,29 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         return self.fsync(path, datasync, fh)
 
     def mkdir(self, path: str, mode: int) -> int:
-        self._call(self.volume.mkdir, path, mode & 0o7777)
+        uid, gid, _ = fuse.fuse_get_context()
+        self._call(self.volume.mkdir, path, mode & 0o7777, uid, gid)
+        return 0
+
+    def symlink(self, path: str, target: str) -> int:
+        uid, gid, _ = fuse.fuse_get_context()
+        self._call(self.volume.symlink, target, path, uid, gid)
+        return 0
+
+    def readlink(self, path: str) -> str:
+        return self._call(self.volume.readlink, path)
+
+    def link(self, path: str, existing: str) -> int:
+        self._call(self.volume.link, existing, path)
+        self._changed(path)
+        return 0
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        kind = TYPE_OF_MODE.get(stat_module.S_IFMT(mode) or stat_module.S_IFREG)
+        if kind is None or kind in ("dir", "symlink"):
+            raise fuse.FuseOSError(errno.EINVAL)
+        uid, gid, _ = fuse.fuse_get_context()
+        self._call(self.volume.mknod, path, kind, mode & 0o7777, dev, uid, gid)
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -261,7 +375,10 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def unlink(self, path: str) -> int:
+        inode = self._call(self.volume.tree.lookup, path)
         self._call(self.volume.unlink, path)
+        if inode.nlink >= 1:
+            self._changed(None, inode)
         return 0
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
@@ -270,31 +387,47 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
 
     def chmod(self, path: str, mode: int) -> int:
         self._call(self.volume.chmod, path, mode)
+        self._changed(path)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
-        return 0  # ownership is not stored: every file belongs to the mounting user
+        self._call(self.volume.chown, path, uid, gid)
+        self._changed(path)
+        return 0
 
-    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        mtime = times[1] / 1e9 if times else time.time()
-        self._call(self.volume.utime, path, mtime)
+    def utimens(self, path: str, times: tuple[int | None, int | None] | None = None) -> int:
+        """Times in ns; None for one kept (UTIME_OMIT); both now without ``times``."""
+        if times is None:
+            now = time.time_ns()
+            times = (now, now)
+        self._call(self.volume.utimens, path, times[0], times[1])
+        self._changed(path)
+        return 0
+
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        """Modes 0 and FALLOC_FL_KEEP_SIZE; punching holes and the rest: EOPNOTSUPP."""
+        if mode & ~_FALLOC_FL_KEEP_SIZE:
+            raise fuse.FuseOSError(errno.EOPNOTSUPP)
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        self._call(handle.allocate, offset, size, bool(mode & _FALLOC_FL_KEEP_SIZE))
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
+        """The storage's, less the volume's reserve; names of 255 bytes at most."""
         st = os.statvfs(self.volume.root)
+        reserved = self.volume.reserve_size // max(st.f_frsize, 1)
         return {
-            k: getattr(st, k)
-            for k in (
-                "f_bsize",
-                "f_frsize",
-                "f_blocks",
-                "f_bfree",
-                "f_bavail",
-                "f_files",
-                "f_ffree",
-                "f_favail",
-                "f_namemax",
-            )
+            "f_bsize": st.f_bsize,
+            "f_frsize": st.f_frsize,
+            "f_blocks": st.f_blocks,
+            "f_bfree": max(0, st.f_bfree - reserved),
+            "f_bavail": max(0, st.f_bavail - reserved),
+            "f_files": st.f_files,
+            "f_ffree": st.f_ffree,
+            "f_favail": st.f_favail,
+            "f_namemax": NAME_MAX,
         }
 
 
@@ -351,11 +484,40 @@ class _Fuse(fuse.FUSE):  # type: ignore[misc]
         decode = self.encoding, self.errors
         return int(self.operations.rename(old.decode(*decode), new.decode(*decode), flags))
 
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # mfusepy turns UTIME_NOW and UTIME_OMIT into times far in the future
+        times = None
+        if buf:
+            times = (_nanoseconds(buf.contents.actime), _nanoseconds(buf.contents.modtime))
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return int(self.operations.utimens(name, times))
+
     def create(self, path: bytes, mode: int, fip: Any) -> int:
         # mfusepy's version inspects the signature of operations.create on every call (5% of the
         # time creating small files)
         fip.contents.fh = self.operations.create(path.decode(self.encoding, self.errors), mode)
         return 0
+
+
+_lib3 = ctypes.CDLL(os.environ["FUSE_LIBRARY_PATH"])
+_lib3.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_lib3.fuse_invalidate_path.restype = ctypes.c_int
+
+
+def _invalidate_path(fuse_handle: int, path: bytes) -> None:
+    """Drop the kernel's cached attributes and pages of ``path`` (libfuse 3.1)."""
+    result = _lib3.fuse_invalidate_path(fuse_handle, path)
+    if result not in (0, -errno.ENOENT):
+        log.debug("invalidating %r: %s", path, os.strerror(-result))
+
+
+def _nanoseconds(spec: Any) -> int | None:
+    """A struct timespec of utimensat(2): nanoseconds, now for UTIME_NOW, None for UTIME_OMIT."""
+    if spec.tv_nsec == _UTIME_OMIT:
+        return None
+    if spec.tv_nsec == _UTIME_NOW:
+        return time.time_ns()
+    return int(spec.tv_sec) * 1_000_000_000 + int(spec.tv_nsec)
 
 
 def _read_ahead(mountpoint: Path, kib: int) -> None:
@@ -396,7 +558,11 @@ def _keep_large_buffers() -> None:
 
 
 def serve(
-    volume: Volume, mountpoint: Path, foreground_ready: Any = None, options: dict[str, Any] | None = None
+    volume: Volume,
+    mountpoint: Path,
+    foreground_ready: Any = None,
+    options: dict[str, Any] | None = None,
+    reporter: Callable[[str | None, str], None] | None = None,
 ) -> str:
     """Mount and serve until unmounted; return the final tag."""
     _keep_large_buffers()
@@ -404,7 +570,7 @@ def serve(
     volume.helper = ReadHelper(
         volume.keys, volume.mode == "encrypted", volume.chunk_size, _READ_AHEAD_KIB << 10
     )
-    operations = VolumeFS(volume, mountpoint)
+    operations = VolumeFS(volume, mountpoint, reporter=reporter)
     # One thread: operations are serialised by the volume lock anyway, and a single-threaded
     # loop avoids GIL and lock hand-offs (measured: 18 us per request against 57 us). The
     # loop is veil.volume.session's, which polls before it sleeps.
@@ -417,6 +583,9 @@ def serve(
             nothreads=True,
             fsname="veil",
             max_read=_READ_AHEAD_KIB << 10,
+            use_ino=True,
+            default_permissions=True,
+            **({"allow_other": True} if os.getuid() == 0 else {}),
             **(options or {}),
         )
     finally:

@@ -1,5 +1,7 @@
-"""Checking a whole volume: tag, manifest, every chunk of every file, and foreign objects."""
+"""Checking a whole volume: tag, manifest, journal, every chunk of every file, and objects
+no inode refers to (what a crash can leave)."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,9 +9,8 @@ from veil.volume.errors import IntegrityError
 from veil.volume.volume import Volume
 
 _BLOCK = 1 << 20
-
-
 ORPHAN = "an object no file refers to (added outside veil, or left by a crash)"
+TORN = "bytes after the last complete commit, not part of the volume (a crash during a commit, or damage)"
 
 
 @dataclass(frozen=True)
@@ -23,19 +24,26 @@ class VolumeProblem:
 def verify_volume(
     root: Path, key: bytes, expected_tag: str | None = None, repair: bool = False
 ) -> tuple[str, list[VolumeProblem]]:
-    """(the volume's tag, every problem found). A wrong key, a wrong tag or a damaged
-    manifest raise at once: nothing below them can be trusted. ``repair`` deletes the
-    objects no file refers to (after the manifest authenticated, so they are not data of
-    this volume's current state); they are still listed, marked orphan."""
+    """(the volume's tag, every problem found). A wrong key, a tag the volume does not
+    descend from, or a damaged manifest raise at once: nothing below them can be trusted.
+    Read-only, except that ``repair`` deletes the objects no inode refers to (after the
+    manifest and journal authenticated, so they are not data of this volume's current
+    state); they are still listed, marked orphan."""
     problems: list[VolumeProblem] = []
-    with Volume.open(root, key, expected_tag) as volume:
+    with Volume.open(root, key, expected_tag, readonly=True) as volume:
+        if volume.journal is not None and volume.journal.tail:
+            problems.append(VolumeProblem("journal", f"{volume.journal.tail} {TORN}"))
         referenced: set[str] = set()
-        for path, entry in sorted(volume.manifest.entries.items()):
-            if entry["type"] != "file":
+        for inode in volume.tree.inodes.values():
+            if inode.file_id is not None:
+                referenced.add(inode.file_id.hex())
+                if inode.root is not None:  # the checkpoint's table, in its own file
+                    referenced.update(
+                        os.path.basename(name) for name in volume._table_files(inode.file_id, inode.root)
+                    )
+        for path, inode in volume.tree.walk():
+            if inode.type != "file":
                 continue
-            referenced.add(str(entry["id"]))
-            if "root" in entry:  # its tag table is an object too (docs/volume-format.md)
-                referenced.add(f"{entry['id']}.tags")
             try:
                 with volume.open_file(path) as handle:
                     position = 0

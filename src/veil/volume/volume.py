@@ -1,94 +1,149 @@
 """The protected volume: a Python API over the on-disk format of docs/volume-format.md.
 
-``Volume`` holds the manifest in memory and one shared state per open file (its object's
-descriptor, size and tag table). Writes go to the objects at once; tag tables and the
-manifest are written by ``flush()``, which returns the new volume tag. Namespace errors are
-OSError with an errno (as os functions raise); tampering raises IntegrityError.
+``Volume`` holds the tree of inodes in memory and one shared state per open file (its
+object's descriptor, size and tag table). Writes go to the objects at once where no durable
+version of a chunk exists, and are kept aside otherwise; ``flush()`` commits everything
+(journal record, then the kept-aside records in place) and returns the new volume tag;
+``close()`` writes a checkpoint. Namespace errors are OSError with an errno (as os
+functions raise); tampering raises IntegrityError.
 """
 
 import contextlib
+import copy
 import errno
 import fcntl
 import hmac
 import json
+import logging
 import os
 import posixpath
 import stat as stat_module
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veil.volume.chunks import TAG, ChunkCodec, tags_root
+from veil.volume.diskio import fsync_directory, pwrite_all, syncfs, write_atomic
 from veil.volume.errors import IntegrityError, StaleVolume, VolumeBusy, VolumeError, WrongKey
 from veil.volume.helper import Part, ReadHelper
+from veil.volume.inodes import NAME_MAX, TARGET_MAX, TYPES, Inode, Tree, name_bytes, normalize, oserror
+from veil.volume.journal import Commit, Journal, encode, genesis, upgraded
 from veil.volume.keys import VolumeKeys
-from veil.volume.manifest import Manifest, volume_tag
+from veil.volume.manifest import Manifest, legacy_tag
 
+log = logging.getLogger(__name__)
 FORMAT = "veil-volume"
-VERSION = 1
+VERSION = 2
+_READS = (1, 2)
 MODES = ("encrypted", "authenticated")
 DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 _SPLIT_CHUNKS = 16  # reads of more chunks than this are shared with the helper, if any
-_INLINE_TAGS = 2 * TAG  # a tag table this long or shorter lives in the manifest entry
-#: the longest name (bytes of UTF-8, as the program gave it) and the largest file size: ext4's
-NAME_MAX = 255
+_INLINE_TAGS = 2 * TAG  # a tag table this long or shorter lives in the manifest
+HOLE = bytes(TAG)
+#: the largest file size: ext4's with 4 KiB blocks
 MAX_FILE_SIZE = 1 << 44
+LINK_MAX = 65000
 # renameat2 flags (linux/fs.h)
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 #: space kept allocated in DIR/reserve so that metadata can be written on a full disk:
 #: at least this, and twice the sealed manifest
 RESERVE_MIN = 1 << 20
+#: overwrites of durable chunks kept aside before a commit is forced
+KEEP_ASIDE_MAX = 32 << 20
+#: a commit with more files (and object directories) written in place than this syncs the
+#: file system once (syncfs) instead of each
+_SYNCFS_ABOVE = 8
+#: a checkpoint is written when the journal grows past this
+CHECKPOINT_AT = 64 << 20
+#: tags a checkpoint keeps as ones the CAS may hold (each session's starting tag, each report)
+_BASE_TAGS = 8
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MAX_FILE_SIZE",
+    "MODES",
+    "NAME_MAX",
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
+    "RENAME_WHITEOUT",
+    "Volume",
+    "VolumeFile",
+    "VolumeStat",
+    "normalize",
+]
 
 
-def _oserror(code: int, path: str) -> OSError:
-    return OSError(code, os.strerror(code), path)
-
-
-def normalize(path: str) -> str:
-    """An absolute, normalised volume path; refuses to climb above the root, and names
-    longer than NAME_MAX bytes (ENAMETOOLONG, as the kernel's own file systems do)."""
-    joined = posixpath.normpath("/" + path.lstrip("/"))
-    if joined.startswith("//"):
-        joined = "/" + joined.lstrip("/")
-    if "\0" in joined:
-        raise _oserror(errno.EINVAL, path)
-    if len(joined) > NAME_MAX // 4 and any(  # shorter, no name can have NAME_MAX bytes of UTF-8
-        len(name.encode("utf-8", "surrogateescape")) > NAME_MAX for name in joined.split("/")
-    ):
-        raise _oserror(errno.ENAMETOOLONG, path)
-    return joined
+def _now() -> int:
+    return time.time_ns()
 
 
 @dataclass(frozen=True)
 class VolumeStat:
     path: str
-    type: str  # "file" or "dir"
+    type: str  # file, dir, symlink, fifo, socket, chardev, blockdev
     size: int
-    mode: int
-    mtime: float
+    mode: int  # permission bits
+    mtime: float  # seconds
+    ino: int = 0
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    rdev: int = 0
+    target: str | None = None
+    blocks: int = 0
 
     @property
     def st_mode(self) -> int:
-        kind = stat_module.S_IFDIR if self.type == "dir" else stat_module.S_IFREG
-        return kind | self.mode
+        return TYPES[self.type] | self.mode
 
 
-@dataclass
+@dataclass(eq=False)
 class _FileState:
-    path: str
-    file_id: bytes
+    inode: Inode
     codec: ChunkCodec
     fd: int
-    size: int
-    tags: bytearray
+    path: str  # for messages: the name it was opened by
     refs: int = 0
-    dirty: bool = False
-    unlinked: bool = False
     read_end: int = -1
+    #: chunks of the durable state: a chunk below this has a durable version, unless fresh
+    durable_count: int = 0
+    durable_size: int = 0
+    #: chunks written in place since the last commit (no durable version to protect)
+    fresh: set[int] = field(default_factory=set)
+    #: overwrites of durable chunks, kept aside until the commit: index -> record
+    kept: dict[int, bytes] = field(default_factory=dict)
+    #: chunks whose tags changed since the last commit
+    changed: set[int] = field(default_factory=set)
+    sized: bool = False  # the size changed since the last commit
+    unsynced: bool = False  # in-place writes since the last commit (fsync before it)
+    # objects replaced (with their checkpoint's table root), deleted after the commit
+    retired: list[tuple[bytes, str | None]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.inode.size
+
+    @property
+    def tags(self) -> bytearray:
+        assert self.inode.table is not None
+        return self.inode.table
+
+    @property
+    def file_id(self) -> bytes:
+        assert self.inode.file_id is not None
+        return self.inode.file_id
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.sized or self.changed or self.kept or self.retired)
 
 
 @dataclass
@@ -96,16 +151,32 @@ class Volume:
     root: Path
     keys: VolumeKeys
     manifest: Manifest
+    tree: Tree
     tag: str
     _lock_fd: int
-    _open: dict[bytes, _FileState] = field(default_factory=dict)
-    _children: dict[str, set[str]] = field(default_factory=dict)
-    _pending_deletes: list[bytes] = field(default_factory=list)
-    _new_dirs: set[str] = field(default_factory=set)  # object directories with new entries
-    _dirty: bool = False
-    _closed: bool = False
+    journal: Journal | None = None
+    #: the tags an expected tag may be (docs/volume-format.md, The volume tag)
+    history: set[str] = field(default_factory=set)
+    readonly: bool = False
     helper: ReadHelper | None = None  # set by the mount: a second process for large reads
-    chunk_size: int = field(init=False)  # the manifest's, read on every request
+    chunk_size: int = field(init=False)
+    _open: dict[int, _FileState] = field(default_factory=dict)
+    _ops: list[dict[str, Any]] = field(default_factory=list)
+    _blob: bytearray = field(default_factory=bytearray)
+    _kept_bytes: int = 0
+    _new_dirs: set[str] = field(default_factory=set)  # object directories with new entries
+    # objects (and their checkpoint's table root) to delete after the commit
+    _frees: list[tuple[bytes, str | None]] = field(default_factory=list)
+    _tables_changed: set[int] = field(default_factory=set)  # since the checkpoint
+    _applied: set[bytes] = field(default_factory=set)  # objects given journaled records since then
+    _damaged: dict[int, str] = field(default_factory=dict)  # inode -> why its table is unusable
+    #: journaled records found at open (inode -> (its object, chunk -> record)): those still
+    #: current are written in place, or, opened readonly, read from here
+    _replayed: dict[int, tuple[bytes, dict[int, bytes]]] = field(default_factory=dict)
+    _manifest_size: int = 0
+    _closed: bool = False
+    #: lazy commits were written since the last durable one (see flush)
+    _lazy: bool = False
 
     def __post_init__(self) -> None:
         self.chunk_size = self.manifest.chunk_size
@@ -115,7 +186,13 @@ class Volume:
 
     @classmethod
     def create(
-        cls, root: Path, key: bytes, mode: str = "encrypted", chunk_size: int = DEFAULT_CHUNK
+        cls,
+        root: Path,
+        key: bytes,
+        mode: str = "encrypted",
+        chunk_size: int = DEFAULT_CHUNK,
+        uid: int | None = None,
+        gid: int | None = None,
     ) -> "Volume":
         if mode not in MODES:
             raise VolumeError(f"mode must be one of {', '.join(MODES)}, not '{mode}'")
@@ -124,22 +201,25 @@ class Volume:
             raise VolumeError(f"{root} is not empty; a volume is created in an empty directory")
         volume_id = os.urandom(16)
         keys = VolumeKeys.derive(key, volume_id)
-        header = {
-            "format": FORMAT,
-            "version": VERSION,
-            "mode": mode,
-            "volume_id": volume_id.hex(),
-            "chunk_size": chunk_size,
-            "key_check": hmac.new(keys.check, b"veil-volume-key-check", "sha256").hexdigest(),
-        }
+        header = _header(mode, volume_id, chunk_size, keys)
         (root / "objects").mkdir()
-        _write_atomic(root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
-        manifest = Manifest(volume_id, mode, chunk_size, 0, {"/": _dir_entry(0o755)})
-        _write_atomic(root / "manifest", manifest.seal(keys.manifest))
+        write_atomic(root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
+        tree = Tree.empty(
+            0o755, os.getuid() if uid is None else uid, os.getgid() if gid is None else gid, _now()
+        )
+        manifest = Manifest(volume_id, mode, chunk_size, 0, epoch=1, start=genesis(volume_id))
+        manifest.inodes, manifest.next_ino = tree.checkpoint(), tree.next_ino
+        write_atomic(root / "journal", b"")
+        write_atomic(root / "manifest", manifest.seal(keys.manifest))
         return cls.open(root, key)
 
     @classmethod
-    def open(cls, root: Path, key: bytes, expected_tag: str | None = None) -> "Volume":
+    def open(
+        cls, root: Path, key: bytes, expected_tag: str | None = None, readonly: bool = False
+    ) -> "Volume":
+        """Open the volume in ``root``: the checkpoint, then the journal's commits. With
+        ``expected_tag``, refuse it unless that tag is in its history (StaleVolume).
+        ``readonly``: change nothing on disk (no upgrade, no cleanup, no commit)."""
         # absolute, not resolved: /proc/self/fd/N must stay a handle on the storage directory
         # even when a mount now covers its path (see veil.volume.daemon)
         root = root.absolute()
@@ -151,31 +231,103 @@ class Volume:
             raise WrongKey(f"the key does not open the volume in {root}")
         lock_fd = _lock(root)
         try:
-            try:
-                data = (root / "manifest").read_bytes()
-            except FileNotFoundError:
-                raise IntegrityError(f"{root}: the manifest is missing") from None
-            tag = volume_tag(data)
-            if expected_tag is not None and not hmac.compare_digest(tag, expected_tag):
+            volume = cls._load(root, keys, header, lock_fd, readonly)
+            if expected_tag is not None and not any(
+                hmac.compare_digest(expected_tag, t) for t in volume.history
+            ):
+                volume._release_files()
                 raise StaleVolume(
-                    f"{root}: volume tag {tag[:16]}… is not the expected {expected_tag[:16]}… "
-                    "(an older copy, a modified volume, or another volume)"
+                    f"{root}: volume tag {volume.tag[:16]}… does not descend from the expected "
+                    f"{expected_tag[:16]}… (an older copy, a modified volume, or another volume)"
                 )
-            manifest = Manifest.open(data, keys.manifest, volume_id)
-            if (manifest.mode, manifest.chunk_size) != (header["mode"], header["chunk_size"]):
-                raise IntegrityError(f"{root}: volume.json does not match the sealed manifest")
         except BaseException:
             os.close(lock_fd)
             raise
-        volume = cls(root, keys, manifest, tag, lock_fd)
-        volume._index()
+        if not readonly:
+            # the tag the CAS holds stays in the history however far the journal is compacted
+            volume.base = expected_tag or volume.tag
+            volume._settle()
         return volume
 
-    def _index(self) -> None:
-        self._children = {p: set() for p, e in self.manifest.entries.items() if e["type"] == "dir"}
-        for path in self.manifest.entries:
-            if path != "/":
-                self._children.setdefault(posixpath.dirname(path), set()).add(posixpath.basename(path))
+    @classmethod
+    def _load(
+        cls, root: Path, keys: VolumeKeys, header: dict[str, Any], lock_fd: int, readonly: bool
+    ) -> "Volume":
+        try:
+            data = (root / "manifest").read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{root}: the manifest is missing") from None
+        manifest = Manifest.open(data, keys.manifest, keys.volume_id)
+        if (manifest.mode, manifest.chunk_size) != (header["mode"], header["chunk_size"]):
+            raise IntegrityError(f"{root}: volume.json does not match the sealed manifest")
+        if manifest.version < 3:  # version 1: converted now, written as version 2 by _settle
+            old = legacy_tag(data)
+            try:
+                tree = Tree.from_paths(manifest.entries, os.getuid(), os.getgid())
+            except (KeyError, ValueError, OSError) as exc:
+                raise IntegrityError(f"{root}: the manifest's entries do not form a tree ({exc})") from None
+            manifest.epoch, manifest.start, manifest.base = 0, upgraded(keys.volume_id, old), [old]
+            volume = cls(root, keys, manifest, tree, old, lock_fd, None, {old}, readonly)
+            return volume
+        try:
+            tree = Tree.from_checkpoint(manifest.inodes, manifest.next_ino)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"{root}: the manifest's inodes do not form a tree ({exc})") from None
+        history = {manifest.start.hex(), *manifest.base}
+        volume = cls(root, keys, manifest, tree, manifest.start.hex(), lock_fd, None, history, readonly)
+        journal = Journal(
+            f"{root}/journal", keys.journal, keys.volume_id, manifest.epoch, manifest.start, readonly
+        )
+        volume.journal = journal
+        try:
+            for commit in journal.read(accept=volume._records_authentic):
+                volume._replay(commit.ops, commit.blob, commit.raw)
+                volume.history.add(commit.chain.hex())
+            volume._place_replayed()
+        except BaseException:
+            journal.close()
+            raise
+        volume.tag = journal.chain.hex()
+        volume._manifest_size = len(data)
+        return volume
+
+    def _settle(self) -> None:
+        """After opening for writing: a version 1 volume becomes version 2 (a checkpoint of
+        the same state, whose base is the old tag). If the last session did not close (its
+        marker ``.open`` is still there: a crash), files it left open but unlinked are
+        removed, and objects no inode names (created for files never committed)."""
+        crashed = os.path.exists(f"{self.root}/.open")
+        write_atomic(f"{self.root}/.open", b"", durable=True)
+        if self.journal is None:
+            self._checkpoint(upgrade=True)
+        for inode in self.tree.unreachable():
+            self._free(inode)
+        if self._ops:
+            self.flush()
+        if crashed:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete what a crash left: objects no inode names, half-written temporary files."""
+        named = set()
+        for inode in self.tree.inodes.values():
+            if inode.file_id is not None:
+                named.add(inode.file_id.hex())
+                if inode.root is not None:
+                    named.update(os.path.basename(p) for p in self._table_files(inode.file_id, inode.root))
+        for state in self._open.values():
+            named.update(f.hex() for f, _ in state.retired)
+        for directory in os.scandir(self._objects):
+            if not directory.is_dir():
+                continue
+            for item in os.scandir(directory.path):
+                if item.name not in named:
+                    log.info("removing %s, which a crash left and no file names", item.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(item.path)
+        for leftover in ("manifest.tmp", "volume.json.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.root}/{leftover}")
 
     @property
     def mode(self) -> str:
@@ -183,7 +335,12 @@ class Volume:
 
     @property
     def dirty(self) -> bool:
-        return self._dirty or any(s.dirty for s in self._open.values())
+        return bool(self._ops) or any(s.dirty for s in self._open.values())
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the last commit was lazy (durable only with the next durable commit)."""
+        return self._lazy
 
     # -- paths of objects -------------------------------------------------------------
 
@@ -193,201 +350,389 @@ class Volume:
         name = file_id.hex()
         return f"{self._objects}/{name[:2]}/{name}"
 
-    def _tags_path(self, file_id: bytes) -> str:
-        return self._object(file_id) + ".tags"
+    def _tags_path(self, file_id: bytes, root: str) -> str:
+        """Where the checkpoint whose table has ``root`` keeps it: named by the root, so a
+        checkpoint never overwrites the table the previous manifest still names."""
+        return f"{self._object(file_id)}.{root[:16]}.tags"
 
-    # -- namespace --------------------------------------------------------------------
+    def _table_files(self, file_id: bytes, root: str | None) -> list[str]:
+        """The files that may hold a table of ``file_id``: the one named by ``root`` and the
+        name volumes before format version 2.1 used (``ID.tags``)."""
+        legacy = self._object(file_id) + ".tags"
+        return [self._tags_path(file_id, root), legacy] if root is not None else [legacy]
 
-    def _entry(self, path: str) -> dict[str, Any]:
-        entry = self.manifest.entries.get(path)
-        if entry is None:
-            raise _oserror(errno.ENOENT, path)
-        return entry
+    def file_id(self, path: str) -> str:
+        """The object id (hex) of the regular file at ``path`` (tests and tools)."""
+        inode = self.tree.lookup(path)
+        if inode.file_id is None:
+            raise oserror(errno.EINVAL, path)
+        return inode.file_id.hex()
 
-    def _parent_dir(self, path: str) -> str:
-        parent = posixpath.dirname(path)
-        entry = self.manifest.entries.get(parent)
-        if entry is None:
-            raise _oserror(errno.ENOENT, parent)
-        if entry["type"] != "dir":
-            raise _oserror(errno.ENOTDIR, parent)
-        return parent
+    # -- the namespace ----------------------------------------------------------------
+
+    def _writable(self, path: str) -> None:
+        if self.readonly or self._closed:
+            raise oserror(errno.EROFS, path)
+
+    def _record(self, op: str, **fields: Any) -> None:
+        self._ops.append({"op": op, **fields})
+
+    def _changed(self, inode: Inode, now: int | None = None, times: str = "c") -> None:
+        """Record ``inode``'s attributes (after a change; ``times``: which of m, c to set now)."""
+        when = _now() if now is None else now
+        if "m" in times:
+            inode.mtime = when
+        if "c" in times:
+            inode.ctime = when
+        self._record("inode", ino=inode.ino, attrs=inode.attrs())
 
     def exists(self, path: str) -> bool:
-        return normalize(path) in self.manifest.entries
+        try:
+            self.tree.lookup(path)
+        except OSError:
+            return False
+        return True
 
     def stat(self, path: str) -> VolumeStat:
-        path = normalize(path)
-        entry = self._entry(path)
-        size = int(entry.get("size", 0))
-        if entry["type"] == "file":
-            state = self._open.get(bytes.fromhex(entry["id"]))
+        return self._stat(normalize(path), self.tree.lookup(path))
+
+    def stat_inode(self, inode: Inode, path: str = "") -> VolumeStat:
+        """The attributes of ``inode`` (an open file's, whatever its names now)."""
+        return self._stat(path, inode)
+
+    def _stat(self, path: str, inode: Inode) -> VolumeStat:
+        size = inode.size
+        blocks = 0
+        if inode.type == "file":
+            state = self._open.get(inode.ino)
             if state is not None:
-                size = state.size
-        return VolumeStat(path, entry["type"], size, int(entry["mode"]), float(entry["mtime"]))
+                with contextlib.suppress(OSError):
+                    blocks = os.fstat(state.fd).st_blocks
+            else:
+                with contextlib.suppress(OSError, AssertionError):
+                    blocks = os.stat(self._object(inode.file_id or b"")).st_blocks
+        elif inode.type == "symlink":
+            size = name_bytes(inode.target or "")
+        elif inode.is_dir:
+            size = 4096
+            blocks = 8
+        return VolumeStat(
+            path,
+            inode.type,
+            size,
+            inode.mode,
+            inode.mtime / 1e9,
+            inode.ino,
+            inode.nlink,
+            inode.uid,
+            inode.gid,
+            inode.atime,
+            inode.mtime,
+            inode.ctime,
+            inode.rdev,
+            inode.target,
+            blocks,
+        )
 
     def listdir(self, path: str = "/") -> list[str]:
-        path = normalize(path)
-        if self._entry(path)["type"] != "dir":
-            raise _oserror(errno.ENOTDIR, path)
-        return sorted(self._children.get(path, ()))
+        inode = self.tree.lookup(path)
+        if inode.entries is None:
+            raise oserror(errno.ENOTDIR, path)
+        return sorted(inode.entries)
+
+    def names_of(self, inode: Inode) -> list[str]:
+        """Every path of ``inode`` (a walk: for files with several names, which are rare)."""
+        return [path for path, found in self.tree.walk() if found is inode]
+
+    def entries(self, path: str) -> list[tuple[str, int, int]]:
+        """A directory's entries as readdir(3) gives them: (name, inode number, st_mode),
+        with "." and ".." first."""
+        inode = self.tree.lookup(path)
+        if inode.entries is None:
+            raise oserror(errno.ENOTDIR, path)
+        parent = self.tree.get(inode.parent) if inode.parent in self.tree.inodes else inode
+        rows = [(".", inode.ino, inode.st_mode), ("..", parent.ino, parent.st_mode)]
+        for name, ino in sorted(inode.entries.items()):
+            rows.append((name, ino, self.tree.get(ino).st_mode))
+        return rows
 
     def walk(self) -> Iterator[VolumeStat]:
-        for path in sorted(self.manifest.entries):
-            yield self.stat(path)
+        for path, inode in self.tree.walk():
+            yield self._stat(path, inode)
 
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        path = normalize(path)
-        parent = self._parent_dir(path)
-        if path in self.manifest.entries:
-            raise _oserror(errno.EEXIST, path)
-        self.manifest.entries[path] = _dir_entry(mode)
-        self._children[parent].add(posixpath.basename(path))
-        self._children[path] = set()
-        self._touch(parent)
+    def _new_inode(self, kind: str, mode: int, directory: Inode, uid: int | None, gid: int | None) -> Inode:
+        now = _now()
+        owner = os.getuid() if uid is None else uid
+        group = (
+            directory.gid if directory.mode & stat_module.S_ISGID else (os.getgid() if gid is None else gid)
+        )
+        if kind == "dir" and directory.mode & stat_module.S_ISGID:
+            mode |= stat_module.S_ISGID  # a set-group-id directory's subdirectories inherit it
+        inode = Inode(self.tree.allocate(), kind, mode & 0o7777, owner, group, now, now, now)
+        if kind == "dir":
+            inode.entries, inode.nlink = {}, 2
+        return inode
+
+    def _place(self, path: str, inode: Inode) -> None:
+        """Give the new ``inode`` the name ``path`` (which must be free)."""
+        directory, name = self.tree.parent_of(path)
+        if name in (directory.entries or {}):
+            raise oserror(errno.EEXIST, path)
+        self.tree.add(inode)
+        self.tree.link(directory, name, inode)
+        self._record("inode", ino=inode.ino, attrs=inode.attrs())
+        self._record("link", dir=directory.ino, name=name, ino=inode.ino)
+        self._changed(directory, inode.ctime, "mc")
+
+    def _free_path(self, path: str) -> tuple[Inode, str]:
+        """(the directory, the name) where a new inode may go: EEXIST if taken."""
+        directory, name = self.tree.parent_of(path)
+        if name in (directory.entries or {}):
+            raise oserror(errno.EEXIST, path)
+        return directory, name
+
+    def mkdir(self, path: str, mode: int = 0o755, uid: int | None = None, gid: int | None = None) -> None:
+        self._writable(path)
+        directory, _ = self._free_path(path)
+        self._place(path, self._new_inode("dir", mode, directory, uid, gid))
+
+    def symlink(self, target: str, path: str, uid: int | None = None, gid: int | None = None) -> None:
+        """``path`` becomes a symbolic link to ``target`` (stored as given, sealed)."""
+        self._writable(path)
+        if not target:
+            raise oserror(errno.ENOENT, path)
+        if name_bytes(target) > TARGET_MAX or "\0" in target:
+            raise oserror(errno.ENAMETOOLONG if "\0" not in target else errno.EINVAL, path)
+        directory, _ = self._free_path(path)
+        inode = self._new_inode("symlink", 0o777, directory, uid, gid)
+        inode.target = target
+        self._place(path, inode)
+
+    def readlink(self, path: str) -> str:
+        inode = self.tree.lookup(path)
+        if inode.type != "symlink":
+            raise oserror(errno.EINVAL, path)
+        return inode.target or ""
+
+    def mknod(
+        self,
+        path: str,
+        kind: str,
+        mode: int = 0o644,
+        rdev: int = 0,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        """A FIFO, socket or device node (metadata only: the kernel gives it its meaning),
+        or an empty regular file."""
+        self._writable(path)
+        if kind == "file":
+            self.open_file(path, "x", mode, uid, gid).close()
+            return
+        if kind not in ("fifo", "socket", "chardev", "blockdev"):
+            raise oserror(errno.EINVAL, path)
+        directory, _ = self._free_path(path)
+        inode = self._new_inode(kind, mode, directory, uid, gid)
+        inode.rdev = rdev if kind in ("chardev", "blockdev") else 0
+        self._place(path, inode)
+
+    def link(self, existing: str, path: str) -> None:
+        """A new name ``path`` for the inode at ``existing`` (not a directory)."""
+        self._writable(path)
+        inode = self.tree.lookup(existing)
+        if inode.is_dir:
+            raise oserror(errno.EPERM, existing)
+        if inode.nlink >= LINK_MAX:
+            raise oserror(errno.EMLINK, existing)
+        directory, name = self._free_path(path)
+        self.tree.link(directory, name, inode)
+        self._record("link", dir=directory.ino, name=name, ino=inode.ino)
+        now = _now()
+        self._changed(inode, now, "c")
+        self._changed(directory, now, "mc")
 
     def rmdir(self, path: str) -> None:
-        path = normalize(path)
-        if path == "/":
-            raise _oserror(errno.EBUSY, path)
-        if self._entry(path)["type"] != "dir":
-            raise _oserror(errno.ENOTDIR, path)
-        if self._children.get(path):
-            raise _oserror(errno.ENOTEMPTY, path)
-        del self.manifest.entries[path]
-        del self._children[path]
-        parent = posixpath.dirname(path)
-        self._children[parent].discard(posixpath.basename(path))
-        self._touch(parent)
+        self._writable(path)
+        directory, name = self.tree.parent_of(path)
+        inode = self.tree.lookup(path)
+        if not inode.is_dir:
+            raise oserror(errno.ENOTDIR, path)
+        if inode.entries:
+            raise oserror(errno.ENOTEMPTY, path)
+        self.tree.unlink(directory, name)
+        self._record("unlink", dir=directory.ino, name=name)
+        self._free(inode)
+        self._changed(directory, None, "mc")
 
     def unlink(self, path: str) -> None:
-        path = normalize(path)
-        entry = self._entry(path)
-        if entry["type"] == "dir":
-            raise _oserror(errno.EISDIR, path)
-        self._drop_file(path, entry)
-        parent = posixpath.dirname(path)
-        self._children[parent].discard(posixpath.basename(path))
-        self._touch(parent)
+        self._writable(path)
+        directory, name = self.tree.parent_of(path)
+        inode = self.tree.lookup(path)
+        if inode.is_dir:
+            raise oserror(errno.EISDIR, path)
+        self.tree.unlink(directory, name)
+        self._record("unlink", dir=directory.ino, name=name)
+        now = _now()
+        self._changed(directory, now, "mc")
+        self._dropped(inode, now)
 
-    def _drop_file(self, path: str, entry: dict[str, Any]) -> None:
-        del self.manifest.entries[path]
-        file_id = bytes.fromhex(entry["id"])
-        state = self._open.get(file_id)
+    def _dropped(self, inode: Inode, now: int) -> None:
+        """An inode lost a name: freed with its last name, unless a file still open."""
+        state = self._open.get(inode.ino)
+        if inode.nlink > 0 or (state is not None and state.refs > 0):
+            self._changed(inode, now, "c")
+            return
+        self._free(inode)
+
+    def _free(self, inode: Inode) -> None:
+        """The inode goes, in the next commit with its last name; what an unused open state
+        still had pending (writes not yet committed) goes with it."""
+        state = self._open.pop(inode.ino, None)
         if state is not None:
-            state.unlinked = True
-        self._pending_deletes.append(file_id)
-        self._dirty = True
+            self._kept_bytes -= sum(len(r) for r in state.kept.values())
+            self._frees.extend(state.retired)
+            os.close(state.fd)
+        self.tree.drop(inode.ino)
+        self._record("free", ino=inode.ino)
+        if inode.file_id is not None:
+            self._frees.append((inode.file_id, inode.root))
+        self._tables_changed.discard(inode.ino)
 
     def rename(self, source: str, target: str, flags: int = 0) -> None:
-        """rename(2), and renameat2(2)'s RENAME_NOREPLACE and RENAME_EXCHANGE; any other flag
-        (RENAME_WHITEOUT included) is EINVAL, never ignored."""
-        source, target = normalize(source), normalize(target)
+        """rename(2), and renameat2(2)'s RENAME_NOREPLACE and RENAME_EXCHANGE; any other
+        flag (RENAME_WHITEOUT included) is EINVAL, never ignored."""
+        self._writable(target)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
-            raise _oserror(errno.EINVAL, target)
-        entry = self._entry(source)
+            raise oserror(errno.EINVAL, target)
+        source_dir, source_name = self.tree.parent_of(source)
+        inode = self.tree.lookup(source)
+        target_dir, target_name = self.tree.parent_of(target)
+        assert target_dir.entries is not None
+        existing_ino = target_dir.entries.get(target_name)
+        existing = None if existing_ino is None else self.tree.get(existing_ino)
         if flags & RENAME_EXCHANGE:
-            self._exchange(source, target)
+            if existing is None:
+                raise oserror(errno.ENOENT, target)
+            self._exchange(source_dir, source_name, inode, target_dir, target_name, existing)
             return
-        if flags & RENAME_NOREPLACE and target in self.manifest.entries:
-            raise _oserror(errno.EEXIST, target)
-        if source == target:
-            return
-        if target.startswith(source + "/"):
-            raise _oserror(errno.EINVAL, target)
-        target_parent = self._parent_dir(target)
-        existing = self.manifest.entries.get(target)
+        if existing is not None and flags & RENAME_NOREPLACE:
+            raise oserror(errno.EEXIST, target)
+        if existing is inode:
+            return  # two names of one inode: rename does nothing
+        if inode.is_dir and self.tree.is_inside(target_dir.ino, inode.ino):
+            raise oserror(errno.EINVAL, target)
         if existing is not None:
-            if existing["type"] == "dir":
-                if entry["type"] != "dir":
-                    raise _oserror(errno.EISDIR, target)
-                if self._children.get(target):
-                    raise _oserror(errno.ENOTEMPTY, target)
-                del self.manifest.entries[target]
-                del self._children[target]
+            if existing.is_dir and not inode.is_dir:
+                raise oserror(errno.EISDIR, target)
+            if inode.is_dir and not existing.is_dir:
+                raise oserror(errno.ENOTDIR, target)
+            if existing.is_dir and existing.entries:
+                raise oserror(errno.ENOTEMPTY, target)
+        now = _now()
+        self.tree.unlink(source_dir, source_name)
+        self._record("unlink", dir=source_dir.ino, name=source_name)
+        replaced = self.tree.link(target_dir, target_name, inode)
+        self._record("link", dir=target_dir.ino, name=target_name, ino=inode.ino)
+        if replaced is not None:
+            if replaced.is_dir:
+                self._free(replaced)
             else:
-                if entry["type"] == "dir":
-                    raise _oserror(errno.ENOTDIR, target)
-                self._drop_file(target, existing)
-        moved = [p for p in self.manifest.entries if p == source or p.startswith(source + "/")]
-        for old in moved:
-            new = target + old[len(source) :]
-            self.manifest.entries[new] = self.manifest.entries.pop(old)
-            if old in self._children:
-                self._children[new] = self._children.pop(old)
-        for state in self._open.values():
-            if state.path == source or state.path.startswith(source + "/"):
-                state.path = target + state.path[len(source) :]
-        source_parent = posixpath.dirname(source)
-        self._children[source_parent].discard(posixpath.basename(source))
-        self._children[target_parent].add(posixpath.basename(target))
-        self._touch(source_parent)
-        self._touch(target_parent)
+                self._dropped(replaced, now)
+        self._changed(inode, now, "c")
+        self._changed(source_dir, now, "mc")
+        if target_dir is not source_dir:
+            self._changed(target_dir, now, "mc")
 
-    def _exchange(self, first: str, second: str) -> None:
-        """RENAME_EXCHANGE: ``first`` and ``second`` (both must exist; neither inside the
-        other) swap their places, each with everything under it."""
-        self._entry(first)
-        self._entry(second)
-        if first == second:
+    def _exchange(
+        self,
+        first_dir: Inode,
+        first_name: str,
+        first: Inode,
+        second_dir: Inode,
+        second_name: str,
+        second: Inode,
+    ) -> None:
+        if first is second:
             return
-        if second.startswith(first + "/") or first.startswith(second + "/"):
-            raise _oserror(errno.EINVAL, second)
-        entries = self.manifest.entries
-
-        def subtree(root: str) -> list[str]:
-            return [p for p in entries if p == root or p.startswith(root + "/")]
-
-        moves = [(p, second + p[len(first) :]) for p in subtree(first)]
-        moves += [(p, first + p[len(second) :]) for p in subtree(second)]
-        taken = {old: entries.pop(old) for old, _ in moves}
-        children = {old: self._children.pop(old) for old, _ in moves if old in self._children}
-        for old, new in moves:
-            entries[new] = taken[old]
-            if old in children:
-                self._children[new] = children[old]
-        renamed = dict(moves)
-        for state in self._open.values():
-            root = next(
-                (r for r in (first, second) if state.path == r or state.path.startswith(r + "/")), None
-            )
-            if root is not None:
-                state.path = renamed[root] + state.path[len(root) :]
-        for parent in {posixpath.dirname(first), posixpath.dirname(second)}:
-            self._touch(parent)
+        for moved, into in ((first, second_dir), (second, first_dir)):
+            if moved.is_dir and self.tree.is_inside(into.ino, moved.ino):
+                raise oserror(errno.EINVAL, second_name)
+        assert first_dir.entries is not None and second_dir.entries is not None
+        self.tree.unlink(first_dir, first_name)
+        self.tree.unlink(second_dir, second_name)
+        self.tree.link(first_dir, first_name, second)
+        self.tree.link(second_dir, second_name, first)
+        self._record("link", dir=first_dir.ino, name=first_name, ino=second.ino)
+        self._record("link", dir=second_dir.ino, name=second_name, ino=first.ino)
+        now = _now()
+        for inode in {first, second, first_dir, second_dir}:
+            self._changed(inode, now, "mc" if inode in (first_dir, second_dir) else "c")
 
     def chmod(self, path: str, mode: int) -> None:
-        entry = self._entry(normalize(path))
-        entry["mode"] = mode & 0o7777
-        self._dirty = True
+        self._writable(path)
+        inode = self.tree.lookup(path)
+        inode.mode = mode & 0o7777
+        self._changed(inode)
 
-    def utime(self, path: str, mtime: float) -> None:
-        entry = self._entry(normalize(path))
-        entry["mtime"] = mtime
-        self._dirty = True
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Owner and group (-1: unchanged); stored as given, enforced by the kernel."""
+        self._writable(path)
+        inode = self.tree.lookup(path)
+        if uid != -1:
+            inode.uid = uid
+        if gid != -1:
+            inode.gid = gid
+        self._changed(inode)
 
-    def _touch(self, path: str) -> None:
-        self.manifest.entries[path]["mtime"] = time.time()
-        self._dirty = True
+    def utime(self, path: str, mtime: float | None = None, atime: float | None = None) -> None:
+        """Seconds (floats); None keeps a time."""
+        self.utimens(
+            path, None if atime is None else int(atime * 1e9), None if mtime is None else int(mtime * 1e9)
+        )
+
+    def utimens(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+        self._writable(path)
+        inode = self.tree.lookup(path)
+        if atime_ns is not None:
+            inode.atime = atime_ns
+        if mtime_ns is not None:
+            inode.mtime = mtime_ns
+        self._changed(inode)
+
+    def touch_atime(self, inode: Inode) -> None:
+        """relatime: after a read, atime moves when it is older than mtime or ctime, or a
+        day old; recorded with the next commit."""
+        now = _now()
+        if inode.atime <= inode.mtime or inode.atime <= inode.ctime or now - inode.atime > 86_400 * 10**9:
+            inode.atime = now
+            self._record("inode", ino=inode.ino, attrs=inode.attrs())
 
     # -- files ------------------------------------------------------------------------
 
-    def open_file(self, path: str, mode: str = "r", perm: int = 0o644) -> "VolumeFile":
+    def open_file(
+        self, path: str, mode: str = "r", perm: int = 0o644, uid: int | None = None, gid: int | None = None
+    ) -> "VolumeFile":
         """Open a file; ``mode`` is one of r, r+, w, w+, a, a+, x, x+ (always binary)."""
         flags = mode.replace("b", "")
         if flags not in ("r", "r+", "w", "w+", "a", "a+", "x", "x+"):
             raise ValueError(f"invalid mode '{mode}'")
-        path = normalize(path)
-        entry = self.manifest.entries.get(path)
-        if entry is None:
+        if flags != "r":
+            self._writable(path)
+        try:
+            inode: Inode | None = self.tree.lookup(path)
+        except FileNotFoundError:
+            inode = None
+        if inode is None:
             if flags[0] == "r":
-                raise _oserror(errno.ENOENT, path)
-            entry = self._create_file(path, perm)
+                raise oserror(errno.ENOENT, path)
+            inode = self._create_file(path, perm, uid, gid)
         elif flags[0] == "x":
-            raise _oserror(errno.EEXIST, path)
-        elif entry["type"] == "dir":
-            raise _oserror(errno.EISDIR, path)
-        state = self._state(path, entry)
+            raise oserror(errno.EEXIST, path)
+        elif inode.is_dir:
+            raise oserror(errno.EISDIR, path)
+        elif inode.type != "file":
+            raise oserror(errno.EINVAL if inode.type == "symlink" else errno.ENXIO, path)
+        state = self._state(normalize(path), inode)
         if flags[0] == "w":
             self._resize(state, 0)
         return VolumeFile(
@@ -398,9 +743,20 @@ class Volume:
             append=flags[0] == "a",
         )
 
-    def _create_file(self, path: str, perm: int) -> dict[str, Any]:
-        """A new empty file: its entry, and its state already open (nothing to load)."""
-        parent = self._parent_dir(path)
+    def _create_file(self, path: str, perm: int, uid: int | None, gid: int | None) -> Inode:
+        """A new empty file: its inode, and its state already open (nothing to load)."""
+        directory, _ = self._free_path(path)
+        inode = self._new_inode("file", perm, directory, uid, gid)
+        file_id, fd = self._new_object()
+        inode.file_id, inode.tags, inode.table = file_id, b"", bytearray()
+        self._place(path, inode)
+        codec = self.keys.codec(file_id, self.mode == "encrypted")
+        self._open[inode.ino] = _FileState(inode, codec, fd, normalize(path), durable_count=0, durable_size=0)
+        return inode
+
+    def _new_object(self) -> tuple[bytes, int]:
+        """A new, empty object (its directory entry made durable before the commit that
+        names it): its id, and a descriptor open for reading and writing."""
         file_id = os.urandom(16)
         obj = self._object(file_id)
         directory = posixpath.dirname(obj)
@@ -408,96 +764,84 @@ class Volume:
             fd = os.open(obj, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:  # the first object in its directory
             os.mkdir(directory)
+            self._new_dirs.add(self._objects)
             fd = os.open(obj, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        # No tag table yet: an empty file has none (see _load_state). The new directory entry
-        # becomes durable at the next durable flush, before the manifest that names it.
         self._new_dirs.add(directory)
-        codec = self.keys.codec(file_id, self.mode == "encrypted")
-        self._open[file_id] = _FileState(path, file_id, codec, fd, 0, bytearray())
-        entry = {
-            "type": "file",
-            "mode": perm & 0o7777,
-            "mtime": time.time(),
-            "size": 0,
-            "id": file_id.hex(),
-            "tags": "",
-        }
-        self.manifest.entries[path] = entry
-        self._children[parent].add(posixpath.basename(path))
-        self._touch(parent)
-        return entry
+        return file_id, fd
 
-    def _state(self, path: str, entry: dict[str, Any]) -> _FileState:
-        file_id = bytes.fromhex(entry["id"])
-        state = self._open.get(file_id)
+    def _state(self, path: str, inode: Inode) -> _FileState:
+        state = self._open.get(inode.ino)
         if state is None:
-            state = self._load_state(path, entry, file_id)
-            self._open[file_id] = state
+            state = self._load_state(path, inode)
+            self._open[inode.ino] = state
         state.refs += 1
         return state
 
-    def _load_state(self, path: str, entry: dict[str, Any], file_id: bytes) -> _FileState:
-        codec = self.keys.codec(file_id, self.mode == "encrypted")
-        size = int(entry["size"])
+    def _load_state(self, path: str, inode: Inode) -> _FileState:
+        if inode.ino in self._damaged:
+            raise IntegrityError(f"{path}: {self._damaged[inode.ino]}")
+        assert inode.file_id is not None
+        codec = self.keys.codec(inode.file_id, self.mode == "encrypted")
         try:
-            fd = os.open(self._object(file_id), os.O_RDWR)
+            fd = os.open(self._object(inode.file_id), os.O_RDONLY if self.readonly else os.O_RDWR)
         except FileNotFoundError:
             raise IntegrityError(f"{path}: its stored object is missing") from None
         try:
-            tags = self._load_tags(path, entry, file_id)
-            if len(tags) != _chunks(size, self.chunk_size) * TAG:
-                raise IntegrityError(f"{path}: its tag table does not fit its size")
-            stored, expected = os.fstat(fd).st_size, self._object_size(size, codec)
-            if stored < expected:
-                raise IntegrityError(f"{path}: its stored object was truncated")
-            if stored > expected:  # records written past the size no flush recorded (a crash)
-                os.ftruncate(fd, expected)
+            table = self._table(inode, path)
         except BaseException:
             os.close(fd)
             raise
-        return _FileState(path, file_id, codec, fd, size, tags)
+        count = _chunks(inode.size, self.chunk_size)
+        if len(table) != count * TAG:
+            os.close(fd)
+            raise IntegrityError(f"{path}: its tag table does not fit its size")
+        state = _FileState(inode, codec, fd, path, durable_count=count, durable_size=inode.size)
+        state.kept = {i: r for i, r in self._replayed.get(inode.ino, (b"", {}))[1].items() if i < count}
+        return state
 
-    def _load_tags(self, path: str, entry: dict[str, Any], file_id: bytes) -> bytearray:
-        """A file's tag table: inline in its (sealed) entry, or its ID.tags checked against
-        the entry's root."""
-        if "tags" in entry:
-            return bytearray.fromhex(str(entry["tags"]))
-        try:
-            with open(self._tags_path(file_id), "rb") as table:
-                tags = bytearray(table.read())
-        except FileNotFoundError:
-            tags = bytearray()  # only valid for an empty file: the root check decides
-        if not hmac.compare_digest(tags_root(tags), str(entry["root"])):
-            raise IntegrityError(f"{path}: its tag table is not the current one (modified or rolled back)")
-        return tags
-
-    def _store_tags(self, state: _FileState, entry: dict[str, Any], durable: bool) -> bool:
-        """Put a flushed file's tag table where docs/volume-format.md says: inline in its
-        entry, or in ID.tags with the entry's root. True if an ID.tags it had is no longer
-        needed (the caller deletes it once the manifest that says so is written)."""
-        if len(state.tags) <= _INLINE_TAGS:
-            entry["tags"] = state.tags.hex()
-            return entry.pop("root", None) is not None
-        self._write_metadata(self._tags_path(state.file_id), bytes(state.tags), durable)
-        entry.pop("tags", None)
-        entry["root"] = tags_root(state.tags)
-        return False
+    def _table(self, inode: Inode, path: str) -> bytearray:
+        """A file's current tag table: loaded (the checkpoint's: inline, or ID.tags checked
+        against its root) and kept on the inode."""
+        if inode.table is None:
+            if inode.root is None:
+                inode.table = bytearray(inode.tags or b"")
+            else:
+                assert inode.file_id is not None
+                tags = bytearray()  # none found: only valid for an empty file, the root decides
+                for name in self._table_files(inode.file_id, inode.root):
+                    try:
+                        with open(name, "rb") as table:
+                            expected = _chunks(inode.size, self.chunk_size) * TAG
+                            tags = bytearray(unpack_table(table.read(), inode.root, expected))
+                        break
+                    except FileNotFoundError:
+                        continue
+                if not hmac.compare_digest(tags_root(tags), inode.root):
+                    raise IntegrityError(
+                        f"{path}: its tag table is not the current one (modified or rolled back)"
+                    )
+                inode.table = tags
+        return inode.table
 
     def _release(self, state: _FileState) -> None:
         state.refs -= 1
-        if state.refs == 0 and not state.dirty:
-            os.close(state.fd)
-            del self._open[state.file_id]
+        if state.refs == 0 and (not state.dirty or state.inode.nlink == 0):
+            self._close_state(state)
 
-    def _object_size(self, size: int, codec: ChunkCodec) -> int:
-        if size == 0:
-            return 0
-        count = _chunks(size, self.chunk_size)
-        last = size - (count - 1) * self.chunk_size
-        return (count - 1) * (self.chunk_size + codec.overhead) + last + codec.overhead
+    def _close_state(self, state: _FileState) -> None:
+        inode = state.inode
+        if inode.ino in self.tree.inodes and inode.nlink == 0:
+            self._free(inode)  # the last name went while it was open; this closes the state
+            return
+        os.close(state.fd)
+        del self._open[inode.ino]
+        if inode.ino not in self._tables_changed:
+            inode.table = None  # loaded again when opened: a large table need not stay in memory
 
     def _chunk_len(self, size: int, index: int) -> int:
         return max(0, min(self.chunk_size, size - index * self.chunk_size))
+
+    # -- reading ----------------------------------------------------------------------
 
     def read_at(self, state: _FileState, offset: int, length: int) -> bytes:
         if offset >= state.size or length <= 0:
@@ -515,7 +859,7 @@ class Volume:
         first, last, count = self._read_range(state, offset, len(out))
         start = offset - first * self.chunk_size
         helper = self.helper
-        if helper is not None and helper.alive and self._shared(helper, first, last):
+        if helper is not None and helper.alive and self._shared(state, helper, first, last):
             at = self._open_shared(state, helper, first, last, out[:count] if start == 0 else None)
             if start:
                 out[:count] = helper.view[at + start : at + start + count]
@@ -539,7 +883,7 @@ class Volume:
             return 0, 0
         first, last, count = self._read_range(state, offset, size)
         start = offset - first * self.chunk_size
-        if helper.alive and self._shared(helper, first, last):
+        if helper.alive and self._shared(state, helper, first, last):
             return self._open_shared(state, helper, first, last, None) + start, count
         at = helper.spare()
         self._open_chunks(state, first, last, helper.view[at : at + self._plain_length(state, first, last)])
@@ -560,12 +904,22 @@ class Volume:
         """Bytes of plaintext chunks ``first``..``last`` hold."""
         return min(state.size, (last + 1) * self.chunk_size) - first * self.chunk_size
 
-    def _shared(self, helper: ReadHelper, first: int, last: int) -> bool:
-        """Whether the helper opens part of chunks first..last."""
-        return last - first >= _SPLIT_CHUNKS and (last + 1 - first) * self.chunk_size <= helper.slot
+    def _shared(self, state: _FileState, helper: ReadHelper, first: int, last: int) -> bool:
+        """Whether the helper opens part of chunks first..last: a large read of chunks all
+        stored in the object (none kept aside, no hole)."""
+        return (
+            last - first >= _SPLIT_CHUNKS
+            and (last + 1 - first) * self.chunk_size <= helper.slot
+            and not state.kept
+            and not _has_hole(state.tags, first, last)
+        )
 
     def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
-        """Read and open chunks ``first``..``last`` into ``out`` (their plaintext)."""
+        """Read and open chunks ``first``..``last`` into ``out`` (their plaintext): holes
+        as zeros, kept-aside records from memory, the rest from the object."""
+        if state.kept or _has_hole(state.tags, first, last):
+            self._open_chunks_slowly(state, first, last, out)
+            return
         span = self._span(state, first, last)
         raw = os.pread(state.fd, span, first * (self.chunk_size + state.codec.overhead))
         if len(raw) != span:
@@ -575,6 +929,33 @@ class Volume:
         else:
             expected = bytes(state.tags[first * TAG : (last + 1) * TAG])
             state.codec.open_into(first, raw, expected, self.chunk_size, state.size, state.path, out)
+
+    def _open_chunks_slowly(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
+        cs = self.chunk_size
+        index = first
+        while index <= last:
+            place = (index - first) * cs
+            length = self._chunk_len(state.size, index)
+            if _is_hole(state.tags, index):
+                out[place : place + length] = bytes(length)
+                index += 1
+            elif index in state.kept:
+                out[place : place + length] = state.codec.open(
+                    index, state.kept[index], state.tags[index * TAG : (index + 1) * TAG], state.path
+                )
+                index += 1
+            else:  # a run of chunks stored in the object
+                end = index
+                while end < last and not _is_hole(state.tags, end + 1) and end + 1 not in state.kept:
+                    end += 1
+                span = self._span(state, index, end)
+                raw = os.pread(state.fd, span, index * (cs + state.codec.overhead))
+                if len(raw) != span:
+                    raise IntegrityError(f"{state.path}: chunk {end} lies past the end of its stored object")
+                expected = bytes(state.tags[index * TAG : (end + 1) * TAG])
+                target = out[place : place + self._plain_length(state, index, end)]
+                state.codec.open_into(index, raw, expected, cs, state.size, state.path, target)
+                index = end + 1
 
     def _open_shared(
         self,
@@ -603,7 +984,7 @@ class Volume:
         theirs = helper.view[where : base + length]
         opened = helper.collect(ours)
         following = min(last + 1 + last - first, (state.size - 1) // cs)
-        if following - last > _SPLIT_CHUNKS:
+        if following - last > _SPLIT_CHUNKS and not _has_hole(state.tags, last + 1, following):
             part = self._helper_part(state, last + 1, following)
             where = helper.other(base) + (part.first - last - 1) * cs
             self._submit(state, helper, part, where)
@@ -630,19 +1011,39 @@ class Volume:
         stride = self.chunk_size + state.codec.overhead
         return (last - first) * stride + self._chunk_len(state.size, last) + state.codec.overhead
 
+    def _read_chunk(self, state: _FileState, index: int, length: int) -> bytes:
+        """Chunk ``index``'s plaintext (``length`` bytes): zeros for a hole."""
+        expected = state.tags[index * TAG : (index + 1) * TAG]
+        if expected == HOLE:
+            return bytes(length)
+        record = state.kept.get(index)
+        if record is None:
+            stride = self.chunk_size + state.codec.overhead
+            record = os.pread(state.fd, length + state.codec.overhead, index * stride)
+        return state.codec.open(index, record, expected, state.path)
+
+    # -- writing ----------------------------------------------------------------------
+
     def write_at(self, state: _FileState, offset: int, data: bytes | memoryview) -> int:
         if not data:
             return 0
         if offset + len(data) > MAX_FILE_SIZE:
-            raise _oserror(errno.EFBIG, state.path)
+            raise oserror(errno.EFBIG, state.path)
         if offset > state.size:
             self._resize(state, offset)
         for block_start in range(0, len(data), _IO_BLOCK):
-            self._write_block(state, offset + block_start, data[block_start : block_start + _IO_BLOCK])
+            try:
+                self._write_block(state, offset + block_start, data[block_start : block_start + _IO_BLOCK])
+            except OSError:
+                if block_start == 0:
+                    raise
+                return block_start  # a short write, as file systems report a disk filling up
+        if self._kept_bytes > KEEP_ASIDE_MAX:
+            self.flush()
         return len(data)
 
     def _write_block(self, state: _FileState, offset: int, data: bytes | memoryview) -> None:
-        cs, stride = self.chunk_size, self.chunk_size + state.codec.overhead
+        cs = self.chunk_size
         end = offset + len(data)
         old_size, new_size = state.size, max(state.size, end)
         first, last = offset // cs, (end - 1) // cs
@@ -662,18 +1063,76 @@ class Volume:
             records, new_tags = state.codec.seal(first, bytes(plains[0]))
         else:
             records, new_tags = state.codec.seal_many(first, plains)
-        try:
-            _pwrite_all(state.fd, records, first * stride)
-        except OSError:
-            if new_size > old_size:  # a full disk: no half-written record past the end
-                os.ftruncate(state.fd, self._object_size(old_size, state.codec))
-            raise
+        if HOLE in new_tags and _has_hole(new_tags, 0, last - first):  # 2^-128: never a hole's tag
+            records, new_tags = state.codec.seal_many(first, [bytes(p) for p in plains])
+        self._store(state, first, last, records)
         needed = _chunks(new_size, cs) * TAG
         if len(state.tags) < needed:
             state.tags.extend(bytes(needed - len(state.tags)))
         state.tags[first * TAG : (last + 1) * TAG] = new_tags
-        state.size = new_size
-        state.dirty = True
+        if new_size != old_size:
+            state.inode.size = new_size
+            state.sized = True
+        state.changed.update(range(first, last + 1))
+        state.inode.mtime = state.inode.ctime = time.time_ns()
+        self._tables_changed.add(state.inode.ino)
+
+    def _store(self, state: _FileState, first: int, last: int, records: bytes | bytearray) -> None:
+        """Put the records of chunks first..last where they go: in place where no durable
+        version exists (past the durable chunk count, or written in place since the last
+        commit), kept aside otherwise (docs/volume-format.md, Commit). All or nothing: if a
+        write in place fails, those already written are undone and nothing is kept."""
+        if first == last and first < state.durable_count and first not in state.fresh:
+            previous_record = state.kept.get(first)  # one durable chunk (random writes): kept aside
+            self._kept_bytes += len(records) - (len(previous_record) if previous_record else 0)
+            state.kept[first] = bytes(records)
+            return
+        stride = self.chunk_size + state.codec.overhead
+        in_place = [i for i in range(first, last + 1) if i >= state.durable_count or i in state.fresh]
+        undo: list[tuple[int, bytes]] = []
+        view = memoryview(records)
+        try:
+            for run_first, run_last in _runs(in_place):
+                part = view[(run_first - first) * stride : (run_last - first + 1) * stride]
+                undo.append(self._write_in_place(state, run_first, part))
+        except OSError:
+            for at, previous in reversed(undo):
+                with contextlib.suppress(OSError):  # overwrites what was there: no new space
+                    pwrite_all(state.fd, previous, at)
+            raise
+        state.fresh.update(in_place)
+        if len(in_place) == last - first + 1:
+            return
+        for index in range(first, last + 1):
+            if index not in state.fresh:
+                record = bytes(view[(index - first) * stride : (index - first + 1) * stride])
+                previous_record = state.kept.get(index)
+                self._kept_bytes += len(record) - (len(previous_record) if previous_record else 0)
+                state.kept[index] = record
+
+    def _write_in_place(
+        self, state: _FileState, first: int, records: bytes | bytearray | memoryview
+    ) -> tuple[int, bytes]:
+        """Write records where no durable version is; (where, what they overwrote). A write
+        that fails (a full disk, a short write) leaves what the file held before it: the
+        records it overwrote (written since the last commit, not yet committed) are put
+        back, and the object is cut back to what the file covers (its size is updated only
+        after this succeeds)."""
+        at = first * (self.chunk_size + state.codec.overhead)
+        overlap = min(at + len(records), self._object_size(state.size, state.codec)) - at
+        previous = os.pread(state.fd, overlap, at) if overlap > 0 else b""
+        try:
+            pwrite_all(state.fd, records, at)
+        except OSError:
+            with contextlib.suppress(OSError):  # within blocks the file had: no new space needed
+                pwrite_all(state.fd, previous, at)
+            covered = self._object_size(max(state.size, state.durable_size), state.codec)
+            if at + len(records) > covered:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(state.fd, covered)
+            raise
+        state.unsynced = True
+        return at, previous
 
     def _merged(
         self, state: _FileState, index: int, data: memoryview, offset: int, old_size: int, chunk_end: int
@@ -687,94 +1146,512 @@ class Volume:
         buf[lo - chunk_start : hi - chunk_start] = data[lo - offset : hi - offset]
         return bytes(buf)
 
-    def _read_chunk(self, state: _FileState, index: int, length: int) -> bytes:
-        stride = self.chunk_size + state.codec.overhead
-        record = os.pread(state.fd, length + state.codec.overhead, index * stride)
-        return state.codec.open(index, record, state.tags[index * TAG : (index + 1) * TAG], state.path)
+    def _object_size(self, size: int, codec: ChunkCodec) -> int:
+        if size == 0:
+            return 0
+        count = _chunks(size, self.chunk_size)
+        last = size - (count - 1) * self.chunk_size
+        return (count - 1) * (self.chunk_size + codec.overhead) + last + codec.overhead
 
     def _resize(self, state: _FileState, size: int) -> None:
+        """Truncate or extend: new chunks are holes; a partial last chunk is sealed again at
+        its new length. Nothing durable is destroyed before the commit: a file cut to
+        nothing gets a new object (the old one goes after the commit), and an object
+        is cut only after the commit that records its smaller size."""
         if size == state.size:
             return
         if size > MAX_FILE_SIZE:
-            raise _oserror(errno.EFBIG, state.path)
+            raise oserror(errno.EFBIG, state.path)
         if size < 0:
-            raise _oserror(errno.EINVAL, state.path)
-        if size > state.size:
-            while state.size < size:
-                self._write_block(state, state.size, bytes(min(_IO_BLOCK, size - state.size)))
+            raise oserror(errno.EINVAL, state.path)
+        cs = self.chunk_size
+        if size == 0 and state.durable_size > 0:
+            self._replace_object(state)
             return
-        count = _chunks(size, self.chunk_size)
-        tail = size - (count - 1) * self.chunk_size if count else 0
-        if count and tail < self._chunk_len(state.size, count - 1):
-            plain = self._read_chunk(state, count - 1, self._chunk_len(state.size, count - 1))[:tail]
-            record, tag = state.codec.seal(count - 1, plain)
-            _pwrite_all(state.fd, record, (count - 1) * (self.chunk_size + state.codec.overhead))
-            state.tags[(count - 1) * TAG : count * TAG] = tag
-        os.ftruncate(state.fd, self._object_size(size, state.codec))
-        del state.tags[count * TAG :]
-        state.size = size
-        state.dirty = True
+        old_count, new_count = _chunks(state.size, cs), _chunks(size, cs)
+        last = min(old_count, new_count) - 1  # the chunk whose length changes, if any
+        if last >= 0 and not _is_hole(state.tags, last):
+            old_len, new_len = self._chunk_len(state.size, last), self._chunk_len(size, last)
+            if old_len != new_len:
+                plain = self._read_chunk(state, last, old_len)
+                plain = plain[:new_len] if new_len < old_len else plain.ljust(new_len, b"\0")
+                record, tag = state.codec.seal(last, plain)
+                self._store(state, last, last, record)
+                state.tags[last * TAG : (last + 1) * TAG] = tag
+                state.changed.add(last)
+        if new_count > old_count:
+            state.tags.extend(HOLE * (new_count - old_count))
+        else:
+            del state.tags[new_count * TAG :]
+            for index in [i for i in state.kept if i >= new_count]:
+                self._kept_bytes -= len(state.kept.pop(index))
+            state.fresh -= set(range(new_count, old_count))
+            if size >= state.durable_size:  # nothing durable past it: cut the object now
+                os.ftruncate(state.fd, self._object_size(size, state.codec))
+        state.changed.update(range(min(old_count, new_count), new_count))
+        state.inode.size = size
+        state.inode.mtime = state.inode.ctime = time.time_ns()
+        state.sized = True
+        self._tables_changed.add(state.inode.ino)
+
+    def _replace_object(self, state: _FileState) -> None:
+        """A file cut to nothing continues in a new object; the old one, which the durable
+        state still names, is deleted after the commit."""
+        state.retired.append((state.file_id, state.inode.root))
+        os.close(state.fd)
+        state.inode.file_id, state.fd = self._new_object()
+        state.codec = self.keys.codec(state.inode.file_id, self.mode == "encrypted")
+        for record in state.kept.values():
+            self._kept_bytes -= len(record)
+        state.kept.clear()
+        state.fresh.clear()
+        state.changed.clear()
+        state.durable_count = 0
+        state.durable_size = 0
+        state.inode.table = bytearray()
+        state.inode.size = 0
+        state.inode.root, state.inode.tags = None, b""
+        state.inode.mtime = state.inode.ctime = time.time_ns()
+        state.sized = True
+        self._tables_changed.add(state.inode.ino)
+        self._record("inode", ino=state.inode.ino, attrs=state.inode.attrs())
+
+    def allocate(self, state: _FileState, offset: int, length: int, keep_size: bool) -> None:
+        """fallocate(2) modes 0 and FALLOC_FL_KEEP_SIZE: the range reads as it did, and as
+        zeros where it was past the end; with KEEP_SIZE the size stays (a volume reserves
+        no storage ahead: encryption decides each chunk's bytes when it is written)."""
+        if offset < 0 or length <= 0:
+            raise oserror(errno.EINVAL, state.path)
+        if offset + length > MAX_FILE_SIZE:
+            raise oserror(errno.EFBIG, state.path)
+        if not keep_size and offset + length > state.size:
+            self._resize(state, offset + length)
 
     def truncate(self, path: str, size: int) -> None:
         with self.open_file(path, "r+") as handle:
             handle.truncate(size)
 
-    # -- flushing ---------------------------------------------------------------------
+    # -- committing -------------------------------------------------------------------
 
     def flush(self, durable: bool = True) -> str:
-        """Write tag tables and the manifest (atomically); return the new volume tag."""
+        """Commit everything pending (docs/volume-format.md, Commit); the new volume tag.
+        ``durable=False``: a lazy commit, synced by the next durable one (the mount's
+        periodic commits); one after which something durable is overwritten, cut or
+        deleted is durable anyway."""
         if self._closed:
             raise VolumeError("the volume is closed")
         if not self.dirty:
+            if durable and self._lazy:
+                self._sync_lazy()
             return self.tag
-        unneeded_tables = []
-        for state in list(self._open.values()):
-            if not state.dirty:
-                continue
-            if durable:
-                os.fsync(state.fd)
-            if not state.unlinked:
-                entry = self.manifest.entries[state.path]
-                if self._store_tags(state, entry, durable):
-                    unneeded_tables.append(self._tags_path(state.file_id))
-                entry.update(size=state.size, mtime=time.time())
-            state.dirty = False
-            if state.refs == 0:
-                os.close(state.fd)
-                del self._open[state.file_id]
+        if self.readonly:
+            raise oserror(errno.EROFS, str(self.root))
+        assert self.journal is not None
+        states = [s for s in self._open.values() if s.dirty or s.unsynced]
+        # lazy only when nothing durable is touched after the commit: no overwrite kept aside
+        # to go in place, no object to delete or cut (the durable state may still need it)
+        durable = (
+            durable
+            or bool(self._frees)
+            or any(s.kept or s.retired or s.size < s.durable_size for s in states)
+        )
         if durable:
-            for directory in self._new_dirs:
-                _fsync_directory(directory)
+            unsynced = [s for s in states if s.unsynced]
+            if self._lazy or len(unsynced) + len(self._new_dirs) > _SYNCFS_ABOVE:
+                syncfs(self._lock_fd)  # one wait for the disk, not one per file
+            else:
+                for state in unsynced:
+                    os.fsync(state.fd)
+                for directory in sorted(self._new_dirs, key=len, reverse=True):
+                    fsync_directory(directory)
             self._new_dirs.clear()
-        self.manifest.generation += 1
-        sealed = self.manifest.seal(self.keys.manifest)
-        self._write_metadata(f"{self.root}/manifest", sealed, durable)
-        self.tag = volume_tag(sealed)
-        for table in unneeded_tables:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(table)
-        for file_id in self._pending_deletes:
-            if file_id not in self._open:
-                for path in (self._object(file_id), self._tags_path(file_id)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-        self._pending_deletes = [f for f in self._pending_deletes if f in self._open]
-        self._dirty = False
-        self._keep_reserve(len(sealed))
+        ops, blob = [*self._ops], bytearray(self._blob)  # copies: a failed commit is retried whole
+        raw = _Raw()
+        for state in states:
+            if state.inode.ino in self.tree.inodes:
+                self._file_ops(state, ops, blob, raw)
+        plaintext = encode(ops, blob, _now(), raw.length)
+        try:
+            chain = self.journal.append(plaintext, raw.parts, durable)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._release_reserve():
+                raise
+            chain = self.journal.append(plaintext, raw.parts, durable)
+        self._ops, self._blob = [], bytearray()
+        self._lazy = not durable
+        self._after_commit(states, durable)
+        self.tag = chain.hex()
+        self.history.add(self.tag)
+        if self.journal.size > CHECKPOINT_AT and not self._unapplied:
+            self._checkpoint()
+        self._keep_reserve(max(self.journal.size, self._manifest_size))
         return self.tag
+
+    def _file_ops(self, state: _FileState, ops: list[dict[str, Any]], blob: bytearray, raw: "_Raw") -> None:
+        """A file's part of the commit: its size, the tags of changed chunks (in ``blob``),
+        the records kept aside (in ``raw``)."""
+        ino = state.inode.ino
+        if state.sized:
+            ops.append({"op": "size", "ino": ino, "size": state.size})
+        count = _chunks(state.size, self.chunk_size)
+        for first, last in _runs(i for i in state.changed if i < count):
+            ops.append({"op": "tags", "ino": ino, "first": first, "count": last - first + 1, "at": len(blob)})
+            blob += state.tags[first * TAG : (last + 1) * TAG]
+        for first, last in _runs(state.kept):
+            at = raw.length
+            for index in range(first, last + 1):
+                raw.add(state.kept[index])
+            ops.append(
+                {
+                    "op": "data",
+                    "ino": ino,
+                    "first": first,
+                    "count": last - first + 1,
+                    "at": at,
+                    "length": raw.length - at,
+                }
+            )
+        if state.sized or state.changed:  # its times moved with the data
+            ops.append({"op": "inode", "ino": ino, "attrs": state.inode.attrs()})
+
+    def _sync_lazy(self) -> None:
+        """Make the lazy commits since the last durable one durable: what they wrote in
+        place and their journal records (the journal's sync covers every record before)."""
+        assert self.journal is not None
+        syncfs(self._lock_fd)
+        self.journal.sync()
+        self._lazy = False
+
+    def _after_commit(self, states: list[_FileState], durable: bool) -> None:
+        """The commit is written: kept-aside records go in place (a commit that has them is
+        durable), cut objects are cut, replaced and freed objects deleted. A lazy commit's
+        files stay marked unsynced while open; closed ones the next durable commit syncs
+        with the file system."""
+        for state in states:
+            stride = self.chunk_size + state.codec.overhead
+            if state.size < state.durable_size:  # cutting frees space: it does not fail for lack of it
+                os.ftruncate(state.fd, self._object_size(state.size, state.codec))
+            try:
+                for index, record in sorted(state.kept.items()):
+                    pwrite_all(state.fd, record, index * stride)
+            except OSError as exc:
+                # the journal holds them: reads take them from memory, the next commit tries
+                # again, no checkpoint drops the journal before, opening again repairs
+                log.error("%s: writing committed records in place failed: %s", state.path, exc)
+            else:
+                if state.kept:
+                    self._applied.add(state.file_id)
+                self._kept_bytes -= sum(len(r) for r in state.kept.values())
+                state.kept.clear()
+            state.fresh.clear()
+            state.changed.clear()
+            state.sized = False
+            state.unsynced = state.unsynced and not durable
+            state.durable_count = _chunks(state.size, self.chunk_size)
+            state.durable_size = state.size
+            self._frees.extend(state.retired)
+            state.retired.clear()
+            if state.refs == 0 and not state.kept:
+                self._close_state(state)
+        for file_id, root in self._frees:
+            for path in (self._object(file_id), *self._table_files(file_id, root)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self._applied.discard(file_id)
+        self._frees.clear()
+
+    # -- replaying the journal --------------------------------------------------------
+
+    def _records_authentic(self, commit: Commit) -> bool:
+        """Whether every chunk record the commit carries is whole and authentic (each by its
+        own tag; the sealed tags ops decide later whether it is current). A record that is
+        not was cut by a crash during the commit's write: the commit never completed."""
+        for op in commit.ops:
+            if op.get("op") != "data":
+                continue
+            inode = self.tree.inodes.get(int(op["ino"]))
+            if inode is None or inode.file_id is None:
+                continue
+            codec = self.keys.codec(inode.file_id, self.mode == "encrypted")
+            stride = self.chunk_size + codec.overhead
+            at, length, first = int(op["at"]), int(op["length"]), int(op["first"])
+            records = commit.raw[at : at + length]
+            if at + length > len(commit.raw):
+                return False
+            for index in range(int(op["count"])):
+                record = records[index * stride : (index + 1) * stride]
+                try:
+                    codec.open(first + index, record, record[-TAG:], "journal")
+                except IntegrityError:
+                    return False
+        return True
+
+    def _replay(self, ops: list[dict[str, Any]], blob: bytes, raw: memoryview) -> None:
+        """Apply one commit's operations to the checkpoint's tree (at open)."""
+        for op in ops:
+            kind = op["op"]
+            if kind == "inode":
+                ino = int(op["ino"])
+                existing = self.tree.inodes.get(ino)
+                if existing is None:
+                    inode = Inode(ino, "file", 0, 0, 0, 0, 0, 0)
+                    inode.set_attrs(op["attrs"])
+                    if inode.type == "file":
+                        inode.tags, inode.table = b"", bytearray()
+                    if inode.is_dir:
+                        inode.nlink = 2
+                    self.tree.add(inode)
+                else:
+                    replaced_object = existing.file_id
+                    existing.set_attrs(op["attrs"])
+                    if existing.file_id != replaced_object:  # cut to nothing, a new object
+                        existing.root, existing.tags, existing.table, existing.size = (
+                            None,
+                            b"",
+                            bytearray(),
+                            0,
+                        )
+                        self._tables_changed.add(ino)
+                        self._damaged.pop(ino, None)
+            elif kind == "link":
+                self.tree.link(self.tree.get(int(op["dir"])), str(op["name"]), self.tree.get(int(op["ino"])))
+            elif kind == "unlink":
+                self.tree.unlink(self.tree.get(int(op["dir"])), str(op["name"]))
+            elif kind == "free":
+                freed = self.tree.inodes.get(int(op["ino"]))
+                if freed is not None:
+                    del self.tree.inodes[freed.ino]
+                if freed is not None and freed.file_id is not None and not self.readonly:
+                    for path in (self._object(freed.file_id), *self._table_files(freed.file_id, freed.root)):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+            elif kind in ("size", "tags", "data"):
+                self._replay_file(op, blob, raw)
+            else:
+                raise IntegrityError(f"{self.root}: the journal holds an unknown operation '{kind}'")
+
+    def _replay_file(self, op: dict[str, Any], blob: bytes, raw: memoryview) -> None:
+        ino = int(op["ino"])
+        inode = self.tree.get(ino)
+        if ino in self._damaged:
+            return
+        try:
+            table = self._table(inode, f"inode {ino}")
+        except IntegrityError as exc:
+            self._damaged[ino] = str(exc).removeprefix(f"inode {ino}: ")
+            return
+        self._tables_changed.add(ino)
+        if op["op"] == "size":
+            size = int(op["size"])
+            count = _chunks(size, self.chunk_size)
+            if len(table) < count * TAG:
+                table.extend(HOLE * (count - len(table) // TAG))
+            del table[count * TAG :]
+            inode.size = size
+            return
+        first, count, at = int(op["first"]), int(op["count"]), int(op["at"])
+        if op["op"] == "tags":
+            table[first * TAG : (first + count) * TAG] = blob[at : at + count * TAG]
+            return
+        assert inode.file_id is not None
+        stride = self.chunk_size + self.keys.codec(inode.file_id, self.mode == "encrypted").overhead
+        records = bytes(raw[at : at + int(op["length"])])
+        found = self._replayed.get(ino)
+        if found is None or found[0] != inode.file_id:  # a new object: the old one's records went
+            found = self._replayed[ino] = (inode.file_id, {})
+        for index in range(count):
+            found[1][first + index] = records[index * stride : (index + 1) * stride]
+
+    def _place_replayed(self) -> None:
+        """After the whole journal is read: write in place the journaled records that are
+        still the current version of their chunk. A later version was written in place
+        before the commit that named it (a chunk cut away and written again, past the
+        durable end), so an older journaled record must not go over it."""
+        for ino, (file_id, records) in list(self._replayed.items()):
+            inode = self.tree.inodes.get(ino)
+            if inode is None or inode.file_id != file_id or ino in self._damaged or inode.table is None:
+                del self._replayed[ino]
+                continue
+            table = inode.table
+            current = {
+                index: record
+                for index, record in records.items()
+                if record[-TAG:] == table[index * TAG : (index + 1) * TAG]
+            }
+            if self.readonly:  # nothing is written: read from memory (see _load_state)
+                self._replayed[ino] = (file_id, current)
+                continue
+            del self._replayed[ino]
+            if not current:
+                continue
+            stride = self.chunk_size + self.keys.codec(file_id, self.mode == "encrypted").overhead
+            fd = os.open(self._object(file_id), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                for index, record in sorted(current.items()):
+                    pwrite_all(fd, record, index * stride)
+            finally:
+                os.close(fd)
+            self._applied.add(file_id)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        """Commit, then write a checkpoint (docs/volume-format.md, Checkpoint); the tag."""
+        self.flush()
+        if self.journal is not None and self.journal.size:
+            self._checkpoint()
+        return self.tag
+
+    def _checkpoint(self, upgrade: bool = False) -> None:
+        """Tag tables and objects synced, the manifest replaced, the journal emptied. The
+        tag does not change (the state is the same), except by an upgrade from version 1,
+        whose chain starts here. Not while committed records could not be written in place
+        (a full disk): the journal is their only durable copy."""
+        if self._unapplied:
+            raise oserror(errno.ENOSPC, str(self.root))
+        if self._lazy:  # the checkpoint names what they wrote: durable first
+            self._sync_lazy()
+        for file_id in self._applied:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self._object(file_id), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        unneeded: list[str] = []
+        written: list[str] = []
+        before: list[tuple[Inode, str | None, bytes | None]] = []  # to put back if this fails
+        try:
+            for ino in sorted(self._tables_changed):
+                inode = self.tree.inodes.get(ino)
+                if inode is None or inode.table is None or inode.file_id is None:
+                    continue
+                before.append((inode, inode.root, inode.tags))
+                old = self._table_files(inode.file_id, inode.root) if inode.root is not None else []
+                if len(inode.table) <= _INLINE_TAGS:
+                    inode.root, inode.tags = None, bytes(inode.table)
+                else:
+                    root = tags_root(inode.table)
+                    new = self._tags_path(inode.file_id, root)
+                    if not os.path.exists(new):  # a table is never rewritten: its name is its root
+                        self._write_metadata(new, pack_table(inode.table), True)
+                        written.append(new)
+                    inode.root, inode.tags = root, None
+                    old = [name for name in old if name != new]
+                unneeded += old  # deleted once the new manifest is durable
+            sealed = self._write_manifest()
+        except BaseException:
+            for inode, old_root, old_tags in before:
+                inode.root, inode.tags = old_root, old_tags
+            for name in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+            raise
+        for ino in self._tables_changed:
+            inode = self.tree.inodes.get(ino)
+            if inode is not None and ino not in self._open:
+                inode.table = None
+        chain = self.journal.chain if self.journal is not None else self.manifest.start
+        manifest = self.manifest
+        self._manifest_size = len(sealed)
+        if self.journal is None:
+            header = _header(self.mode, self.keys.volume_id, self.chunk_size, self.keys)
+            write_atomic(self.root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
+            self.journal = Journal(
+                f"{self.root}/journal", self.keys.journal, self.keys.volume_id, manifest.epoch, chain
+            )
+        self.journal.reset(manifest.epoch, chain)
+        for path in unneeded:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._tables_changed.clear()
+        self._applied.clear()
+        if upgrade:
+            self.tag = chain.hex()
+            self.history.add(self.tag)
+        self._keep_reserve(len(sealed))
+
+    def _write_manifest(self) -> bytes:
+        """The checkpoint's manifest, durable: the next generation and epoch, starting at
+        the current chain value. Nothing in memory changes unless it is written."""
+        chain = self.journal.chain if self.journal is not None else self.manifest.start
+        manifest = copy.copy(self.manifest)
+        manifest.version = 3
+        manifest.generation += 1
+        manifest.epoch += 1
+        manifest.start = chain
+        manifest.inodes, manifest.next_ino = self.tree.checkpoint(), self.tree.next_ino
+        sealed = manifest.seal(self.keys.manifest)
+        self._write_metadata(f"{self.root}/manifest", sealed, True)
+        self.manifest = manifest
+        return sealed
+
+    @property
+    def _unapplied(self) -> bool:
+        """Right after a commit: records it committed that could not be written in place."""
+        return any(s.kept for s in self._open.values())
+
+    @property
+    def base(self) -> str | None:
+        """The latest tag the CAS may hold: written into checkpoints (with a few before it),
+        so that a volume whose journal was compacted past it still shows it in its history."""
+        return self.manifest.base[-1] if self.manifest.base else None
+
+    @base.setter
+    def base(self, tag: str | None) -> None:
+        if tag is None:
+            return
+        kept = [t for t in self.manifest.base if t != tag][-(_BASE_TAGS - 1) :]
+        self.manifest.base = [*kept, tag]
+        self.history.add(tag)
+
+    def close(self) -> str:
+        """Commit, checkpoint, release the volume; return the final tag."""
+        if self._closed:
+            return self.tag
+        if not self.readonly:
+            self.flush()  # a failure here is a failure: what is pending is not durable
+            try:
+                if self.journal is not None and self.journal.size:
+                    self._checkpoint()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # the journal holds the state durably; the next open reads it
+                log.warning("%s: no room for a checkpoint; the journal keeps the state", self.root)
+            if not self._unapplied:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.root}/.open")  # closed cleanly: nothing to sweep next time
+        self._release_files()
+        os.close(self._lock_fd)
+        self._closed = True
+        return self.tag
+
+    def _release_files(self) -> None:
+        for state in self._open.values():
+            os.close(state.fd)
+        self._open.clear()
+        if self.journal is not None:
+            self.journal.close()
+
+    def __enter__(self) -> "Volume":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # -- a full disk ------------------------------------------------------------------
 
     def _write_metadata(self, path: str, data: bytes, durable: bool) -> None:
         """``_write_atomic``; on a full disk, once more with the reserve's space, so that a
-        flush (and the deletes it carries out) still succeeds. ENOSPC only when even that
+        commit (and the deletes it carries out) still succeeds. ENOSPC only when even that
         space does not suffice: the old file stays whole either way."""
         try:
-            _write_atomic(path, data, durable)
+            write_atomic(path, data, durable)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._release_reserve():
                 raise
-            _write_atomic(path, data, durable)
+            write_atomic(path, data, durable)
 
     @property
     def reserve_size(self) -> int:
@@ -790,9 +1667,9 @@ class Volume:
         os.truncate(f"{self.root}/reserve", 0)
         return True
 
-    def _keep_reserve(self, manifest_size: int) -> None:
+    def _keep_reserve(self, metadata_size: int) -> None:
         """Allocate DIR/reserve back up to what metadata needs, where the disk has room."""
-        wanted = max(RESERVE_MIN, 2 * manifest_size)
+        wanted = max(RESERVE_MIN, 2 * metadata_size)
         if self.reserve_size >= wanted:
             return
         fd = os.open(f"{self.root}/reserve", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -801,27 +1678,9 @@ class Volume:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EOPNOTSUPP):
                 raise
-            os.ftruncate(fd, 0)  # no room now: an empty reserve, allocated at a later flush
+            os.ftruncate(fd, 0)  # no room now: an empty reserve, allocated at a later commit
         finally:
             os.close(fd)
-
-    def close(self) -> str:
-        """Flush and release the volume; return the final tag."""
-        if self._closed:
-            return self.tag
-        tag = self.flush()
-        for state in self._open.values():
-            os.close(state.fd)
-        self._open.clear()
-        os.close(self._lock_fd)
-        self._closed = True
-        return tag
-
-    def __enter__(self) -> "Volume":
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 class VolumeFile:
@@ -843,13 +1702,17 @@ class VolumeFile:
     def size(self) -> int:
         return self._state.size
 
+    @property
+    def inode(self) -> Inode:
+        return self._state.inode
+
     def _check(self, writing: bool) -> None:
         if self.closed:
             raise ValueError("I/O operation on a closed file")
         if writing and not self.writable:
-            raise _oserror(errno.EBADF, self.path)
+            raise oserror(errno.EBADF, self.path)
         if not writing and not self.readable:
-            raise _oserror(errno.EBADF, self.path)
+            raise oserror(errno.EBADF, self.path)
 
     def read(self, size: int = -1) -> bytes:
         self._check(False)
@@ -863,12 +1726,16 @@ class VolumeFile:
         return self._volume.read_at(self._state, offset, size)
 
     def write(self, data: bytes) -> int:
+        """Write all of ``data`` at the position (a full disk raises ENOSPC, after what fit)."""
         self._check(True)
-        if self.append:
-            self._pos = self._state.size
-        written = self._volume.write_at(self._state, self._pos, bytes(data))
-        self._pos += written
-        return written
+        view = memoryview(bytes(data))
+        while view:
+            if self.append:
+                self._pos = self._state.size
+            written = self._volume.write_at(self._state, self._pos, view)
+            self._pos += written
+            view = view[written:]
+        return len(data)
 
     def pread_into(self, out: memoryview, offset: int) -> int:
         """Read up to len(out) bytes at ``offset`` into ``out``; the count read."""
@@ -882,14 +1749,15 @@ class VolumeFile:
         return self._volume.read_shared(self._state, offset, size)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
-        """Write ``data`` at ``offset``; the caller's buffer is only read during the call."""
+        """Write ``data`` at ``offset``; the count written, which is short when the disk
+        filled after a part (as pwrite(2)). The caller's buffer is only read during the call."""
         self._check(True)
         return self._volume.write_at(self._state, offset, data)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._state.size}[whence]
         if base + offset < 0:
-            raise _oserror(errno.EINVAL, self.path)
+            raise oserror(errno.EINVAL, self.path)
         self._pos = base + offset
         return self._pos
 
@@ -902,8 +1770,12 @@ class VolumeFile:
         self._volume._resize(self._state, target)
         return target
 
+    def allocate(self, offset: int, length: int, keep_size: bool = False) -> None:
+        self._check(True)
+        self._volume.allocate(self._state, offset, length, keep_size)
+
     def flush(self) -> None:
-        """Data is in the object already; tag tables and the manifest follow Volume.flush()."""
+        """Data is with the volume already; Volume.flush() commits it."""
 
     def close(self) -> None:
         if not self.closed:
@@ -917,51 +1789,80 @@ class VolumeFile:
         self.close()
 
 
+_PACKED = b"veil-tags-z1\n"
+
+
+@dataclass
+class _Raw:
+    """The chunk records a commit carries, in order, and their length so far."""
+
+    parts: list[bytes] = field(default_factory=list)
+    length: int = 0
+
+    def add(self, record: bytes) -> None:
+        self.parts.append(record)
+        self.length += len(record)
+
+
+def pack_table(table: bytes | bytearray) -> bytes:
+    """A tag table as ID.tags stores it: as it is, or compressed when holes make it
+    mostly zeros (a 2 GiB sparse file has 4 MiB of table, nearly all holes)."""
+    if table.count(HOLE) * 2 < len(table) // TAG:
+        return bytes(table)
+    return _PACKED + zlib.compress(bytes(table), 1)
+
+
+def unpack_table(stored: bytes, root: str, length: int) -> bytes:
+    """ID.tags as a table (the root, over the table itself, decides if it is right); a
+    compressed one expands to at most ``length`` bytes, whatever it claims."""
+    if stored.startswith(_PACKED) and not hmac.compare_digest(tags_root(stored), root):
+        try:
+            return zlib.decompressobj().decompress(stored[len(_PACKED) :], length + 1)
+        except zlib.error:
+            return stored
+    return stored
+
+
 def _chunks(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
 
 
-def _dir_entry(mode: int) -> dict[str, Any]:
-    return {"type": "dir", "mode": mode & 0o7777, "mtime": time.time()}
+def _is_hole(tags: bytes | bytearray, index: int) -> bool:
+    return tags[index * TAG : (index + 1) * TAG] == HOLE
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset`` (os.pwrite may write fewer); ENOSPC and
-    every other error raise."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+def _has_hole(tags: bytes | bytearray, first: int, last: int) -> bool:
+    """Whether any of chunks first..last is a hole (a search for zeros first: real tags
+    almost never hold 16 zero bytes, so the common answer costs one C-level scan)."""
+    view = bytes(tags[first * TAG : (last + 1) * TAG])
+    at = view.find(HOLE)
+    while at >= 0:
+        if at % TAG == 0:
+            return True
+        at = view.find(HOLE, at + 1)
+    return False
 
 
-def _write_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that a reader, or a crash, sees the old or the new
-    file whole: written aside completely (a short write or ENOSPC raises, and the old file
-    stays), synced, renamed over, the directory synced."""
-    temporary = f"{path}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        try:
-            _pwrite_all(fd, data, 0)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    os.replace(temporary, path)
-    if durable:
-        _fsync_directory(os.path.dirname(path))
+def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs (first, last) of sorted ``indices``."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(indices):
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
 
 
-def _fsync_directory(path: str | Path) -> None:
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+def _header(mode: str, volume_id: bytes, chunk_size: int, keys: VolumeKeys) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "mode": mode,
+        "volume_id": volume_id.hex(),
+        "chunk_size": chunk_size,
+        "key_check": hmac.new(keys.check, b"veil-volume-key-check", "sha256").hexdigest(),
+    }
 
 
 def _read_header(root: Path) -> dict[str, Any]:
@@ -973,9 +1874,10 @@ def _read_header(root: Path) -> dict[str, Any]:
         raise IntegrityError(f"{root}/volume.json is not valid JSON") from None
     if header.get("format") != FORMAT:
         raise VolumeError(f"{root} is not a veil volume")
-    if header.get("version") != VERSION:
+    if header.get("version") not in _READS:
         raise VolumeError(
-            f"volume format version {header.get('version')} is not supported (this veil reads {VERSION})"
+            f"volume format version {header.get('version')} is not supported (this veil reads "
+            f"{', '.join(str(v) for v in _READS)})"
         )
     if header.get("mode") not in MODES or not isinstance(header.get("chunk_size"), int):
         raise IntegrityError(f"{root}/volume.json is damaged")

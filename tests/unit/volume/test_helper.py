@@ -126,7 +126,7 @@ def test_a_write_after_the_helper_was_asked_is_seen_in_the_mounts_reads(volume: 
 
 
 def flip(volume: Volume, path: str, position: int) -> None:
-    file_id = volume.manifest.entries[path]["id"]
+    file_id = volume.file_id(path)
     with open(volume.root / "objects" / file_id[:2] / file_id, "r+b") as stored:
         stored.seek(position)
         byte = stored.read(1)
@@ -149,7 +149,7 @@ def test_a_chunk_rolled_back_in_the_helpers_part_is_refused(
     volume: Volume, read: Callable[..., bytes]
 ) -> None:
     chunk = 2 * MiB // DEFAULT_CHUNK + 100
-    file_id = volume.manifest.entries["/big"]["id"]
+    file_id = volume.file_id("/big")
     stored = volume.root / "objects" / file_id[:2] / file_id
     at = chunk * stride(volume)
     with open(stored, "rb") as handle:
@@ -157,6 +157,7 @@ def test_a_chunk_rolled_back_in_the_helpers_part_is_refused(
         old_record = handle.read(stride(volume))
     with volume.open_file("/big", "r+") as handle:
         handle.pwrite(b"x" * 10, chunk * DEFAULT_CHUNK)
+    volume.flush()  # committed: the new record is in place
     with open(stored, "r+b") as handle:  # the host puts the old record back
         handle.seek(at)
         handle.write(old_record)

@@ -1,0 +1,71 @@
+"""Writing the volume's files so that no error is lost and a crash leaves old or new whole:
+every byte written or an error raised, atomic replacement, directory and file system syncs."""
+
+import contextlib
+import ctypes
+import os
+from pathlib import Path
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset`` (os.pwrite may write fewer); ENOSPC and
+    every other error raise."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def write_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a reader, or a crash, sees the old or the new
+    file whole: written aside completely (a short write or ENOSPC raises, and the old file
+    stays), synced, renamed over, the directory synced."""
+    temporary = f"{path}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            pwrite_all(fd, data, 0)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    os.replace(temporary, path)
+    if durable:
+        fsync_directory(os.path.dirname(path))
+
+
+def fsync_directory(path: str | Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def pwritev_all(fd: int, buffers: list[bytes], offset: int) -> None:
+    """pwrite_all of the buffers one after another, a thousand to a system call."""
+    pending = [memoryview(b) for b in buffers if b]
+    while pending:
+        batch = pending[:1024]
+        written = os.pwritev(fd, batch, offset)
+        offset += written
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending.pop(0)
+        if written:
+            pending[0] = pending[0][written:]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): everything written to the file system holding ``fd`` reaches its disk (one
+    call for many files, where an fsync each would wait for the disk as many times)."""
+    if _libc.syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
