@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 BUSYBOX = "/usr/bin/busybox"
-APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir"]
+APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir", "stat"]
 
 RUN_SCRIPT = """#!/bin/sh
 echo "secret: $(cat /app/data/secret.txt)"
@@ -21,6 +21,8 @@ echo "greeting: $GREETING"
 echo "pwd: $(pwd)"
 echo "run" >> /app/data/runs.txt
 echo "runs: $(wc -l < /app/data/runs.txt)"
+echo "through the symlink: $(cat /app/data/current)"
+echo "library: $(cat /app/data/lib/libx.so) links=$(stat -c %h /app/data/lib/libx.so.1)"
 """
 
 MARKERS = {
@@ -36,7 +38,8 @@ def _umoci(*args: str) -> None:
 
 
 def build_app_image(root: Path) -> str:
-    """``oci:DIR:app`` with three layers: busybox and data (v1 + an old file), then the
+    """``oci:DIR:app`` with three layers: busybox and data (v1, an old file, a symlink, a
+    library directory with a hard link), then the
     data changed (v2, old file deleted), then the app script alone."""
     layout = root / "source"
     bundle = root / "bundle"
@@ -52,6 +55,11 @@ def build_app_image(root: Path) -> str:
     data.mkdir(parents=True)
     (data / "old.txt").write_bytes(MARKERS["old"] + b"\n")
     (data / "secret.txt").write_bytes(MARKERS["v1"] + b"\n")
+    (data / "current").symlink_to("secret.txt")  # a venv or a library tree has these
+    (data / "lib").mkdir()
+    (data / "lib" / "libx.so.1").write_bytes(b"LIBX\n")
+    os.link(data / "lib" / "libx.so.1", data / "lib" / "libx.so.1.0")
+    (data / "lib" / "libx.so").symlink_to("libx.so.1")
     _umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
     (data / "old.txt").unlink()
     (data / "secret.txt").write_bytes(MARKERS["v2"] + b"\n")

@@ -141,6 +141,8 @@ def test_convert_run_and_refuse_a_modified_layer(
     token = next(line for line in first.stdout.splitlines() if line.startswith("token: "))[7:]
     assert len(token) == 20 and "$$" not in token
     assert "runs: 1" in first.stdout
+    assert f"through the symlink: {MARKERS['v2'].decode()}" in first.stdout
+    assert "library: LIBX links=2" in first.stdout
     storage = tmp_path / "run1" / "rootfs" / "app" / "data"
     on_disk = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())
     assert MARKERS["v2"] not in on_disk and b"run\n" not in on_disk

@@ -127,10 +127,16 @@ def _workload(config: dict[str, Any], warnings: list[str]) -> tuple[list[str], d
     return command, environment, str(settings.get("WorkingDir") or "/")
 
 
+_NODES = {"fifo": "fifo", "socket": "socket"}
+
+
 def _make_volume(
     layout: Layout, image_layers: list[Descriptor], tree: MergedTree, path: str, mode: str, work: Path
 ) -> tuple[bytes, str, Path]:
-    """A fresh volume holding the merged content under ``path``: (key, tag, storage)."""
+    """A fresh volume holding the merged content under ``path``: (key, tag, storage).
+
+    Every entry type is carried with its mode and owner; names that share one layer member
+    (hard links in the image) become hard links in the volume."""
     node = tree.nodes.get(path)
     if node is None:
         raise ImageError(f"{path} is not in the image")
@@ -138,34 +144,36 @@ def _make_volume(
         raise ImageError(f"{path} is a {node.entry.type}; a protected path is a directory (a volume)")
     staging = work / f"plain{len(list(work.iterdir()))}"
     staging.mkdir()
+    inside = [(p[len(path) :], n) for p, n in sorted(tree.nodes.items()) if p != path and under(p, path)]
     wanted: dict[int, dict[str, list[Path]]] = {}
-    directories: list[tuple[str, int]] = []
-    files: list[tuple[str, int]] = []
-    for inside, found in sorted(tree.nodes.items()):
-        if inside == path or not under(inside, path):
-            continue
-        relative = inside[len(path) :]
-        if found.entry.type == "dir":
-            directories.append((relative, found.entry.mode))
-        elif found.entry.type == "file":
-            files.append((relative, found.entry.mode))
-            wanted.setdefault(found.layer, {}).setdefault(found.member, []).append(
-                staging / relative.lstrip("/")
-            )
-        else:
-            raise ImageError(f"{inside} is a {found.entry.type}; a volume holds only files and directories")
+    first_name: dict[tuple[int, str], str] = {}  # a layer member -> the first name holding it
+    for relative, found in inside:
+        if found.entry.type == "file" and (found.layer, found.member) not in first_name:
+            first_name[(found.layer, found.member)] = relative
+            wanted.setdefault(found.layer, {})[found.member] = [staging / relative.lstrip("/")]
     for index, members in sorted(wanted.items()):
         extract_files(layout, image_layers[index], members)
     key = os.urandom(32)
     storage = work / f"volume{len(list(work.iterdir()))}"
     with Volume.create(storage, key, mode) as volume:
-        for relative, bits in directories:
-            volume.mkdir(relative, bits & 0o7777)
-        for relative, bits in files:
-            source = staging / relative.lstrip("/")
-            with source.open("rb") as plain, volume.open_file(relative, "x", bits & 0o7777) as target:
-                while block := plain.read(1 << 20):
-                    target.write(block)
+        for relative, found in inside:  # sorted: a directory before what it holds
+            entry = found.entry
+            bits, owner = entry.mode & 0o7777, (entry.uid, entry.gid)
+            if entry.type == "dir":
+                volume.mkdir(relative, bits, *owner)
+            elif entry.type == "symlink":
+                volume.symlink(entry.target or "", relative, *owner)
+            elif entry.type in _NODES:
+                volume.mknod(relative, _NODES[entry.type], bits, 0, *owner)
+            elif entry.type != "file":
+                raise ImageError(f"{path}{relative} is a {entry.type} device; a volume holds no device nodes")
+            elif (origin := first_name[(found.layer, found.member)]) != relative:
+                volume.link(origin, relative)
+            else:
+                source = staging / relative.lstrip("/")
+                with source.open("rb") as plain, volume.open_file(relative, "x", bits, *owner) as target:
+                    while block := plain.read(1 << 20):
+                        target.write(block)
         tag = volume.flush()
     return key, tag, storage
 
