@@ -45,6 +45,7 @@ bench-evidence: $(STAMP_DEV)
 bench-volume: $(STAMP_DEV)
 	@bash scripts/install-os-packages scripts/bench-packages.txt
 	$(BIN)/python bench/volume.py
+	$(BIN)/python bench/freshness.py
 
 bench-cas: $(STAMP_DEV)
 	$(BIN)/python bench/cas.py

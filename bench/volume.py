@@ -2,8 +2,11 @@
 
 fio: sequential write and read (1 MiB blocks, --size), random 4 KiB read and write
 (--random-size, --runtime seconds each); then creating 10k small files (1 KiB each) with
-Python. Caches are dropped before each read test. Prints MB/s, IOPS and the ratios of veil
-to gocryptfs. Needs root, fio and gocryptfs (`make bench-volume` installs them).
+Python; the latency of one 4 KiB write + fsync with 0, 5k and 20k files in the volume
+(median of 200, ms: lower is better); copying a fresh Python virtual environment (about 1,700
+entries, a few symbolic links) in with `cp -a` (seconds: lower is better). Caches are dropped before
+each read test. Prints MB/s, IOPS, ms and the ratios of veil to gocryptfs. Needs root, fio
+and gocryptfs (`make bench-volume` installs them).
 
 Run: .venv/bin/python bench/volume.py [--size 1G] [--runtime 15] [--workdir DIR]
      [--rounds N] [--only plain|gocryptfs|veil|veil-nopoll ...]
@@ -77,8 +80,44 @@ def small_files(directory: Path, count: int = 10_000) -> dict[str, float]:
     return {"files/s": count / elapsed}
 
 
-def measure(directory: Path, size: str, random_size: str, runtime: int) -> dict[str, dict[str, float]]:
-    results = {"seq write 1M": fio(directory, "seqw", "write", "1M", size, None)}
+def fsync_latency(directory: Path, files: int, rounds: int = 200) -> dict[str, float]:
+    """Median ms of one 4 KiB write + fsync, with ``files`` small files in the volume."""
+    many = directory / "many"
+    many.mkdir(exist_ok=True)
+    present = len(os.listdir(many))
+    payload = os.urandom(1024)
+    for index in range(present, files):
+        (many / f"m{index:05d}").write_bytes(payload)
+    os.sync()
+    block = os.urandom(4096)
+    fd = os.open(directory / "fsync.dat", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, os.urandom(1 << 20), 0)
+        os.fsync(fd)
+        times = []
+        for index in range(rounds):
+            started = time.perf_counter()
+            os.pwrite(fd, block, (index % 256) * 4096)
+            os.fsync(fd)
+            times.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+    return {"ms": statistics.median(times) * 1000}
+
+
+def venv_copy(directory: Path, venv: Path) -> dict[str, float]:
+    """Seconds to copy a Python virtual environment in (cp -a: links, modes, times), synced."""
+    started = time.perf_counter()
+    sh("cp", "-a", str(venv), str(directory / "venv"))
+    os.sync()
+    return {"s": time.perf_counter() - started}
+
+
+def measure(
+    directory: Path, size: str, random_size: str, runtime: int, venv: Path
+) -> dict[str, dict[str, float]]:
+    results = {"fsync 4k, 0 files": fsync_latency(directory, 0)}
+    results["seq write 1M"] = fio(directory, "seqw", "write", "1M", size, None)
     drop_caches()
     results["seq read 1M"] = fio(directory, "seqr", "read", "1M", size, None)
     (directory / "fio.dat").unlink()
@@ -87,6 +126,9 @@ def measure(directory: Path, size: str, random_size: str, runtime: int) -> dict[
     results["rand read 4k"] = fio(directory, "randr", "randread", "4k", random_size, runtime)
     (directory / "fio.dat").unlink()
     results["10k small files"] = small_files(directory)
+    results["fsync 4k, 5k files"] = fsync_latency(directory, 5_000)
+    results["fsync 4k, 20k files"] = fsync_latency(directory, 20_000)
+    results["cp -a a venv"] = venv_copy(directory, venv)
     return results
 
 
@@ -164,14 +206,14 @@ def report(results: dict[str, list[Results]]) -> None:
     rows = results[names[0]][0].keys()
     rounds = len(results[names[0]])
     compare = "veil" in results and "gocryptfs" in results
-    print(f"{'test':<18}" + "".join(f"{n:>28}" for n in names) + ("   veil/gocryptfs" if compare else ""))
+    print(f"{'test':<22}" + "".join(f"{n:>28}" for n in names) + ("   veil/gocryptfs" if compare else ""))
     for row in rows:
         cells = ""
         for name in names:
             values = [first_value(r[row]) for r in results[name]]
             metric = next(iter(results[name][0][row]))
-            spread = f" ({min(values):.0f}-{max(values):.0f})" if rounds > 1 else ""
-            cells += f"{statistics.median(values):>12.1f} {metric:<7}{spread:<8}"
+            spread = f" ({min(values):.3g}-{max(values):.3g})" if rounds > 1 else ""
+            cells += f"{statistics.median(values):>12.3g} {metric:<7}{spread:<8}"
         ratio = ""
         if compare:
             ratios = [
@@ -181,7 +223,7 @@ def report(results: dict[str, list[Results]]) -> None:
             ratio = f"   {statistics.median(ratios):.2f}x"
             if rounds > 1:
                 ratio += " (" + ", ".join(f"{x:.2f}" for x in ratios) + ")"
-        print(f"{row:<18}{cells}{ratio}")
+        print(f"{row:<22}{cells}{ratio}")
 
 
 def main() -> None:
@@ -204,12 +246,14 @@ def main() -> None:
     names = args.only or DEFAULT_TARGETS
     results: dict[str, list[Results]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(dir=args.workdir or "/var/tmp", prefix="veil-bench-") as tmp:
+        venv = Path(tmp) / "a-venv"
+        sh(sys.executable, "-m", "venv", str(venv))
         for round_ in range(args.rounds):
             for name in names:
                 work = Path(tmp) / f"{name}-{round_}"
                 work.mkdir()
                 with TARGETS[name](work) as directory:
-                    results[name].append(measure(directory, args.size, args.random_size, args.runtime))
+                    results[name].append(measure(directory, args.size, args.random_size, args.runtime, venv))
                 shutil.rmtree(work, ignore_errors=True)
                 print(f"round {round_ + 1}/{args.rounds}: measured {name}", file=sys.stderr)
     report(results)
