@@ -49,15 +49,15 @@ def fsync_directory(path: str | Path) -> None:
 def pwritev_all(fd: int, buffers: list[bytes], offset: int) -> None:
     """pwrite_all of the buffers one after another, a thousand to a system call."""
     pending = [memoryview(b) for b in buffers if b]
-    while pending:
-        batch = pending[:1024]
-        written = os.pwritev(fd, batch, offset)
+    first = 0  # pending[:first] are written
+    while first < len(pending):
+        written = os.pwritev(fd, pending[first : first + 1024], offset)
         offset += written
-        while pending and written >= len(pending[0]):
-            written -= len(pending[0])
-            pending.pop(0)
+        while first < len(pending) and written >= len(pending[first]):
+            written -= len(pending[first])
+            first += 1
         if written:
-            pending[0] = pending[0][written:]
+            pending[first] = pending[first][written:]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -162,6 +162,9 @@ class Volume:
     chunk_size: int = field(init=False)
     _open: dict[int, _FileState] = field(default_factory=dict)
     _ops: list[dict[str, Any]] = field(default_factory=list)
+    #: inodes whose attributes changed since the commit: one ``inode`` operation each, at
+    #: its end (an inode a program creates files in changes with every file)
+    _attrs: dict[int, None] = field(default_factory=dict)
     _blob: bytearray = field(default_factory=bytearray)
     _kept_bytes: int = 0
     _new_dirs: set[str] = field(default_factory=set)  # object directories with new entries
@@ -302,7 +305,7 @@ class Volume:
             self._checkpoint(upgrade=True)
         for inode in self.tree.unreachable():
             self._free(inode)
-        if self._ops:
+        if self._ops or self._attrs:
             self.flush()
         if crashed:
             self._sweep()
@@ -335,7 +338,7 @@ class Volume:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._ops) or any(s.dirty for s in self._open.values())
+        return bool(self._ops or self._attrs) or any(s.dirty for s in self._open.values())
 
     @property
     def lazy(self) -> bool:
@@ -384,7 +387,7 @@ class Volume:
             inode.mtime = when
         if "c" in times:
             inode.ctime = when
-        self._record("inode", ino=inode.ino, attrs=inode.attrs())
+        self._attrs[inode.ino] = None
 
     def exists(self, path: str) -> bool:
         try:
@@ -475,9 +478,11 @@ class Volume:
 
     def _place(self, path: str, inode: Inode) -> None:
         """Give the new ``inode`` the name ``path`` (which must be free)."""
-        directory, name = self.tree.parent_of(path)
-        if name in (directory.entries or {}):
-            raise oserror(errno.EEXIST, path)
+        directory, name = self._free_path(path)
+        self._place_in(directory, name, inode)
+
+    def _place_in(self, directory: Inode, name: str, inode: Inode) -> None:
+        """Give the new ``inode`` the free ``name`` in ``directory``."""
         self.tree.add(inode)
         self.tree.link(directory, name, inode)
         self._record("inode", ino=inode.ino, attrs=inode.attrs())
@@ -705,7 +710,7 @@ class Volume:
         now = _now()
         if inode.atime <= inode.mtime or inode.atime <= inode.ctime or now - inode.atime > 86_400 * 10**9:
             inode.atime = now
-            self._record("inode", ino=inode.ino, attrs=inode.attrs())
+            self._attrs[inode.ino] = None
 
     # -- files ------------------------------------------------------------------------
 
@@ -718,6 +723,7 @@ class Volume:
             raise ValueError(f"invalid mode '{mode}'")
         if flags != "r":
             self._writable(path)
+        path = normalize(path)
         try:
             inode: Inode | None = self.tree.lookup(path)
         except FileNotFoundError:
@@ -732,7 +738,7 @@ class Volume:
             raise oserror(errno.EISDIR, path)
         elif inode.type != "file":
             raise oserror(errno.EINVAL if inode.type == "symlink" else errno.ENXIO, path)
-        state = self._state(normalize(path), inode)
+        state = self._state(path, inode)
         if flags[0] == "w":
             self._resize(state, 0)
         return VolumeFile(
@@ -744,14 +750,15 @@ class Volume:
         )
 
     def _create_file(self, path: str, perm: int, uid: int | None, gid: int | None) -> Inode:
-        """A new empty file: its inode, and its state already open (nothing to load)."""
-        directory, _ = self._free_path(path)
+        """A new empty file at ``path`` (normalised): its inode, and its state already open
+        (nothing to load)."""
+        directory, name = self._free_path(path)
         inode = self._new_inode("file", perm, directory, uid, gid)
         file_id, fd = self._new_object()
         inode.file_id, inode.tags, inode.table = file_id, b"", bytearray()
-        self._place(path, inode)
+        self._place_in(directory, name, inode)
         codec = self.keys.codec(file_id, self.mode == "encrypted")
-        self._open[inode.ino] = _FileState(inode, codec, fd, normalize(path), durable_count=0, durable_size=0)
+        self._open[inode.ino] = _FileState(inode, codec, fd, path, durable_count=0, durable_size=0)
         return inode
 
     def _new_object(self) -> tuple[bytes, int]:
@@ -1087,6 +1094,10 @@ class Volume:
             self._kept_bytes += len(records) - (len(previous_record) if previous_record else 0)
             state.kept[first] = bytes(records)
             return
+        if first == last:  # one chunk with no durable version (a small file): in place
+            self._write_in_place(state, first, records)
+            state.fresh.add(first)
+            return
         stride = self.chunk_size + state.codec.overhead
         in_place = [i for i in range(first, last + 1) if i >= state.durable_count or i in state.fresh]
         undo: list[tuple[int, bytes]] = []
@@ -1270,6 +1281,8 @@ class Volume:
         for state in states:
             if state.inode.ino in self.tree.inodes:
                 self._file_ops(state, ops, blob, raw)
+        inodes = self.tree.inodes
+        ops += ({"op": "inode", "ino": i, "attrs": inodes[i].attrs()} for i in self._attrs if i in inodes)
         plaintext = encode(ops, blob, _now(), raw.length)
         try:
             chain = self.journal.append(plaintext, raw.parts, durable)
@@ -1277,7 +1290,7 @@ class Volume:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._release_reserve():
                 raise
             chain = self.journal.append(plaintext, raw.parts, durable)
-        self._ops, self._blob = [], bytearray()
+        self._ops, self._blob, self._attrs = [], bytearray(), {}
         self._lazy = not durable
         self._after_commit(states, durable)
         self.tag = chain.hex()
@@ -1311,8 +1324,8 @@ class Volume:
                     "length": raw.length - at,
                 }
             )
-        if state.sized or state.changed:  # its times moved with the data
-            ops.append({"op": "inode", "ino": ino, "attrs": state.inode.attrs()})
+        if state.sized or state.changed:  # its times moved with the data (recorded after)
+            self._attrs[ino] = None
 
     def _sync_lazy(self) -> None:
         """Make the lazy commits since the last durable one durable: what they wrote in
