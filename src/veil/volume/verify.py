@@ -35,12 +35,10 @@ def verify_volume(
             problems.append(VolumeProblem("journal", f"{volume.journal.tail} {TORN}"))
         referenced: set[str] = set()
         for inode in volume.tree.inodes.values():
-            if inode.file_id is not None:
-                referenced.add(inode.file_id.hex())
-                if inode.root is not None:  # the checkpoint's table, in its own file
-                    referenced.update(
-                        os.path.basename(name) for name in volume._table_files(inode.file_id, inode.root)
-                    )
+            if inode.file_id is not None:  # its slots and its checkpoint's table
+                referenced.update(
+                    os.path.basename(name) for name in volume._files_of(inode.file_id, inode.root)
+                )
         for path, inode in volume.tree.walk():
             if inode.type != "file":
                 continue

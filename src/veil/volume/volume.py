@@ -20,13 +20,13 @@ import posixpath
 import stat as stat_module
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veil.volume.chunks import TAG, ChunkCodec, tags_root
-from veil.volume.diskio import fsync_directory, pwrite_all, syncfs, write_atomic
+from veil.volume.diskio import fsync_directory, pwrite_all, pwritev_all, syncfs, write_atomic
 from veil.volume.errors import IntegrityError, StaleVolume, VolumeBusy, VolumeError, WrongKey
 from veil.volume.helper import Part, ReadHelper
 from veil.volume.inodes import NAME_MAX, TARGET_MAX, TYPES, Inode, Tree, name_bytes, normalize, oserror
@@ -36,8 +36,8 @@ from veil.volume.manifest import Manifest, legacy_tag
 
 log = logging.getLogger(__name__)
 FORMAT = "veil-volume"
-VERSION = 2
-_READS = (1, 2)
+VERSION = 3  # 3: a chunk's record in one of two slots (ID or ID.b); 2: ID only
+_READS = (1, 2, 3)
 MODES = ("encrypted", "authenticated")
 DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
@@ -53,8 +53,9 @@ RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 #: space kept allocated in DIR/reserve so that metadata can be written on a full disk:
 #: at least this, and twice the sealed manifest
 RESERVE_MIN = 1 << 20
-#: overwrites of durable chunks kept aside before a commit is forced
-KEEP_ASIDE_MAX = 32 << 20
+#: overwrites of durable chunks kept aside in memory (for the journal) up to this; past it
+#: they go to each chunk's other slot (docs/volume-format.md, Two slots)
+SPILL_AT = 8 << 20
 #: a commit with more files (and object directories) written in place than this syncs the
 #: file system once (syncfs) instead of each
 _SYNCFS_ABOVE = 8
@@ -116,8 +117,14 @@ class _FileState:
     #: chunks of the durable state: a chunk below this has a durable version, unless fresh
     durable_count: int = 0
     durable_size: int = 0
-    #: chunks written in place since the last commit (no durable version to protect)
+    #: chunks written in place since the last commit (no durable version to protect): at
+    #: the end of the object, or in the slot that does not hold the durable version
     fresh: set[int] = field(default_factory=set)
+    #: chunks whose current record is in the second slot (the object ``ID.b``), and those
+    #: whose durable record is there (docs/volume-format.md, Two slots)
+    alt: set[int] = field(default_factory=set)
+    durable_alt: set[int] = field(default_factory=set)
+    alt_fd: int = -1
     #: overwrites of durable chunks, kept aside until the commit: index -> record
     kept: dict[int, bytes] = field(default_factory=dict)
     #: chunks whose tags changed since the last commit
@@ -145,6 +152,23 @@ class _FileState:
     def dirty(self) -> bool:
         return bool(self.sized or self.changed or self.kept or self.retired)
 
+    @property
+    def moved(self) -> bool:
+        """Chunks with a durable record now have their current one in the other slot: the
+        commit naming them must find them on disk (it syncs the objects first)."""
+        return self.alt != self.durable_alt
+
+    def close_files(self) -> None:
+        os.close(self.fd)
+        if self.alt_fd >= 0:
+            os.close(self.alt_fd)
+            self.alt_fd = -1
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        if self.alt_fd >= 0:
+            os.fsync(self.alt_fd)
+
 
 @dataclass
 class Volume:
@@ -167,6 +191,8 @@ class Volume:
     _attrs: dict[int, None] = field(default_factory=dict)
     _blob: bytearray = field(default_factory=bytearray)
     _kept_bytes: int = 0
+    #: overwrites went past SPILL_AT since the commit: they go to the other slot at once
+    _spilling: bool = False
     _new_dirs: set[str] = field(default_factory=set)  # object directories with new entries
     # objects (and their checkpoint's table root) to delete after the commit
     _frees: list[tuple[bytes, str | None]] = field(default_factory=list)
@@ -295,14 +321,19 @@ class Volume:
         return volume
 
     def _settle(self) -> None:
-        """After opening for writing: a version 1 volume becomes version 2 (a checkpoint of
-        the same state, whose base is the old tag). If the last session did not close (its
+        """After opening for writing: a version 1 volume gets inodes and a journal (a
+        checkpoint of the same state, whose base is the old tag), a version 2 volume's
+        header says 3 (second slots may be written from now on). If the last session did not close (its
         marker ``.open`` is still there: a crash), files it left open but unlinked are
         removed, and objects no inode names (created for files never committed)."""
         crashed = os.path.exists(f"{self.root}/.open")
         write_atomic(f"{self.root}/.open", b"", durable=True)
         if self.journal is None:
             self._checkpoint(upgrade=True)
+        header = _read_header(self.root)
+        if header["version"] < VERSION:  # 2: the same, but older veils do not read second slots
+            header["version"] = VERSION
+            write_atomic(self.root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
         for inode in self.tree.unreachable():
             self._free(inode)
         if self._ops or self._attrs:
@@ -312,14 +343,13 @@ class Volume:
 
     def _sweep(self) -> None:
         """Delete what a crash left: objects no inode names, half-written temporary files."""
-        named = set()
+        named: set[str] = set()
         for inode in self.tree.inodes.values():
             if inode.file_id is not None:
-                named.add(inode.file_id.hex())
-                if inode.root is not None:
-                    named.update(os.path.basename(p) for p in self._table_files(inode.file_id, inode.root))
+                named.update(os.path.basename(p) for p in self._files_of(inode.file_id, inode.root))
         for state in self._open.values():
-            named.update(f.hex() for f, _ in state.retired)
+            for file_id, root in state.retired:
+                named.update(os.path.basename(p) for p in self._files_of(file_id, root))
         for directory in os.scandir(self._objects):
             if not directory.is_dir():
                 continue
@@ -353,10 +383,32 @@ class Volume:
         name = file_id.hex()
         return f"{self._objects}/{name[:2]}/{name}"
 
+    def _alt_path(self, file_id: bytes) -> str:
+        """The object holding chunks' second slot (created when first needed)."""
+        return f"{self._object(file_id)}.b"
+
+    def _alt_fd(self, state: _FileState) -> int:
+        if state.alt_fd < 0:
+            path = self._alt_path(state.file_id)
+            if self.readonly:
+                state.alt_fd = os.open(path, os.O_RDONLY)
+            else:
+                state.alt_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._new_dirs.add(posixpath.dirname(path))  # its name durable before a commit uses it
+        return state.alt_fd
+
+    def _slot_fd(self, state: _FileState, index: int) -> int:
+        """The object holding chunk ``index``'s current record."""
+        return self._alt_fd(state) if index in state.alt else state.fd
+
     def _tags_path(self, file_id: bytes, root: str) -> str:
         """Where the checkpoint whose table has ``root`` keeps it: named by the root, so a
         checkpoint never overwrites the table the previous manifest still names."""
         return f"{self._object(file_id)}.{root[:16]}.tags"
+
+    def _files_of(self, file_id: bytes, root: str | None) -> list[str]:
+        """Every file an object may have: its two slots and its tables."""
+        return [self._object(file_id), self._alt_path(file_id), *self._table_files(file_id, root)]
 
     def _table_files(self, file_id: bytes, root: str | None) -> list[str]:
         """The files that may hold a table of ``file_id``: the one named by ``root`` and the
@@ -411,9 +463,12 @@ class Volume:
             if state is not None:
                 with contextlib.suppress(OSError):
                     blocks = os.fstat(state.fd).st_blocks
-            else:
-                with contextlib.suppress(OSError, AssertionError):
-                    blocks = os.stat(self._object(inode.file_id or b"")).st_blocks
+                    if state.alt_fd >= 0:
+                        blocks += os.fstat(state.alt_fd).st_blocks
+            elif inode.file_id is not None:
+                for name in (self._object(inode.file_id), self._alt_path(inode.file_id)):
+                    with contextlib.suppress(OSError):
+                        blocks += os.stat(name).st_blocks
         elif inode.type == "symlink":
             size = name_bytes(inode.target or "")
         elif inode.is_dir:
@@ -596,7 +651,7 @@ class Volume:
         if state is not None:
             self._kept_bytes -= sum(len(r) for r in state.kept.values())
             self._frees.extend(state.retired)
-            os.close(state.fd)
+            state.close_files()
         self.tree.drop(inode.ino)
         self._record("free", ino=inode.ino)
         if inode.file_id is not None:
@@ -804,7 +859,40 @@ class Volume:
             raise IntegrityError(f"{path}: its tag table does not fit its size")
         state = _FileState(inode, codec, fd, path, durable_count=count, durable_size=inode.size)
         state.kept = {i: r for i, r in self._replayed.get(inode.ino, (b"", {}))[1].items() if i < count}
+        state.alt = self._second_slot(state)
+        state.durable_alt = set(state.alt)
         return state
+
+    def _second_slot(self, state: _FileState) -> set[int]:
+        """The chunks whose current record is in the second slot: those whose record there
+        ends with the tag the table names (a record's last 16 bytes are its tag; a stale
+        record there has another). Only the object's allocated extents are looked at."""
+        try:
+            fd = os.open(self._alt_path(state.file_id), os.O_RDONLY)
+        except FileNotFoundError:
+            return set()
+        found: set[int] = set()
+        stride = self.chunk_size + state.codec.overhead
+        count = _chunks(state.size, self.chunk_size)
+        try:
+            position = 0
+            while True:
+                try:
+                    start = os.lseek(fd, position, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # no data past position
+                        break
+                    raise
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+                for index in range(start // stride, min(count, -(-end // stride))):
+                    expected = state.tags[index * TAG : (index + 1) * TAG]
+                    at = index * stride + self._chunk_len(state.size, index) + state.codec.overhead - TAG
+                    if expected != HOLE and os.pread(fd, TAG, at) == expected:
+                        found.add(index)
+                position = end
+        finally:
+            os.close(fd)
+        return found
 
     def _table(self, inode: Inode, path: str) -> bytearray:
         """A file's current tag table: loaded (the checkpoint's: inline, or ID.tags checked
@@ -840,7 +928,7 @@ class Volume:
         if inode.ino in self.tree.inodes and inode.nlink == 0:
             self._free(inode)  # the last name went while it was open; this closes the state
             return
-        os.close(state.fd)
+        state.close_files()
         del self._open[inode.ino]
         if inode.ino not in self._tables_changed:
             inode.table = None  # loaded again when opened: a large table need not stay in memory
@@ -918,13 +1006,14 @@ class Volume:
             last - first >= _SPLIT_CHUNKS
             and (last + 1 - first) * self.chunk_size <= helper.slot
             and not state.kept
+            and not state.alt
             and not _has_hole(state.tags, first, last)
         )
 
     def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
         """Read and open chunks ``first``..``last`` into ``out`` (their plaintext): holes
-        as zeros, kept-aside records from memory, the rest from the object."""
-        if state.kept or _has_hole(state.tags, first, last):
+        as zeros, kept-aside records from memory, the rest from their slot's object."""
+        if state.kept or state.alt or _has_hole(state.tags, first, last):
             self._open_chunks_slowly(state, first, last, out)
             return
         span = self._span(state, first, last)
@@ -946,14 +1035,17 @@ class Volume:
             if _is_hole(state.tags, index):
                 out[place : place + length] = bytes(length)
                 index += 1
-            elif index in state.kept:
-                out[place : place + length] = state.codec.open(
-                    index, state.kept[index], state.tags[index * TAG : (index + 1) * TAG], state.path
-                )
+            elif index in state.kept or index in state.alt:
+                out[place : place + length] = self._read_chunk(state, index, length)
                 index += 1
             else:  # a run of chunks stored in the object
                 end = index
-                while end < last and not _is_hole(state.tags, end + 1) and end + 1 not in state.kept:
+                while (
+                    end < last
+                    and not _is_hole(state.tags, end + 1)
+                    and end + 1 not in state.kept
+                    and end + 1 not in state.alt
+                ):
                     end += 1
                 span = self._span(state, index, end)
                 raw = os.pread(state.fd, span, index * (cs + state.codec.overhead))
@@ -1026,7 +1118,7 @@ class Volume:
         record = state.kept.get(index)
         if record is None:
             stride = self.chunk_size + state.codec.overhead
-            record = os.pread(state.fd, length + state.codec.overhead, index * stride)
+            record = os.pread(self._slot_fd(state, index), length + state.codec.overhead, index * stride)
         return state.codec.open(index, record, expected, state.path)
 
     # -- writing ----------------------------------------------------------------------
@@ -1045,8 +1137,8 @@ class Volume:
                 if block_start == 0:
                     raise
                 return block_start  # a short write, as file systems report a disk filling up
-        if self._kept_bytes > KEEP_ASIDE_MAX:
-            self.flush()
+        if self._kept_bytes > SPILL_AT:
+            self._spill()
         return len(data)
 
     def _write_block(self, state: _FileState, offset: int, data: bytes | memoryview) -> None:
@@ -1090,6 +1182,17 @@ class Volume:
         commit), kept aside otherwise (docs/volume-format.md, Commit). All or nothing: if a
         write in place fails, those already written are undone and nothing is kept."""
         if first == last and first < state.durable_count and first not in state.fresh:
+            if self._spilling:  # a large load: straight to the other slot
+                was_alt = first in state.alt
+                self._move(state, first)
+                try:
+                    self._write_in_place(state, first, records, undo=False)
+                except OSError:
+                    (state.alt.add if was_alt else state.alt.discard)(first)
+                    raise
+                self._kept_bytes -= len(state.kept.pop(first, b""))
+                state.fresh.add(first)
+                return
             previous_record = state.kept.get(first)  # one durable chunk (random writes): kept aside
             self._kept_bytes += len(records) - (len(previous_record) if previous_record else 0)
             state.kept[first] = bytes(records)
@@ -1100,16 +1203,16 @@ class Volume:
             return
         stride = self.chunk_size + state.codec.overhead
         in_place = [i for i in range(first, last + 1) if i >= state.durable_count or i in state.fresh]
-        undo: list[tuple[int, bytes]] = []
+        undo: list[tuple[int, int, bytes]] = []
         view = memoryview(records)
         try:
-            for run_first, run_last in _runs(in_place):
+            for run_first, run_last in _runs(in_place, state.alt):
                 part = view[(run_first - first) * stride : (run_last - first + 1) * stride]
                 undo.append(self._write_in_place(state, run_first, part))
         except OSError:
-            for at, previous in reversed(undo):
+            for fd, at, previous in reversed(undo):
                 with contextlib.suppress(OSError):  # overwrites what was there: no new space
-                    pwrite_all(state.fd, previous, at)
+                    pwrite_all(fd, previous, at)
             raise
         state.fresh.update(in_place)
         if len(in_place) == last - first + 1:
@@ -1121,29 +1224,74 @@ class Volume:
                 self._kept_bytes += len(record) - (len(previous_record) if previous_record else 0)
                 state.kept[index] = record
 
+    def _spill(self) -> None:
+        """Records kept aside go to their chunk's other slot (docs/volume-format.md, Two
+        slots): the slot that does not hold the durable record, which stays whole. A record
+        whose write fails stays kept aside (the journal takes it at the commit), and the
+        error is raised."""
+        self._spilling = True
+        for state in self._open.values():
+            if not state.kept:
+                continue
+            stride = self.chunk_size + state.codec.overhead
+            moving = sorted(state.kept)
+            for index in moving:
+                self._move(state, index)
+            written: list[int] = []
+            try:
+                for first, last in _runs(moving, state.alt):
+                    fd = self._slot_fd(state, first)
+                    pwritev_all(fd, [state.kept[i] for i in range(first, last + 1)], first * stride)
+                    written.extend(range(first, last + 1))
+            finally:
+                for index in moving:
+                    if index in written:
+                        self._kept_bytes -= len(state.kept.pop(index))
+                        state.fresh.add(index)
+                    elif index in state.durable_alt:  # still kept: its current record is that one
+                        state.alt.add(index)
+                    else:
+                        state.alt.discard(index)
+                state.unsynced = True
+
+    @staticmethod
+    def _move(state: _FileState, index: int) -> None:
+        """Chunk ``index``'s current record goes to the slot its durable record is not in."""
+        if index in state.durable_alt:
+            state.alt.discard(index)
+        else:
+            state.alt.add(index)
+
     def _write_in_place(
-        self, state: _FileState, first: int, records: bytes | bytearray | memoryview
-    ) -> tuple[int, bytes]:
-        """Write records where no durable version is; (where, what they overwrote). A write
-        that fails (a full disk, a short write) leaves what the file held before it: the
-        records it overwrote (written since the last commit, not yet committed) are put
-        back, and the object is cut back to what the file covers (its size is updated only
-        after this succeeds)."""
+        self, state: _FileState, first: int, records: bytes | bytearray | memoryview, undo: bool = True
+    ) -> tuple[int, int, bytes]:
+        """Write records where no durable version is, in the slot of chunk ``first`` (the
+        same for all of them); (the object, where, what they overwrote). A write that fails
+        (a full disk, a short write) leaves what the object held before it: the records it
+        overwrote (written since the last commit, not yet committed) are put back, and the
+        object is cut back to what it covered (the file's size is updated only after this
+        succeeds). ``undo=False``: the slot holds no current record (a chunk moved to its
+        other slot), nothing to put back."""
+        fd = self._slot_fd(state, first)
         at = first * (self.chunk_size + state.codec.overhead)
-        overlap = min(at + len(records), self._object_size(state.size, state.codec)) - at
-        previous = os.pread(state.fd, overlap, at) if overlap > 0 else b""
+        if fd == state.fd:
+            covered = self._object_size(max(state.size, state.durable_size), state.codec)
+            overlap = min(at + len(records), self._object_size(state.size, state.codec)) - at
+        else:
+            covered = os.fstat(fd).st_size
+            overlap = min(at + len(records), covered) - at
+        previous = os.pread(fd, overlap, at) if overlap > 0 and undo else b""
         try:
-            pwrite_all(state.fd, records, at)
+            pwrite_all(fd, records, at)
         except OSError:
             with contextlib.suppress(OSError):  # within blocks the file had: no new space needed
-                pwrite_all(state.fd, previous, at)
-            covered = self._object_size(max(state.size, state.durable_size), state.codec)
+                pwrite_all(fd, previous, at)
             if at + len(records) > covered:
                 with contextlib.suppress(OSError):
-                    os.ftruncate(state.fd, covered)
+                    os.ftruncate(fd, covered)
             raise
         state.unsynced = True
-        return at, previous
+        return fd, at, previous
 
     def _merged(
         self, state: _FileState, index: int, data: memoryview, offset: int, old_size: int, chunk_end: int
@@ -1197,20 +1345,30 @@ class Volume:
             for index in [i for i in state.kept if i >= new_count]:
                 self._kept_bytes -= len(state.kept.pop(index))
             state.fresh -= set(range(new_count, old_count))
+            state.alt = {i for i in state.alt if i < new_count}
             if size >= state.durable_size:  # nothing durable past it: cut the object now
-                os.ftruncate(state.fd, self._object_size(size, state.codec))
+                self._cut(state, size)
         state.changed.update(range(min(old_count, new_count), new_count))
         state.inode.size = size
         state.inode.mtime = state.inode.ctime = time.time_ns()
         state.sized = True
         self._tables_changed.add(state.inode.ino)
 
+    def _cut(self, state: _FileState, size: int) -> None:
+        """Cut the object (both slots) to what ``size`` bytes of file need."""
+        length = self._object_size(size, state.codec)
+        os.ftruncate(state.fd, length)
+        if state.alt_fd >= 0 or os.path.exists(self._alt_path(state.file_id)):
+            os.ftruncate(self._alt_fd(state), length)
+
     def _replace_object(self, state: _FileState) -> None:
         """A file cut to nothing continues in a new object; the old one, which the durable
         state still names, is deleted after the commit."""
         state.retired.append((state.file_id, state.inode.root))
-        os.close(state.fd)
+        state.close_files()
         state.inode.file_id, state.fd = self._new_object()
+        state.alt.clear()
+        state.durable_alt.clear()
         state.codec = self.keys.codec(state.inode.file_id, self.mode == "encrypted")
         for record in state.kept.values():
             self._kept_bytes -= len(record)
@@ -1260,11 +1418,13 @@ class Volume:
         assert self.journal is not None
         states = [s for s in self._open.values() if s.dirty or s.unsynced]
         # lazy only when nothing durable is touched after the commit: no overwrite kept aside
-        # to go in place, no object to delete or cut (the durable state may still need it)
+        # to go in place, no object to delete or cut (the durable state may still need it),
+        # no chunk whose durable record the commit replaces by one in its other slot (which
+        # must be on disk before the commit is: a lost record would hide the durable one)
         durable = (
             durable
             or bool(self._frees)
-            or any(s.kept or s.retired or s.size < s.durable_size for s in states)
+            or any(s.kept or s.retired or s.size < s.durable_size or s.moved for s in states)
         )
         if durable:
             unsynced = [s for s in states if s.unsynced]
@@ -1272,7 +1432,7 @@ class Volume:
                 syncfs(self._lock_fd)  # one wait for the disk, not one per file
             else:
                 for state in unsynced:
-                    os.fsync(state.fd)
+                    state.sync()
                 for directory in sorted(self._new_dirs, key=len, reverse=True):
                     fsync_directory(directory)
             self._new_dirs.clear()
@@ -1343,7 +1503,7 @@ class Volume:
         for state in states:
             stride = self.chunk_size + state.codec.overhead
             if state.size < state.durable_size:  # cutting frees space: it does not fail for lack of it
-                os.ftruncate(state.fd, self._object_size(state.size, state.codec))
+                self._cut(state, state.size)
             try:
                 for index, record in sorted(state.kept.items()):
                     pwrite_all(state.fd, record, index * stride)
@@ -1355,8 +1515,10 @@ class Volume:
                 if state.kept:
                     self._applied.add(state.file_id)
                 self._kept_bytes -= sum(len(r) for r in state.kept.values())
+                state.alt.difference_update(state.kept)  # now in the first slot
                 state.kept.clear()
             state.fresh.clear()
+            state.durable_alt = set(state.alt)
             state.changed.clear()
             state.sized = False
             state.unsynced = state.unsynced and not durable
@@ -1367,11 +1529,12 @@ class Volume:
             if state.refs == 0 and not state.kept:
                 self._close_state(state)
         for file_id, root in self._frees:
-            for path in (self._object(file_id), *self._table_files(file_id, root)):
+            for path in self._files_of(file_id, root):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self._applied.discard(file_id)
         self._frees.clear()
+        self._spilling = False
 
     # -- replaying the journal --------------------------------------------------------
 
@@ -1435,7 +1598,7 @@ class Volume:
                 if freed is not None:
                     del self.tree.inodes[freed.ino]
                 if freed is not None and freed.file_id is not None and not self.readonly:
-                    for path in (self._object(freed.file_id), *self._table_files(freed.file_id, freed.root)):
+                    for path in self._files_of(freed.file_id, freed.root):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(path)
             elif kind in ("size", "tags", "data"):
@@ -1642,7 +1805,7 @@ class Volume:
 
     def _release_files(self) -> None:
         for state in self._open.values():
-            os.close(state.fd)
+            state.close_files()
         self._open.clear()
         if self.journal is not None:
             self.journal.close()
@@ -1856,11 +2019,12 @@ def _has_hole(tags: bytes | bytearray, first: int, last: int) -> bool:
     return False
 
 
-def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
-    """Consecutive runs (first, last) of sorted ``indices``."""
+def _runs(indices: Iterable[int], apart: Container[int] = ()) -> list[tuple[int, int]]:
+    """Consecutive runs (first, last) of sorted ``indices``; a run never has members both
+    in and out of ``apart`` (chunks in the second slot, and the others)."""
     runs: list[tuple[int, int]] = []
     for index in sorted(indices):
-        if runs and runs[-1][1] == index - 1:
+        if runs and runs[-1][1] == index - 1 and ((index in apart) == (runs[-1][1] in apart)):
             runs[-1] = (runs[-1][0], index)
         else:
             runs.append((index, index))

@@ -6,6 +6,8 @@ commit: every committed byte, nothing of what came after, and `verify` clean.
 
 Small chunks make every edge case frequent; a copy of the open volume is what a kill -9
 leaves (the page cache survives a killed process; power cuts are the FUSE-level test's).
+Each test runs twice: with overwrites kept aside for the journal (the usual amount), and
+spilled to their second slot after a few records (as a large random-write load does).
 """
 
 import errno
@@ -17,9 +19,17 @@ from pathlib import Path
 import pytest
 
 from veil.volume import Volume, verify_volume
+from veil.volume import volume as volume_module
 
 MODES = ["encrypted", "authenticated"]
 STEPS = 600
+
+
+@pytest.fixture(params=["kept", "spilled"], autouse=True)
+def spill(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "spilled":
+        monkeypatch.setattr(volume_module, "SPILL_AT", 300)  # a few 64-byte chunks' records
+    return str(request.param)
 
 
 def snapshot(volume: Volume) -> dict[str, bytes | None]:
@@ -142,6 +152,10 @@ class FullDisk:
             raise OSError(errno.ENOSPC, "No space left on device")
         return self.real(fd, data, offset)
 
+    def vector(self, fd: int, buffers: list[memoryview], offset: int) -> int:
+        """os.pwritev on the same disk: the buffers as one write."""
+        return self(fd, b"".join(buffers), offset)
+
 
 @pytest.mark.parametrize("seed", range(3))
 def test_a_full_disk_loses_nothing_committed(
@@ -156,6 +170,7 @@ def test_a_full_disk_loses_nothing_committed(
     model = Model(volume, rnd)
     disk = FullDisk(random.Random(seed + 100))
     monkeypatch.setattr(os, "pwrite", disk)
+    monkeypatch.setattr(os, "pwritev", disk.vector)
     committed = {volume.flush(): snapshot(volume)}
     failures = 0
     for step in range(STEPS):
