@@ -125,6 +125,14 @@ class _FileState:
     alt: set[int] = field(default_factory=set)
     durable_alt: set[int] = field(default_factory=set)
     alt_fd: int = -1
+    #: ``ID.b`` exists (it may hold records)
+    has_b: bool = False
+    #: it existed when the file was opened: a chunk's slot is then known only once
+    #: ``known`` has it (found by its tag before the chunk is first read or written);
+    #: otherwise every record was in ``ID`` and ``alt`` follows each one moved since
+    probe: bool = False
+    known: set[int] = field(default_factory=set)
+    found_b: int = 0  # records found in the second slot lately, less those found in the first
     #: overwrites of durable chunks, kept aside until the commit: index -> record
     kept: dict[int, bytes] = field(default_factory=dict)
     #: chunks whose tags changed since the last commit
@@ -153,10 +161,11 @@ class _FileState:
         return bool(self.sized or self.changed or self.kept or self.retired)
 
     @property
-    def moved(self) -> bool:
-        """Chunks with a durable record now have their current one in the other slot: the
-        commit naming them must find them on disk (it syncs the objects first)."""
-        return self.alt != self.durable_alt
+    def moved(self) -> set[int]:
+        """Chunks with a durable record whose current one is in the other slot: a commit
+        may name them only once that record is on disk (a durable commit syncs first; a
+        lazy one leaves them to the next durable one)."""
+        return {i for i in self.fresh if i < self.durable_count}
 
     def close_files(self) -> None:
         os.close(self.fd)
@@ -388,6 +397,7 @@ class Volume:
         return f"{self._object(file_id)}.b"
 
     def _alt_fd(self, state: _FileState) -> int:
+        state.has_b = True
         if state.alt_fd < 0:
             path = self._alt_path(state.file_id)
             if self.readonly:
@@ -859,40 +869,25 @@ class Volume:
             raise IntegrityError(f"{path}: its tag table does not fit its size")
         state = _FileState(inode, codec, fd, path, durable_count=count, durable_size=inode.size)
         state.kept = {i: r for i, r in self._replayed.get(inode.ino, (b"", {}))[1].items() if i < count}
-        state.alt = self._second_slot(state)
-        state.durable_alt = set(state.alt)
+        state.has_b = state.probe = os.path.exists(self._alt_path(inode.file_id))
         return state
 
-    def _second_slot(self, state: _FileState) -> set[int]:
-        """The chunks whose current record is in the second slot: those whose record there
-        ends with the tag the table names (a record's last 16 bytes are its tag; a stale
-        record there has another). Only the object's allocated extents are looked at."""
-        try:
-            fd = os.open(self._alt_path(state.file_id), os.O_RDONLY)
-        except FileNotFoundError:
-            return set()
-        found: set[int] = set()
-        stride = self.chunk_size + state.codec.overhead
-        count = _chunks(state.size, self.chunk_size)
-        try:
-            position = 0
-            while True:
-                try:
-                    start = os.lseek(fd, position, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:  # no data past position
-                        break
-                    raise
-                end = os.lseek(fd, start, os.SEEK_HOLE)
-                for index in range(start // stride, min(count, -(-end // stride))):
-                    expected = state.tags[index * TAG : (index + 1) * TAG]
-                    at = index * stride + self._chunk_len(state.size, index) + state.codec.overhead - TAG
-                    if expected != HOLE and os.pread(fd, TAG, at) == expected:
-                        found.add(index)
-                position = end
-        finally:
-            os.close(fd)
-        return found
+    def _locate(self, state: _FileState, index: int) -> None:
+        """Find which slot holds chunk ``index``'s record (its durable one: called before
+        the chunk is written): the slot whose record ends with the tag the table names (a
+        record's last 16 bytes are its tag; a stale record has another). Neither: left in
+        the first, where reading it reports the damage."""
+        if not state.probe or index in state.known:
+            return
+        state.known.add(index)
+        expected = bytes(state.tags[index * TAG : (index + 1) * TAG])
+        if len(expected) != TAG or expected == HOLE:  # past the size (located before a cut), a hole
+            return
+        at = index * (self.chunk_size + state.codec.overhead)
+        at += self._chunk_len(state.size, index) + state.codec.overhead - TAG
+        if os.pread(state.fd, TAG, at) != expected and os.pread(self._alt_fd(state), TAG, at) == expected:
+            state.alt.add(index)
+            state.durable_alt.add(index)
 
     def _table(self, inode: Inode, path: str) -> bytearray:
         """A file's current tag table: loaded (the checkpoint's: inline, or ID.tags checked
@@ -1006,13 +1001,21 @@ class Volume:
             last - first >= _SPLIT_CHUNKS
             and (last + 1 - first) * self.chunk_size <= helper.slot
             and not state.kept
-            and not state.alt
+            and not state.has_b
             and not _has_hole(state.tags, first, last)
         )
 
     def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
         """Read and open chunks ``first``..``last`` into ``out`` (their plaintext): holes
         as zeros, kept-aside records from memory, the rest from their slot's object."""
+        if first == last and first not in state.kept and not _is_hole(state.tags, first):  # random
+            raw = self._read_record(state, first, self._span(state, first, last))
+            state.codec.open_one_into(first, raw, state.tags, state.path, out)
+            return
+        if state.probe:
+            for index in range(first, last + 1):
+                if index not in state.kept:
+                    self._locate(state, index)
         if state.kept or state.alt or _has_hole(state.tags, first, last):
             self._open_chunks_slowly(state, first, last, out)
             return
@@ -1117,9 +1120,33 @@ class Volume:
             return bytes(length)
         record = state.kept.get(index)
         if record is None:
-            stride = self.chunk_size + state.codec.overhead
-            record = os.pread(self._slot_fd(state, index), length + state.codec.overhead, index * stride)
+            record = self._read_record(state, index, length + state.codec.overhead)
         return state.codec.open(index, record, expected, state.path)
+
+    def _read_record(self, state: _FileState, index: int, size: int) -> bytes:
+        """Chunk ``index``'s stored record (``size`` bytes) from its slot; one not located
+        yet is read whole from the slot that held the last ones found (under a sustained
+        overwrite load most records end up in the second), and from the other one if its
+        tag is not the table's (``_locate`` in one read)."""
+        at = index * (self.chunk_size + state.codec.overhead)
+        if not state.probe or index in state.known:
+            return os.pread(self._slot_fd(state, index), size, at)
+        state.known.add(index)
+        expected = state.tags[index * TAG : (index + 1) * TAG]
+        in_b = state.found_b > 0
+        record = os.pread(self._alt_fd(state) if in_b else state.fd, size, at)
+        if record[-TAG:] != expected:
+            other = os.pread(state.fd if in_b else self._alt_fd(state), size, at)
+            if other[-TAG:] != expected:  # neither: damage, reported from the first slot's
+                return record if not in_b else other
+            record, in_b = other, not in_b
+        if in_b:
+            state.alt.add(index)
+            state.durable_alt.add(index)
+            state.found_b = min(state.found_b + 1, 8)
+        else:
+            state.found_b = max(state.found_b - 1, -8)
+        return record
 
     # -- writing ----------------------------------------------------------------------
 
@@ -1146,6 +1173,9 @@ class Volume:
         end = offset + len(data)
         old_size, new_size = state.size, max(state.size, end)
         first, last = offset // cs, (end - 1) // cs
+        if state.probe:  # where the durable records are, before the tags move on
+            for index in range(first, min(last, state.durable_count - 1) + 1):
+                self._locate(state, index)
         view = memoryview(data)
         # Chunks the write covers whole are sealed straight from the caller's buffer; only
         # the first and the last may be partial and merged with what they held.
@@ -1341,6 +1371,8 @@ class Volume:
         if new_count > old_count:
             state.tags.extend(HOLE * (new_count - old_count))
         else:
+            for index in range(new_count, min(old_count, state.durable_count)):
+                self._locate(state, index)  # durable records past the cut: where, while tags say
             del state.tags[new_count * TAG :]
             for index in [i for i in state.kept if i >= new_count]:
                 self._kept_bytes -= len(state.kept.pop(index))
@@ -1369,6 +1401,8 @@ class Volume:
         state.inode.file_id, state.fd = self._new_object()
         state.alt.clear()
         state.durable_alt.clear()
+        state.known.clear()
+        state.has_b = state.probe = False
         state.codec = self.keys.codec(state.inode.file_id, self.mode == "encrypted")
         for record in state.kept.values():
             self._kept_bytes -= len(record)
@@ -1418,14 +1452,15 @@ class Volume:
         assert self.journal is not None
         states = [s for s in self._open.values() if s.dirty or s.unsynced]
         # lazy only when nothing durable is touched after the commit: no overwrite kept aside
-        # to go in place, no object to delete or cut (the durable state may still need it),
-        # no chunk whose durable record the commit replaces by one in its other slot (which
-        # must be on disk before the commit is: a lost record would hide the durable one)
+        # to go in place, no object to delete or cut (the durable state may still need it).
+        # Chunks moved to their other slot wait for the next durable commit (their records
+        # must be on disk before a commit names them), unless the file's size changed too.
         durable = (
             durable
             or bool(self._frees)
-            or any(s.kept or s.retired or s.size < s.durable_size or s.moved for s in states)
+            or any(s.kept or s.retired or s.size < s.durable_size or (s.sized and s.moved) for s in states)
         )
+        waiting = {} if durable else {s.inode.ino: s.moved for s in states}
         if durable:
             unsynced = [s for s in states if s.unsynced]
             if self._lazy or len(unsynced) + len(self._new_dirs) > _SYNCFS_ABOVE:
@@ -1440,9 +1475,12 @@ class Volume:
         raw = _Raw()
         for state in states:
             if state.inode.ino in self.tree.inodes:
-                self._file_ops(state, ops, blob, raw)
+                self._file_ops(state, ops, blob, raw, waiting.get(state.inode.ino, set()))
         inodes = self.tree.inodes
         ops += ({"op": "inode", "ino": i, "attrs": inodes[i].attrs()} for i in self._attrs if i in inodes)
+        if not ops and not durable:  # a lazy commit of nothing: only moved chunks, which wait
+            self._attrs = {}  # (inodes freed since: nothing to record)
+            return self.tag
         plaintext = encode(ops, blob, _now(), raw.length)
         try:
             chain = self.journal.append(plaintext, raw.parts, durable)
@@ -1452,22 +1490,25 @@ class Volume:
             chain = self.journal.append(plaintext, raw.parts, durable)
         self._ops, self._blob, self._attrs = [], bytearray(), {}
         self._lazy = not durable
-        self._after_commit(states, durable)
+        self._after_commit(states, durable, waiting)
         self.tag = chain.hex()
         self.history.add(self.tag)
-        if self.journal.size > CHECKPOINT_AT and not self._unapplied:
+        if self.journal.size > CHECKPOINT_AT and not self._unapplied and not self._waiting:
             self._checkpoint()
         self._keep_reserve(max(self.journal.size, self._manifest_size))
         return self.tag
 
-    def _file_ops(self, state: _FileState, ops: list[dict[str, Any]], blob: bytearray, raw: "_Raw") -> None:
-        """A file's part of the commit: its size, the tags of changed chunks (in ``blob``),
-        the records kept aside (in ``raw``)."""
+    def _file_ops(
+        self, state: _FileState, ops: list[dict[str, Any]], blob: bytearray, raw: "_Raw", waiting: set[int]
+    ) -> None:
+        """A file's part of the commit: its size, the tags of changed chunks (in ``blob``)
+        but those ``waiting`` for a durable commit, the records kept aside (in ``raw``)."""
         ino = state.inode.ino
         if state.sized:
             ops.append({"op": "size", "ino": ino, "size": state.size})
         count = _chunks(state.size, self.chunk_size)
-        for first, last in _runs(i for i in state.changed if i < count):
+        changed = [i for i in state.changed if i < count and i not in waiting]
+        for first, last in _runs(changed):
             ops.append({"op": "tags", "ino": ino, "first": first, "count": last - first + 1, "at": len(blob)})
             blob += state.tags[first * TAG : (last + 1) * TAG]
         for first, last in _runs(state.kept):
@@ -1484,7 +1525,7 @@ class Volume:
                     "length": raw.length - at,
                 }
             )
-        if state.sized or state.changed:  # its times moved with the data (recorded after)
+        if state.sized or changed:  # its times moved with the data (recorded after)
             self._attrs[ino] = None
 
     def _sync_lazy(self) -> None:
@@ -1495,11 +1536,12 @@ class Volume:
         self.journal.sync()
         self._lazy = False
 
-    def _after_commit(self, states: list[_FileState], durable: bool) -> None:
+    def _after_commit(self, states: list[_FileState], durable: bool, waiting: dict[int, set[int]]) -> None:
         """The commit is written: kept-aside records go in place (a commit that has them is
         durable), cut objects are cut, replaced and freed objects deleted. A lazy commit's
         files stay marked unsynced while open; closed ones the next durable commit syncs
-        with the file system."""
+        with the file system. Chunks ``waiting`` (moved, left out of a lazy commit) stay
+        changed, in their slot, for the next durable commit."""
         for state in states:
             stride = self.chunk_size + state.codec.overhead
             if state.size < state.durable_size:  # cutting frees space: it does not fail for lack of it
@@ -1517,16 +1559,18 @@ class Volume:
                 self._kept_bytes -= sum(len(r) for r in state.kept.values())
                 state.alt.difference_update(state.kept)  # now in the first slot
                 state.kept.clear()
-            state.fresh.clear()
-            state.durable_alt = set(state.alt)
-            state.changed.clear()
+            left = waiting.get(state.inode.ino, set())
+            state.fresh = set(left)
+            if durable:
+                state.durable_alt = set(state.alt)
+            state.changed = set(left)
             state.sized = False
             state.unsynced = state.unsynced and not durable
             state.durable_count = _chunks(state.size, self.chunk_size)
             state.durable_size = state.size
             self._frees.extend(state.retired)
             state.retired.clear()
-            if state.refs == 0 and not state.kept:
+            if state.refs == 0 and not state.kept and not state.changed:
                 self._close_state(state)
         for file_id, root in self._frees:
             for path in self._files_of(file_id, root):
@@ -1761,6 +1805,12 @@ class Volume:
         self._write_metadata(f"{self.root}/manifest", sealed, True)
         self.manifest = manifest
         return sealed
+
+    @property
+    def _waiting(self) -> bool:
+        """Moved chunks left out of lazy commits: the tables in memory are ahead of the
+        journal until the next durable commit, so no checkpoint writes them now."""
+        return any(s.moved for s in self._open.values())
 
     @property
     def _unapplied(self) -> bool:
