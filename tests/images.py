@@ -85,6 +85,17 @@ def build_app_image(root: Path) -> str:
     return f"oci:{layout}:app"
 
 
+def with_entrypoint(source: str, root: Path, entrypoint: list[str]) -> str:
+    """A copy of the ``oci:DIR:TAG`` image ``source`` whose entrypoint is ``entrypoint``
+    (and no command): a program that lives in a path the conversion protects."""
+    _, directory, tag = source.split(":")
+    layout = root / "entry"
+    shutil.copytree(directory, layout)
+    args = [arg for item in entrypoint for arg in ("--config.entrypoint", item)]
+    _umoci("config", "--image", f"{layout}:{tag}", "--clear", "config.cmd", *args)
+    return f"oci:{layout}:{tag}"
+
+
 def blobs_text(layout: Path) -> list[bytes]:
     """Every blob of a layout, decompressed where it is gzip."""
     found = []

@@ -23,6 +23,7 @@ from tests.images import (
     replace_in_layer,
     run_in_chroot,
     unpack,
+    with_entrypoint,
 )
 from tests.net import free_port
 
@@ -163,6 +164,33 @@ def test_convert_run_and_refuse_a_modified_layer(
     assert "measurement" in modified.stderr
     assert MARKERS["v2"].decode() not in modified.stdout
     assert token not in cas.log.read_text()
+
+
+def test_the_program_may_live_inside_a_protected_path(
+    tmp_path: Path, source_image: str, cas: CasServer, las: str
+) -> None:
+    """An entrypoint under ``--encrypt`` is not in the measured tree and not on disk in
+    plaintext: the runtime attests, mounts, and only then resolves and runs it. A program
+    that resolves outside both the measured tree and the volumes is refused."""
+    source = with_entrypoint(source_image, tmp_path, ["/app/run.sh"])
+    out = tmp_path / "out"
+    template = tmp_path / "session.yaml"
+    _convert(source, out, "--encrypt", "/app", "--template", str(template))
+    added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", las)
+    assert added.returncode == 0, added.stderr
+    alice = pinned_owner(tmp_path, cas)
+    document = yaml.safe_load(template.read_text())
+    assert document["services"][0]["command"] == ["/app/run.sh"]
+    document["security"]["sim_platforms"] = [added.stdout.strip()]
+    template.write_text(yaml.safe_dump(document))
+    assert alice.veil("session", "create", str(template)).returncode == 0
+
+    env, files = _runtime_env(cas, alice, las)
+    bundle = _bundle(out, tmp_path / "run1")
+    assert not (bundle / "rootfs" / "app" / "run.sh").exists()  # ciphertext objects only
+    ran = run_in_chroot(bundle, env, files)
+    assert ran.returncode == 0, ran.stderr
+    assert f"secret: {MARKERS['v2'].decode()}" in ran.stdout
 
 
 def _bundle(layout: Path, bundle: Path) -> Path:

@@ -22,8 +22,8 @@ from veil.runtime.network import start_shields
 from veil.runtime.supervisor import LaunchSpec, supervise
 from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
-from veil.tee.image_measure import ImageMeasurement, measure_image
-from veil.tee.measure import Measurement
+from veil.tee.image_measure import ImageMeasurement, measure_image, resolve_after_mount
+from veil.tee.measure import Measurement, MeasurementError
 
 #: The owner identity of whoever runs the embedded CAS on this machine.
 EMBEDDED_OWNER = "local"
@@ -149,16 +149,23 @@ def run_provisioned(
     extra_args: list[str],
     report: Callable[[str], None],
 ) -> int:
-    """Mount volumes, start shields, supervise the program, then stop and push tags."""
+    """Mount volumes, start shields, supervise the program, then stop and push tags. A
+    program that lives in a volume is found once the volumes are mounted."""
     bundle = provisioned.bundle
     report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
     active = mount_volumes(client, provisioned, report)
     shields = None
     try:
+        executable = measurement.executable
+        if isinstance(measurement, ImageMeasurement):
+            try:
+                executable = resolve_after_mount(measurement)
+            except MeasurementError as exc:
+                raise RuntimeFailure(str(exc)) from None
         shields = start_shields(provisioned, report)
         return supervise(
             LaunchSpec(
-                executable=measurement.executable,
+                executable=executable,
                 argv=[*bundle.argv, *extra_args],
                 environment=bundle.environment,
                 pwd=bundle.pwd,

@@ -59,11 +59,19 @@ class TreeEntry:
 
 @dataclass(frozen=True)
 class ImageMeasurement:
-    """The measured tree; ``executable`` is the file the runtime will execute."""
+    """The measured tree; ``executable`` is the file the runtime will execute, or "" when
+    the program lives in a protected volume and is found only once it is mounted
+    (``resolve_after_mount``: ``program`` from ``pwd`` on ``search_path``)."""
 
     digest: bytes
     entries: int
     executable: str = ""
+    program: str = ""
+    pwd: str = "/"
+    search_path: str | None = None
+    volume_paths: tuple[str, ...] = ()
+    #: the regular files the digest covers (paths in the image)
+    files: frozenset[str] = frozenset()
 
     @property
     def value(self) -> str:
@@ -72,10 +80,11 @@ class ImageMeasurement:
 
 def excluded(path: str, extra: Iterable[str] = ()) -> bool:
     """Whether ``path`` (absolute, in the image) is left out of the measurement."""
-    for prefix in (*ALWAYS_EXCLUDED, *extra):
-        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-            return True
-    return False
+    return _under(path, (*ALWAYS_EXCLUDED, *extra))
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def tree_digest(entries: Iterable[TreeEntry]) -> bytes:
@@ -139,16 +148,51 @@ def measure_root(root: Path, extra_excluded: Iterable[str] = ()) -> ImageMeasure
         entries = walk_root(root, extra_excluded)
     except OSError as exc:
         raise MeasurementError(f"cannot read the root file system to measure it: {exc}") from None
-    return ImageMeasurement(tree_digest(entries), len(entries))
+    files = frozenset(e.path for e in entries if e.type == "file")
+    return ImageMeasurement(tree_digest(entries), len(entries), files=files)
 
 
 def measure_image(
     command: list[str], pwd: str, search_path: str | None, volume_paths: Iterable[str], root: Path = Path("/")
 ) -> ImageMeasurement:
     """The runtime's measurement for ``measure: image``: the root it runs in, and the
-    executable the command resolves to (covered as part of the tree)."""
+    executable the command resolves to (covered as part of the tree). A program that is
+    not there but would be in a volume path (an entrypoint under a protected path) is
+    left to ``resolve_after_mount``."""
     if not command:
         raise MeasurementError("nothing to measure: the command is empty")
-    executable = resolve_executable(command[0], pwd, search_path)
-    measured = measure_root(root, volume_paths)
-    return ImageMeasurement(measured.digest, measured.entries, executable)
+    volumes = tuple(volume_paths)
+    try:
+        executable = resolve_executable(command[0], pwd, search_path)
+    except MeasurementError:
+        if not _could_be_in(command[0], pwd, search_path, volumes):
+            raise
+        executable = ""
+    measured = measure_root(root, volumes)
+    return ImageMeasurement(
+        measured.digest, measured.entries, executable, command[0], pwd, search_path, volumes, measured.files
+    )
+
+
+def _could_be_in(program: str, pwd: str, search_path: str | None, volumes: tuple[str, ...]) -> bool:
+    if "/" in program:
+        candidates = [os.path.normpath(os.path.join(pwd, program))]
+    else:
+        candidates = [os.path.join(d, program) for d in (search_path or os.defpath).split(":") if d]
+    return any(_under(c, volumes) for c in candidates)
+
+
+def resolve_after_mount(measurement: ImageMeasurement) -> str:
+    """The program a measurement left to find once the volumes are mounted: accepted only
+    where its content is vouched for, in a protected volume (key and tag) or in the
+    measured tree (a link from a volume to a measured file); never an unmeasured path such
+    as /tmp."""
+    if measurement.executable:
+        return measurement.executable
+    executable = resolve_executable(measurement.program, measurement.pwd, measurement.search_path)
+    if _under(executable, measurement.volume_paths) or executable in measurement.files:
+        return executable
+    raise MeasurementError(
+        f"program '{measurement.program}' resolves to {executable}, which is neither in a "
+        "protected volume nor in the measured image"
+    )
