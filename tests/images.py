@@ -12,7 +12,9 @@ import tarfile
 from pathlib import Path
 
 BUSYBOX = "/usr/bin/busybox"
-APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir", "stat"]
+APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir", "stat", "su"]
+#: the user a daemon drops to (nginx, PostgreSQL do): uid and gid 33, as Debian's www-data
+WWW = 33
 
 RUN_SCRIPT = """#!/bin/sh
 echo "secret: $(cat /app/data/secret.txt)"
@@ -23,12 +25,15 @@ echo "run" >> /app/data/runs.txt
 echo "runs: $(wc -l < /app/data/runs.txt)"
 echo "through the symlink: $(cat /app/data/current)"
 echo "library: $(cat /app/data/lib/libx.so) links=$(stat -c %h /app/data/lib/libx.so.1)"
+echo "as www-data: $(su -s /bin/sh -c 'cat /app/data/www/index.html' www-data)"
+echo "www-data and the secret: $(su -s /bin/sh -c 'cat /app/data/secret.txt 2>&1' www-data)"
 """
 
 MARKERS = {
     "old": b"OLD-PLAINTEXT-3f1c9e",
     "v1": b"SECRET-V1-PLAINTEXT-8a7d2b",
     "v2": b"SECRET-V2-PLAINTEXT-5e4c1a",
+    "www": b"WWW-PAGE-PLAINTEXT-71b0c4",
 }
 
 
@@ -55,9 +60,23 @@ def build_app_image(root: Path) -> str:
     data.mkdir(parents=True)
     (data / "old.txt").write_bytes(MARKERS["old"] + b"\n")
     (data / "secret.txt").write_bytes(MARKERS["v1"] + b"\n")
+    (data / "secret.txt").chmod(0o600)  # root's only
     (data / "current").symlink_to("secret.txt")  # a venv or a library tree has these
     (data / "lib").mkdir()
     (data / "lib" / "libx.so.1").write_bytes(b"LIBX\n")
+    # a daemon's files: its user reads them through the mount, nobody else's
+    etc = rootfs / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(
+        f"root:x:0:0:root:/root:/bin/sh\nwww-data:x:{WWW}:{WWW}:www:/var/www:/bin/sh\n"
+    )
+    (etc / "group").write_text(f"root:x:0:\nwww-data:x:{WWW}:\n")
+    www = data / "www"
+    www.mkdir(mode=0o750)
+    (www / "index.html").write_bytes(MARKERS["www"] + b"\n")
+    for path, mode in ((www, 0o750), (www / "index.html", 0o640)):
+        os.chown(path, WWW, WWW)
+        path.chmod(mode)
     os.link(data / "lib" / "libx.so.1", data / "lib" / "libx.so.1.0")
     (data / "lib" / "libx.so").symlink_to("libx.so.1")
     _umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))

@@ -144,6 +144,11 @@ def test_convert_run_and_refuse_a_modified_layer(
     assert "runs: 1" in first.stdout
     assert f"through the symlink: {MARKERS['v2'].decode()}" in first.stdout
     assert "library: LIBX links=2" in first.stdout
+    # a daemon that drops to its own user reads its files (owners and modes kept, the
+    # mount shared with allow_other), and not root's (permissions enforced)
+    assert f"as www-data: {MARKERS['www'].decode()}" in first.stdout
+    refused = next(line for line in first.stdout.splitlines() if line.startswith("www-data and the secret"))
+    assert "Permission denied" in refused and MARKERS["v2"].decode() not in refused
     storage = tmp_path / "run1" / "rootfs" / "app" / "data"
     on_disk = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())
     assert MARKERS["v2"] not in on_disk and b"run\n" not in on_disk
