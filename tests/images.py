@@ -27,6 +27,8 @@ echo "through the symlink: $(cat /app/data/current)"
 echo "library: $(cat /app/data/lib/libx.so) links=$(stat -c %h /app/data/lib/libx.so.1)"
 echo "as www-data: $(su -s /bin/sh -c 'cat /app/data/www/index.html' www-data)"
 echo "www-data and the secret: $(su -s /bin/sh -c 'cat /app/data/secret.txt 2>&1' www-data)"
+echo "run" >> /var/log/app.log
+echo "log lines: $(wc -l < /var/log/app.log)"
 """
 
 MARKERS = {
@@ -65,6 +67,7 @@ def build_app_image(root: Path) -> str:
     (data / "lib").mkdir()
     (data / "lib" / "libx.so.1").write_bytes(b"LIBX\n")
     # a daemon's files: its user reads them through the mount, nobody else's
+    (rootfs / "var" / "log").mkdir(parents=True)  # written at run time: a tmpfs by default
     etc = rootfs / "etc"
     etc.mkdir()
     (etc / "passwd").write_text(

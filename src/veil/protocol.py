@@ -293,6 +293,8 @@ class ConfigurationBundle:
     files: list[BundleFile] = field(repr=False)
     allow_extra_args: bool = False
     volumes: list[BundleVolume] = field(default_factory=list, repr=False)
+    #: scratch directories, each a tmpfs holding a copy of what it held
+    tmpfs: list[str] = field(default_factory=list)
     #: the service's ``network`` section (shield rules) as plain JSON
     network: dict[str, Any] = field(default_factory=dict)
     #: PEM material of the policy secrets the shields use, by ``NAME:FORMAT`` (chain and
@@ -313,6 +315,7 @@ class ConfigurationBundle:
                     for f in self.files
                 ],
                 "allow_extra_args": self.allow_extra_args,
+                "tmpfs": self.tmpfs,
                 "network": self.network,
                 "network_secrets": self.network_secrets,
                 "volumes": [
@@ -346,6 +349,7 @@ class ConfigurationBundle:
                     for f in raw["files"]
                 ],
                 allow_extra_args=bool(raw["allow_extra_args"]),
+                tmpfs=[str(p) for p in raw.get("tmpfs", [])],
                 network=dict(raw.get("network", {})),
                 network_secrets={str(k): str(v) for k, v in raw.get("network_secrets", {}).items()},
                 volumes=[

@@ -128,6 +128,7 @@ def test_convert_run_and_refuse_a_modified_layer(
     alice = pinned_owner(tmp_path, cas)
     document = yaml.safe_load(template.read_text())
     assert document["services"][0]["attestation"][0]["measurement"] == summary["measurement"]
+    assert document["services"][0]["tmpfs"] == ["/tmp", "/var/cache", "/var/log", "/var/tmp"]
     document["secrets"].append({"name": "token", "kind": "ascii", "size": 20})
     document["services"][0]["environment"]["API_TOKEN"] = "$$VEIL::token$$"
     document["security"]["sim_platforms"] = [added.stdout.strip()]
@@ -153,9 +154,14 @@ def test_convert_run_and_refuse_a_modified_layer(
     on_disk = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())
     assert MARKERS["v2"] not in on_disk and b"run\n" not in on_disk
 
+    assert "log lines: 1" in first.stdout
+    assert not (tmp_path / "run1" / "rootfs" / "var" / "log" / "app.log").exists()
+
+    # the same root file system starts again: the log went to a tmpfs, not into the
+    # measured root (the volume moved on, as the CAS knows)
     second = run_in_chroot(tmp_path / "run1", env, files)
     assert second.returncode == 0, second.stderr
-    assert "runs: 2" in second.stdout
+    assert "runs: 2" in second.stdout and "log lines: 1" in second.stdout
 
     # the image as shipped is now an older copy of the volume: refused
     stale = run_in_chroot(_bundle(out, tmp_path / "run2"), env, files)

@@ -188,3 +188,48 @@ def test_a_program_killed_by_a_signal_gives_128_plus_n(tmp_path: Path, signum: i
     else:
         process.send_signal(signum)
         assert process.wait(timeout=30) == 128 + signum
+
+
+def test_scratch_directories_are_a_copy_in_memory_and_the_disk_keeps_its_own(tmp_path: Path) -> None:
+    """``tmpfs:``: the program sees what the directory held (owners, modes, links) and
+    writes into a tmpfs of its own; the directory on disk (in a converted image: the
+    measured root) is as it was, so the next start finds the same root (issue #31)."""
+    logs = tmp_path / "var-log"
+    (logs / "app").mkdir(parents=True)
+    (logs / "app" / "old.log").write_text("from the image\n")
+    os.chown(logs / "app", 33, 33)
+    (logs / "current").symlink_to("app/old.log")
+    script = (
+        f"cat {logs}/current; echo written >> {logs}/app/old.log; echo new > {logs}/app/new.log; "
+        f"stat -c '%u %a' {logs}/app; cat {logs}/app/old.log | wc -l; df -P {logs} | tail -1"
+    )
+    before = staging()
+    policy = tmp_path / "session.yaml"
+    policy.write_text(
+        session_yaml(command=["/bin/sh", "-c", script], tmpfs=[str(logs), str(tmp_path / "absent")])
+    )
+    for _ in range(2):
+        result = veil(
+            "run", "--policy", str(policy), "--service", "app", env={"VEIL_HOME": str(tmp_path / "home")}
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "from the image"
+        assert lines[1] == f"33 {oct((logs / 'app').stat().st_mode & 0o777)[2:]}"
+        assert lines[2] == "2"  # its own write, not the previous run's
+        assert lines[3].startswith("tmpfs")
+    assert (logs / "app" / "old.log").read_text() == "from the image\n"
+    assert not (logs / "app" / "new.log").exists()
+    assert staging() <= before  # the scratch mounts' staging directories are gone
+
+
+def staging() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("veil-files-")}
+
+
+def test_a_scratch_path_must_be_an_absolute_directory(tmp_path: Path) -> None:
+    policy = tmp_path / "session.yaml"
+    for bad in ("relative/dir", "/", "/var/../etc"):
+        policy.write_text(session_yaml(tmpfs=[bad]))
+        checked = veil("session", "check", str(policy))
+        assert checked.returncode != 0 and "tmpfs" in (checked.stdout + checked.stderr)

@@ -23,6 +23,7 @@ def build_bundle(
         pwd=service.pwd,
         files=files,
         allow_extra_args=service.allow_extra_args,
+        tmpfs=list(service.tmpfs),
         network=service.network.model_dump(mode="json"),
         network_secrets={
             f"{name}:{fmt}": secret(name, fmt).decode("ascii")

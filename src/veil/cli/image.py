@@ -77,6 +77,18 @@ def _store_on_cas(result: ConvertResult, session_name: str, client: OwnerClient)
     help="A directory that becomes an authenticated (integrity-only) volume (repeatable).",
 )
 @click.option(
+    "--tmpfs",
+    multiple=True,
+    metavar="PATH",
+    help="A directory that gets a tmpfs at run time, holding a copy of what it held "
+    "(repeatable; besides /tmp, /var/cache, /var/log, /var/tmp).",
+)
+@click.option(
+    "--no-default-tmpfs",
+    is_flag=True,
+    help="No tmpfs on /tmp, /var/cache, /var/log and /var/tmp unless given with --tmpfs.",
+)
+@click.option(
     "--template",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -100,6 +112,8 @@ def convert_command(
     service_name: str,
     encrypt: tuple[str, ...],
     authenticate: tuple[str, ...],
+    tmpfs: tuple[str, ...],
+    no_default_tmpfs: bool,
     template: Path | None,
     sim_platforms: tuple[str, ...],
     cas_url: str | None,
@@ -111,7 +125,9 @@ def convert_command(
     docker-archive:FILE, docker://REF (through skopeo). The paths given to --encrypt and
     --authenticate become protected volumes and their plaintext leaves every layer; the
     runtime becomes the entrypoint; the original command, environment and working
-    directory go into the session, with the measurement of the whole image.
+    directory go into the session, with the measurement of the whole image. Writes to
+    /tmp, /var/cache, /var/log, /var/tmp and each --tmpfs PATH go to memory at run time,
+    so the measured root never changes and the same root file system starts again.
 
     Give --template FILE to write the session, or --cas URL to create (or update) it on the
     CAS as your owner identity; either or both.
@@ -126,6 +142,8 @@ def convert_command(
         list(encrypt),
         list(authenticate),
         list(sim_platforms),
+        list(tmpfs),
+        not no_default_tmpfs,
     )
     # reach the CAS (pin, owner certificate) before the work, so a refusal costs nothing
     client = owner_client(cas_url) if cas_url or template is None else None

@@ -48,6 +48,15 @@ class ConvertOptions:
     authenticate: list[str] = field(default_factory=list)
     #: registered sim platforms the session accepts (security.sim_platforms)
     sim_platforms: list[str] = field(default_factory=list)
+    #: scratch directories (the service's ``tmpfs``), besides DEFAULT_TMPFS unless not wanted
+    tmpfs: list[str] = field(default_factory=list)
+    default_tmpfs: bool = True
+
+
+#: where programs write logs, caches and temporary files: a tmpfs each at run time, so the
+#: measured root never changes and the same root file system starts again (/run is left
+#: to the engine, which mounts things there; --tmpfs /run where it does not)
+DEFAULT_TMPFS = ("/tmp", "/var/cache", "/var/log", "/var/tmp")
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class ConvertResult:
     layers: list[LayerSummary]
     warnings: list[str]
     session_text: str = field(repr=False)
+    tmpfs: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -78,6 +88,7 @@ class ConvertResult:
             "command": self.command,
             "pwd": self.pwd,
             "volumes": [{"name": v.name, "path": v.path, "mode": v.mode, "tag": v.tag} for v in self.volumes],
+            "tmpfs": self.tmpfs,
             "layers": [{"digest": la.digest, "size": la.size, "origin": la.origin} for la in self.layers],
             "warnings": self.warnings,
         }
@@ -101,6 +112,26 @@ def _protected(options: ConvertOptions) -> list[tuple[str, str]]:
                 raise ImageError(f"{path} cannot be protected: {reserved} is managed by the engine or veil")
         result.append((path, mode))
     return result
+
+
+def _scratch(options: ConvertOptions, protected: list[tuple[str, str]]) -> list[str]:
+    """The service's scratch directories: those asked for (refused where they overlap a
+    protected path) and the defaults that do not overlap one."""
+    chosen: list[str] = []
+    for raw in options.tmpfs:
+        parts = [p for p in raw.split("/") if p not in ("", ".")]
+        if not raw.startswith("/") or ".." in parts or not parts:
+            raise ImageError(f"'{raw}': a tmpfs path is an absolute directory other than /, without '..'")
+        path = "/" + "/".join(parts)
+        for volume, _ in protected:
+            if under(path, volume) or under(volume, path):
+                raise ImageError(f"tmpfs path {path} overlaps the protected path {volume}")
+        chosen.append(path)
+    if options.default_tmpfs:
+        for path in DEFAULT_TMPFS:
+            if not any(under(path, v) or under(v, path) for v, _ in protected):
+                chosen.append(path)
+    return sorted(set(chosen))
 
 
 def _check_names(options: ConvertOptions) -> None:
@@ -216,6 +247,7 @@ def convert(options: ConvertOptions, report: Progress = lambda _label, _total: N
 def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
     _check_names(options)
     protected = _protected(options)
+    tmpfs = _scratch(options, protected)
     source_ref, destination_ref = Reference.parse(options.source), Reference.parse(options.destination)
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="veil-image-") as scratch:
@@ -308,6 +340,7 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
         volumes,
         options.destination,
         options.sim_platforms,
+        tmpfs,
     )
     return ConvertResult(
         options.destination,
@@ -320,6 +353,7 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
         [LayerSummary(w.descriptor.digest, w.descriptor.size, origin) for w, origin, _ in layers],
         warnings,
         text,
+        tmpfs,
     )
 
 

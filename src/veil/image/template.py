@@ -45,6 +45,7 @@ def session_yaml(
     volumes: list[TemplateVolume],
     destination: str,
     sim_platforms: list[str] | None = None,
+    tmpfs: list[str] | None = None,
 ) -> str:
     security: dict[str, object] = {"tolerate": ["sim"]}
     if sim_platforms:
@@ -62,6 +63,7 @@ def session_yaml(
                 "environment": environment,
                 "pwd": pwd,
                 **({"volumes": [{"name": v.name, "path": v.path} for v in volumes]} if volumes else {}),
+                **({"tmpfs": list(tmpfs)} if tmpfs else {}),
             }
         ],
     }

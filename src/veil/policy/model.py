@@ -488,6 +488,12 @@ class Service(StrictModel):
     pwd: str = "/"
     files: list[InjectedFile] = Field(default_factory=list)
     volumes: list[ServiceVolume] = Field(default_factory=list)
+    #: scratch directories: each gets a tmpfs in the program's mount namespace, holding a
+    #: copy of what the directory held (logs, caches, pid files: never written to the
+    #: measured root, gone with the program; docs/image.md)
+    tmpfs: list[str] = Field(
+        default_factory=list, exclude_if=lambda v: not v
+    )  # hashes of older sessions kept
     network: Network = Field(default_factory=Network)
     #: whether `veil run ... -- ARGS` may append arguments; they are neither measured nor
     #: part of the session, so a host could choose them.
@@ -528,6 +534,20 @@ class Service(StrictModel):
         if not value.startswith("/"):
             raise ValueError("pwd must be an absolute path")
         return value
+
+    @field_validator("tmpfs")
+    @classmethod
+    def _tmpfs(cls, value: list[str]) -> list[str]:
+        cleaned = []
+        for path in value:
+            if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/") or "\0" in path:
+                raise ValueError(
+                    f"'{path}': a tmpfs path is an absolute directory other than /, without '..'"
+                )
+            cleaned.append(path.rstrip("/"))
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("a tmpfs path is listed twice")
+        return cleaned
 
 
 ASCII_CHARSETS = {

@@ -170,6 +170,7 @@ def run_provisioned(
                 environment=bundle.environment,
                 pwd=bundle.pwd,
                 files=bundle.files,
+                tmpfs=bundle.tmpfs,
             )
         )
     finally:

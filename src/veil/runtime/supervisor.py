@@ -37,6 +37,8 @@ class LaunchSpec:
     environment: dict[str, str] = field(repr=False)
     pwd: str
     files: list[BundleFile] = field(repr=False)
+    #: scratch directories: a tmpfs each, holding a copy of what was there
+    tmpfs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +102,7 @@ def _spec_bytes(spec: LaunchSpec, staging: str) -> bytes:
             "environment": spec.environment,
             "pwd": spec.pwd,
             "staging": staging,
+            "tmpfs": spec.tmpfs,
             "files": [
                 {"path": f.path, "mode": f.mode, "content": base64.b64encode(f.content).decode()}
                 for f in spec.files
