@@ -233,3 +233,13 @@ def test_a_scratch_path_must_be_an_absolute_directory(tmp_path: Path) -> None:
         policy.write_text(session_yaml(tmpfs=[bad]))
         checked = veil("session", "check", str(policy))
         assert checked.returncode != 0 and "tmpfs" in (checked.stdout + checked.stderr)
+
+
+def test_a_scratch_path_over_a_volume_is_refused(tmp_path: Path) -> None:
+    document = session_dict(tmpfs=["/srv/data/cache"])
+    document["services"][0]["volumes"] = [{"name": "data", "path": "/srv/data"}]
+    document["volumes"] = [{"name": "data", "accept_fresh": True}]
+    policy = tmp_path / "session.yaml"
+    policy.write_text(yaml.safe_dump(document))
+    checked = veil("session", "check", str(policy))
+    assert checked.returncode != 0 and "overlaps the volume path /srv/data" in checked.stdout + checked.stderr

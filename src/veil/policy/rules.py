@@ -223,6 +223,18 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
                     doc.problem((*where, "path"), f"volume path {used.path} overlaps {overlapping[0]}")
                 )
             paths.add(used.path)
+        for t_index, scratch in enumerate(service.tmpfs):
+            hidden = [
+                p for p in paths if scratch == p or p.startswith(scratch + "/") or scratch.startswith(p + "/")
+            ]
+            if hidden:
+                problems.append(
+                    doc.problem(
+                        ("services", s_index, "tmpfs", t_index),
+                        f"tmpfs path {scratch} overlaps the volume path {hidden[0]}",
+                        "a tmpfs there would hide the volume, or the volume the tmpfs",
+                    )
+                )
     for s_index, service in enumerate(session.services):
         problems.extend(_network_problems(s_index, service.network, session, doc))
     problems.extend(_certificate_problems(session, doc))
