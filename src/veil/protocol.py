@@ -227,6 +227,8 @@ class BundleVolume:
     accept_fresh: bool
     #: "unmount": the runtime reports the new tag when the program ends; "fsync": at every commit
     freshness: str = "unmount"
+    #: mounted read-only at exactly ``tag``, never reported
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,7 @@ class ConfigurationBundle:
                         "tag": v.tag,
                         "accept_fresh": v.accept_fresh,
                         "freshness": v.freshness,
+                        "readonly": v.readonly,
                     }
                     for v in self.volumes
                 ],
@@ -361,6 +364,7 @@ class ConfigurationBundle:
                         None if v["tag"] is None else str(v["tag"]),
                         bool(v["accept_fresh"]),
                         str(v.get("freshness", "unmount")),
+                        bool(v.get("readonly", False)),
                     )
                     for v in raw.get("volumes", [])
                 ],

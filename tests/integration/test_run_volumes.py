@@ -1,5 +1,6 @@
 """`veil run` with a policy volume: ciphertext on disk, persistence, rollback refused."""
 
+import base64
 import contextlib
 import json
 import os
@@ -200,3 +201,61 @@ def test_freshness_fsync_leaves_no_rollback_window(tmp_path: Path) -> None:
     shutil.copytree(snapshot, data)  # an older copy, made before the acknowledged write
     with pytest.raises(StaleVolume):
         Volume.open(data, key, held)
+
+
+def test_a_read_only_volume_starts_any_number_of_times_and_refuses_writes(tmp_path: Path) -> None:
+    """``readonly: true``: mounted read-only at exactly the tag the CAS holds, which never
+    moves (code shipped in an image: every container starts from the same storage). A
+    write is EROFS, never a silent new tag; a storage that moved on is refused."""
+    code = tmp_path / "code"
+    key = os.urandom(32)
+    with Volume.create(code, key) as volume, volume.open_file("/hello.txt", "w") as handle:
+        handle.write(b"shipped\n")
+    shipped = Volume.open(code, key, None, readonly=True)
+    tag = shipped.tag
+    shipped.close()
+    script = (
+        f"cat {code}/hello.txt; echo x > {code}/new.txt 2>/dev/null || echo refused; cat {code}/new.txt 2>&1"
+    )
+    command = ["/bin/sh", "-c", script]
+    session = {
+        "name": "test/code",
+        "version": "1",
+        "security": {"tolerate": ["sim"]},
+        "secrets": [
+            {
+                "name": "code-key",
+                "kind": "binary",
+                "value": base64.b64encode(key).decode(),
+                "encoding": "base64",
+            }
+        ],
+        "volumes": [{"name": "code", "key": "code-key", "initial_tag": tag, "readonly": True}],
+        "services": [
+            {
+                "name": "app",
+                "attestation": [{"platform": "sim", "measurement": measurement_of(command)}],
+                "command": command,
+                "volumes": [{"name": "code", "path": str(code)}],
+            }
+        ],
+    }
+    policy = tmp_path / "session.yaml"
+    policy.write_text(yaml.safe_dump(session))
+    for _ in range(2):
+        result = veil(
+            "run", "--policy", str(policy), "--service", "app", env={"VEIL_HOME": str(tmp_path / "home")}
+        )
+        assert result.returncode == 1  # the last cat: no new file
+        assert result.stdout.splitlines()[:2] == ["shipped", "refused"], result.stderr
+        assert "read-only" in result.stderr
+    with Volume.open(code, key, tag, readonly=True) as again:
+        assert again.tag == tag  # nothing moved
+    # the storage written by someone holding the key (a later state): refused
+    with Volume.open(code, key, tag) as writer, writer.open_file("/hello.txt", "w") as handle:
+        handle.write(b"changed\n")
+    result = veil(
+        "run", "--policy", str(policy), "--service", "app", env={"VEIL_HOME": str(tmp_path / "home")}
+    )
+    assert result.returncode != 0
+    assert "read-only volume must be at the tag the CAS holds" in result.stderr

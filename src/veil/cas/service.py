@@ -537,6 +537,7 @@ class Cas:
                     stored["tag"],
                     definition.accept_fresh,
                     definition.freshness,
+                    definition.readonly,
                 )
             )
         return volumes
@@ -615,6 +616,8 @@ class Cas:
             holder, definition = volume_source(found[1], update.volume, self._session_record)
         except SharingRefused as exc:
             return str(exc), "", ""
+        if definition.readonly:
+            return f"volume '{update.volume}' is read-only: its tag does not move", "", ""
         return "", certificate_fingerprint(certificate), f"{holder}#{definition.name}"
 
     def _secret_lookup(self, session_name: str) -> dict[str, bytes]:

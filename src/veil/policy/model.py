@@ -340,6 +340,9 @@ class VolumeDefinition(StrictModel):
     #: when the CAS learns the volume's new tag: when the program ends ("unmount"), or at
     #: every commit, before the fsync that caused it returns ("fsync": no rollback window)
     freshness: Literal["unmount", "fsync"] = Field(default="unmount", exclude_if=lambda v: v == "unmount")
+    #: mounted read-only, at exactly the tag the CAS holds, which never moves: any number of
+    #: instances start from the same storage (code shipped in an image); writes get EROFS
+    readonly: bool = Field(default=False, exclude_if=lambda v: not v)
     #: sessions whose services may mount this volume (with its key and its one tag)
     export: list[ExportTarget] = Field(default_factory=list)
     #: this volume is another session's volume, exported to this one
@@ -354,6 +357,11 @@ class VolumeDefinition(StrictModel):
                     f"an imported volume has only 'name' and 'import'; remove {', '.join(own)} "
                     "(the exporting session decides)"
                 )
+        if self.readonly and (self.accept_fresh or self.freshness != "unmount"):
+            raise ValueError(
+                "a read-only volume is never created fresh and has no commits to report: "
+                "remove accept_fresh and freshness"
+            )
         return self
 
     @field_validator("initial_tag")

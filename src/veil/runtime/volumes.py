@@ -58,6 +58,11 @@ def mount_volumes(
     try:
         for spec in provisioned.bundle.volumes:
             path = Path(spec.path)
+            if spec.tag is None and spec.readonly:
+                raise RuntimeFailure(
+                    f"volume '{spec.name}' is read-only but the CAS holds no tag for it "
+                    "(give it an initial_tag: a read-only volume is never created fresh)"
+                )
             if spec.tag is None:
                 if not spec.accept_fresh:
                     raise RuntimeFailure(
@@ -80,12 +85,14 @@ def mount_volumes(
                 volume = ActiveVolume(spec, path, spec.tag)
                 daemon_end = _reporting(client, provisioned, volume)
                 try:
-                    mounted = daemon.start(path, path, spec.key, spec.tag, reports=daemon_end)
+                    mounted = daemon.start(
+                        path, path, spec.key, spec.tag, reports=daemon_end, readonly=spec.readonly
+                    )
                 except VolumeError as exc:
                     raise RuntimeFailure(f"volume '{spec.name}' at {path} is refused: {exc}") from None
                 finally:
                     _close(daemon_end)
-                report(f"mounted volume '{spec.name}' at {path}")
+                report(f"mounted volume '{spec.name}' at {path}{' read-only' if spec.readonly else ''}")
             active.append(volume)
     except BaseException:
         for volume in reversed(active):
@@ -124,6 +131,8 @@ def unmount_volumes(
             tag = daemon.stop(volume.path, wait=_UNMOUNT_WAIT)
             if volume.reports is not None:
                 volume.reports.close()
+            if volume.spec.readonly and tag != volume.tag:
+                raise RuntimeFailure(f"the read-only volume moved to {tag[:16]}…")
             if tag != volume.tag:
                 _push(client, provisioned, volume.spec.name, volume.tag, tag)
             report(f"volume '{volume.spec.name}' unmounted, tag {tag[:16]}…")

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from veil.volume.errors import VolumeError
+from veil.volume.errors import StaleVolume, VolumeError
 from veil.volume.mount import serve, state_file
 from veil.volume.reporting import TagReporter
 from veil.volume.volume import Volume
@@ -45,19 +45,28 @@ def start(
     expected_tag: str | None,
     create_mode: str | None = None,
     reports: socket.socket | None = None,
+    readonly: bool = False,
 ) -> MountedVolume:
     """Mount the volume stored in ``storage`` at ``mountpoint``.
 
     ``create_mode``: create a fresh volume in ``storage`` (which must be empty) instead of
     opening one. Otherwise a volume whose history does not hold ``expected_tag`` is refused
     before anything is mounted. ``reports``: the daemon's end of veil.volume.reporting's
-    pair: every commit's tag is reported there before fsync returns.
+    pair: every commit's tag is reported there before fsync returns. ``readonly``: opened and
+    mounted read-only (writes get EROFS), at exactly ``expected_tag`` (not a later state).
     """
     fd, root = _storage_handle(storage)
     try:
-        volume = (
-            Volume.create(root, key, create_mode) if create_mode else Volume.open(root, key, expected_tag)
-        )
+        if create_mode:
+            volume = Volume.create(root, key, create_mode)
+        else:
+            volume = Volume.open(root, key, expected_tag, readonly=readonly)
+            if readonly and expected_tag is not None and volume.tag != expected_tag:
+                volume.close()
+                raise StaleVolume(
+                    f"{root}: a read-only volume must be at the tag the CAS holds, {expected_tag[:16]}…, "
+                    f"not {volume.tag[:16]}… (written since it was shipped)"
+                )
     except BaseException:
         os.close(fd)
         raise
@@ -76,7 +85,12 @@ def start(
         os.dup2(out, 2)
         code = 1
         try:
-            serve(volume, resolved, reporter=TagReporter(reports) if reports is not None else None)
+            serve(
+                volume,
+                resolved,
+                options={"ro": True} if readonly else None,
+                reporter=TagReporter(reports) if reports is not None else None,
+            )
             code = 0
         except BaseException:
             traceback.print_exc()  # into the log, which stop() quotes

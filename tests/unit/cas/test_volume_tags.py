@@ -124,3 +124,24 @@ def test_a_shipped_volume_uses_the_session_key_and_starts_at_its_initial_tag(emb
     current = embedded.cas.session_hash_of("a/shipped")
     fresh = _shipped(embedded, "a/shipped", bytes(32), "4" * 64, predecessor=current)
     assert (fresh.bundle.volumes[0].key, fresh.bundle.volumes[0].tag) == (bytes(32), "4" * 64)
+
+
+def test_a_read_only_volume_takes_no_tag_even_from_its_own_runtime(embedded: EmbeddedCas) -> None:
+    shipped = "cd" * 32
+    doc = session_dict(name="a/code", measurement=M, command=["/bin/true"])
+    doc["volumes"] = [{"name": "data", "initial_tag": shipped, "readonly": True}]
+    doc["services"][0]["volumes"] = [{"name": "data", "path": "/code"}]
+    embedded.cas.create_session(yaml.safe_dump(doc), "owner")
+    p = provision(EmbeddedCasClient(embedded.cas), SimEvidenceSource(embedded.platform), "a/code/app", M)
+    assert [(v.tag, v.readonly) for v in p.bundle.volumes] == [(shipped, True)]
+    with pytest.raises(VolumeTagRefused, match="read-only: its tag does not move"):
+        embedded.cas.push_volume_tag(update(p, shipped, "ef" * 32))
+    assert embedded.cas.volume_tag("a/code", "data") == shipped
+
+
+def test_a_read_only_volume_is_never_created_fresh(embedded: EmbeddedCas) -> None:
+    doc = session_dict(name="a/code", measurement=M, command=["/bin/true"])
+    doc["volumes"] = [{"name": "data", "readonly": True, "accept_fresh": True}]
+    doc["services"][0]["volumes"] = [{"name": "data", "path": "/code"}]
+    with pytest.raises(Exception, match="never created fresh"):
+        embedded.cas.create_session(yaml.safe_dump(doc), "owner")
