@@ -21,8 +21,9 @@ echo "secret: $(cat /app/data/secret.txt)"
 echo "token: $API_TOKEN"
 echo "greeting: $GREETING"
 echo "pwd: $(pwd)"
-echo "run" >> /app/data/runs.txt
-echo "runs: $(wc -l < /app/data/runs.txt)"
+echo "run" >> /app/state/runs.txt
+echo "runs: $(wc -l < /app/state/runs.txt)"
+echo "code: $( { echo x > /app/data/new.txt; } 2>/dev/null && echo writable || echo read-only)"
 echo "through the symlink: $(cat /app/data/current)"
 echo "library: $(cat /app/data/lib/libx.so) links=$(stat -c %h /app/data/lib/libx.so.1)"
 echo "as www-data: $(su -s /bin/sh -c 'cat /app/data/www/index.html' www-data)"
@@ -68,6 +69,7 @@ def build_app_image(root: Path) -> str:
     (data / "lib" / "libx.so.1").write_bytes(b"LIBX\n")
     # a daemon's files: its user reads them through the mount, nobody else's
     (rootfs / "var" / "log").mkdir(parents=True)  # written at run time: a tmpfs by default
+    (rootfs / "app" / "state").mkdir(parents=True)  # persistent data: a volume made at first use
     etc = rootfs / "etc"
     etc.mkdir()
     (etc / "passwd").write_text(

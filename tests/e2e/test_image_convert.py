@@ -100,7 +100,9 @@ def test_convert_run_and_refuse_a_modified_layer(
 ) -> None:
     out = tmp_path / "out"
     template = tmp_path / "session.yaml"
-    summary = _convert(source_image, out, "--encrypt", "/app/data", "--template", str(template))
+    summary = _convert(
+        source_image, out, "--encrypt", "/app/data", "--data", "/app/state", "--template", str(template)
+    )
 
     # a valid image: skopeo reads it; the runtime is the entrypoint, the command is not
     inspected = subprocess.run(
@@ -118,7 +120,7 @@ def test_convert_run_and_refuse_a_modified_layer(
         for marker in MARKERS.values():
             assert marker not in blob
     origins = [layer["origin"] for layer in summary["layers"]]  # type: ignore[attr-defined]
-    assert origins == ["rewritten", "rewritten", "source", "volume /app/data", "runtime"]
+    assert origins == ["rewritten", "rewritten", "source", "volume /app/data", "data directories", "runtime"]
     assert template.stat().st_mode & 0o777 == 0o600
 
     # the administrator registers the LAS; the owner adds a secret to the template, names
@@ -129,6 +131,17 @@ def test_convert_run_and_refuse_a_modified_layer(
     document = yaml.safe_load(template.read_text())
     assert document["services"][0]["attestation"][0]["measurement"] == summary["measurement"]
     assert document["services"][0]["tmpfs"] == ["/tmp", "/var/cache", "/var/log", "/var/tmp"]
+    code, data = document["volumes"]
+    assert (
+        code["readonly"] is True
+        and code["initial_tag"]
+        and data
+        == {
+            "name": "app-state",
+            "mode": "encrypted",
+            "accept_fresh": True,
+        }
+    )
     document["secrets"].append({"name": "token", "kind": "ascii", "size": 20})
     document["services"][0]["environment"]["API_TOKEN"] = "$$VEIL::token$$"
     document["security"]["sim_platforms"] = [added.stdout.strip()]
@@ -142,7 +155,7 @@ def test_convert_run_and_refuse_a_modified_layer(
     assert "greeting: hello from the image" in first.stdout and "pwd: /app" in first.stdout
     token = next(line for line in first.stdout.splitlines() if line.startswith("token: "))[7:]
     assert len(token) == 20 and "$$" not in token
-    assert "runs: 1" in first.stdout
+    assert "runs: 1" in first.stdout and "code: read-only" in first.stdout
     assert f"through the symlink: {MARKERS['v2'].decode()}" in first.stdout
     assert "library: LIBX links=2" in first.stdout
     # a daemon that drops to its own user reads its files (owners and modes kept, the
@@ -150,23 +163,39 @@ def test_convert_run_and_refuse_a_modified_layer(
     assert f"as www-data: {MARKERS['www'].decode()}" in first.stdout
     refused = next(line for line in first.stdout.splitlines() if line.startswith("www-data and the secret"))
     assert "Permission denied" in refused and MARKERS["v2"].decode() not in refused
-    storage = tmp_path / "run1" / "rootfs" / "app" / "data"
-    on_disk = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())
-    assert MARKERS["v2"] not in on_disk and b"run\n" not in on_disk
-
     assert "log lines: 1" in first.stdout
     assert not (tmp_path / "run1" / "rootfs" / "var" / "log" / "app.log").exists()
+    state = tmp_path / "run1" / "rootfs" / "app" / "state"
+    for storage in (tmp_path / "run1" / "rootfs" / "app" / "data", state):
+        on_disk = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())
+        assert MARKERS["v2"] not in on_disk and b"run\n" not in on_disk
+    after_one = tmp_path / "state-after-one-run"
+    shutil.copytree(state, after_one, symlinks=True)
 
     # the same root file system starts again: the log went to a tmpfs, not into the
-    # measured root (the volume moved on, as the CAS knows)
+    # measured root, and the code volume's tag never moved
     second = run_in_chroot(tmp_path / "run1", env, files)
     assert second.returncode == 0, second.stderr
     assert "runs: 2" in second.stdout and "log lines: 1" in second.stdout
 
-    # the image as shipped is now an older copy of the volume: refused
-    stale = run_in_chroot(_bundle(out, tmp_path / "run2"), env, files)
-    assert stale.returncode == 1
-    assert "volume 'app-data'" in stale.stderr and "refused" in stale.stderr
+    # a fresh container from the image, given the data (a host directory, a Kubernetes
+    # volume): starts and carries on
+    fresh = _bundle(out, tmp_path / "run2")
+    shutil.rmtree(fresh / "rootfs" / "app" / "state")
+    shutil.copytree(state, fresh / "rootfs" / "app" / "state", symlinks=True)
+    third = run_in_chroot(fresh, env, files)
+    assert third.returncode == 0, third.stderr
+    assert "runs: 3" in third.stdout
+
+    # an older copy of the data, or none at all, is refused
+    for given in (after_one, None):
+        bundle = _bundle(out, tmp_path / f"stale-{given is None}")
+        if given is not None:
+            shutil.rmtree(bundle / "rootfs" / "app" / "state")
+            shutil.copytree(given, bundle / "rootfs" / "app" / "state", symlinks=True)
+        stale = run_in_chroot(bundle, env, files)
+        assert stale.returncode == 1
+        assert "volume 'app-state'" in stale.stderr, stale.stderr
 
     # one file of one layer changed (and the image re-sealed): the measurement differs
     replace_in_layer(out, "v1", "app/run.sh", b"#!/bin/sh\ncat /app/data/secret.txt\n")

@@ -68,13 +68,21 @@ def _store_on_cas(result: ConvertResult, session_name: str, client: OwnerClient)
     "--encrypt",
     multiple=True,
     metavar="PATH",
-    help="A directory of the image that becomes an encrypted volume (repeatable).",
+    help="A directory of the image that becomes an encrypted, read-only volume: code and "
+    "files the program reads; its tag never moves, so any number of containers start (repeatable).",
 )
 @click.option(
     "--authenticate",
     multiple=True,
     metavar="PATH",
-    help="A directory that becomes an authenticated (integrity-only) volume (repeatable).",
+    help="A directory that becomes an authenticated (integrity-only), read-only volume (repeatable).",
+)
+@click.option(
+    "--data",
+    multiple=True,
+    metavar="PATH",
+    help="A directory for persistent data: a writable encrypted volume created on first use "
+    "in storage the host mounts there, tracked by the CAS; not in the image (repeatable).",
 )
 @click.option(
     "--tmpfs",
@@ -112,6 +120,7 @@ def convert_command(
     service_name: str,
     encrypt: tuple[str, ...],
     authenticate: tuple[str, ...],
+    data: tuple[str, ...],
     tmpfs: tuple[str, ...],
     no_default_tmpfs: bool,
     template: Path | None,
@@ -144,6 +153,7 @@ def convert_command(
         list(sim_platforms),
         list(tmpfs),
         not no_default_tmpfs,
+        list(data),
     )
     # reach the CAS (pin, owner certificate) before the work, so a refusal costs nothing
     client = owner_client(cas_url) if cas_url or template is None else None
@@ -165,7 +175,10 @@ def convert_command(
     click.echo(f"wrote {destination} ({result.manifest_digest})")
     click.echo(f"measurement {result.measurement}")
     for volume in result.volumes:
-        click.echo(f"volume {volume.name}: {volume.path} ({volume.mode}), tag {volume.tag}")
+        if volume.kind == "data":
+            click.echo(f"volume {volume.name}: {volume.path} (data: created on first use, writable)")
+        else:
+            click.echo(f"volume {volume.name}: {volume.path} ({volume.mode}, read-only), tag {volume.tag}")
     if template is not None:
         click.echo(f"session template {template}")
     if stored:

@@ -51,6 +51,9 @@ class ConvertOptions:
     #: scratch directories (the service's ``tmpfs``), besides DEFAULT_TMPFS unless not wanted
     tmpfs: list[str] = field(default_factory=list)
     default_tmpfs: bool = True
+    #: persistent data directories: writable volumes created on first use in storage the
+    #: host provides (not in the image)
+    data: list[str] = field(default_factory=list)
 
 
 #: where programs write logs, caches and temporary files: a tmpfs each at run time, so the
@@ -87,7 +90,10 @@ class ConvertResult:
             "measurement": self.measurement,
             "command": self.command,
             "pwd": self.pwd,
-            "volumes": [{"name": v.name, "path": v.path, "mode": v.mode, "tag": v.tag} for v in self.volumes],
+            "volumes": [
+                {"name": v.name, "path": v.path, "mode": v.mode, "tag": v.tag or None, "kind": v.kind}
+                for v in self.volumes
+            ],
             "tmpfs": self.tmpfs,
             "layers": [{"digest": la.digest, "size": la.size, "origin": la.origin} for la in self.layers],
             "warnings": self.warnings,
@@ -95,9 +101,12 @@ class ConvertResult:
 
 
 def _protected(options: ConvertOptions) -> list[tuple[str, str]]:
-    wanted = [(p, "encrypted") for p in options.encrypt] + [
-        (p, "authenticated") for p in options.authenticate
-    ]
+    """(path, mode) of every volume path: code (encrypted or authenticated), then data."""
+    wanted = (
+        [(p, "encrypted") for p in options.encrypt]
+        + [(p, "authenticated") for p in options.authenticate]
+        + [(p, "data") for p in options.data]
+    )
     result: list[tuple[str, str]] = []
     for raw, mode in wanted:
         parts = [p for p in raw.split("/") if p not in ("", ".")]
@@ -225,6 +234,33 @@ def _volume_layer(out: Layout, path: str, storage: Path, mode_bits: int) -> Writ
         return writer.finish()
 
 
+def _data_directory(tree: MergedTree, path: str, warnings: list[str]) -> tuple[str, int, int, int]:
+    """The empty directory a data volume is mounted on, as the image had it (owner and
+    mode: a daemon that drops to its own user writes there); what the image held under it
+    is not carried (a data volume starts empty), with a warning."""
+    node = tree.nodes.get(path)
+    if node is not None and node.entry.type != "dir":
+        raise ImageError(f"{path} is a {node.entry.type}; a data path is a directory (a volume)")
+    held = sum(1 for p in tree.nodes if p != path and under(p, path))
+    if held:
+        warnings.append(
+            f"{path} holds {held} entries in the image; a data volume starts empty, so they are "
+            "not carried (use --encrypt for files the program only reads)"
+        )
+    if node is None:
+        return path, 0o755, 0, 0
+    return path, node.entry.mode & 0o7777, node.entry.uid, node.entry.gid
+
+
+def _data_layer(out: Layout, directories: list[tuple[str, int, int, int]]) -> WrittenLayer:
+    with new_layer(out) as writer:
+        for path, bits, uid, gid in directories:
+            info = fixed_info(path.lstrip("/"), tarfile.DIRTYPE, bits)
+            info.uid, info.gid = uid, gid
+            writer.add(info)
+        return writer.finish()
+
+
 def _runtime_layer(out: Layout) -> WrittenLayer:
     cached = runtime_layer()
     descriptor = Descriptor(LAYER_GZIP, cached.digest, cached.size)
@@ -282,7 +318,13 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
         taken: set[str] = set()
         plain = work / "volumes"
         plain.mkdir()
+        data_dirs: list[tuple[str, int, int, int]] = []  # path, mode bits, uid, gid
         for path, mode in protected:
+            if mode == "data":
+                progress(f"leaving {path} to a data volume")
+                data_dirs.append(_data_directory(tree, path, warnings))
+                volumes.append(TemplateVolume(volume_name(path, taken), path, "encrypted", b"", "", "data"))
+                continue
             progress(f"protecting {path} ({mode})")
             key, tag, storage = _make_volume(source, image.layers, tree, path, mode, plain)
             volumes.append(TemplateVolume(volume_name(path, taken), path, mode, key, tag))
@@ -298,11 +340,15 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
                 layers.append((WrittenLayer(layer, diff_ids[index]), "source", ""))
             else:
                 layers.append((rewritten, "rewritten", ""))
-        for (path, storage, bits), volume in zip(storages, volumes, strict=True):
+        code = [v for v in volumes if v.kind == "code"]
+        for (path, storage, bits), volume in zip(storages, code, strict=True):
             progress(f"writing the volume layer of {path}")
             layers.append(
                 (_volume_layer(out, path, storage, bits), f"volume {path}", f"veil volume {volume.name}")
             )
+        if data_dirs:
+            progress("writing the data directories")
+            layers.append((_data_layer(out, data_dirs), "data directories", "veil data directories"))
         progress("writing the runtime layer")
         layers.append((_runtime_layer(out), "runtime", "veil runtime"))
 

@@ -24,6 +24,9 @@ class TemplateVolume:
     mode: str
     key: bytes = field(repr=False)
     tag: str
+    #: "code": shipped in the image, read-only, the tag never moves; "data": created on
+    #: first use in storage the host provides, writable, tracked by the CAS
+    kind: str = "code"
 
 
 def volume_name(path: str, taken: set[str]) -> str:
@@ -69,9 +72,12 @@ def session_yaml(
     }
     if volumes:
         document["volumes"] = [
-            {"name": v.name, "mode": v.mode, "key": f"{v.name}-key", "initial_tag": v.tag} for v in volumes
+            {"name": v.name, "mode": v.mode, "key": f"{v.name}-key", "initial_tag": v.tag, "readonly": True}
+            if v.kind == "code"
+            else {"name": v.name, "mode": v.mode, "accept_fresh": True}
+            for v in volumes
         ]
-        document["secrets"] = [
+        keys = [
             {
                 "name": f"{v.name}-key",
                 "kind": "binary",
@@ -79,7 +85,10 @@ def session_yaml(
                 "encoding": "base64",
             }
             for v in volumes
+            if v.kind == "code"
         ]
+        if keys:
+            document["secrets"] = keys
     text = HEADER.format(destination=destination) + yaml.safe_dump(
         document, sort_keys=False, default_flow_style=False, width=100
     )

@@ -76,7 +76,11 @@ def mount_volumes(
                     )
                 volume = ActiveVolume(spec, path, "")
                 daemon_end = _reporting(client, provisioned, volume)
-                mounted = daemon.start(path, path, spec.key, None, create_mode=spec.mode, reports=daemon_end)
+                info = path.stat() if path.is_dir() else None  # the image's directory: its owner
+                owner = (info.st_uid, info.st_gid, info.st_mode & 0o7777) if info is not None else None
+                mounted = daemon.start(
+                    path, path, spec.key, None, create_mode=spec.mode, reports=daemon_end, root_owner=owner
+                )
                 _close(daemon_end)
                 _push(client, provisioned, spec.name, None, mounted.initial_tag)
                 volume.tag = mounted.initial_tag

@@ -46,6 +46,7 @@ def start(
     create_mode: str | None = None,
     reports: socket.socket | None = None,
     readonly: bool = False,
+    root_owner: tuple[int, int, int] | None = None,
 ) -> MountedVolume:
     """Mount the volume stored in ``storage`` at ``mountpoint``.
 
@@ -54,11 +55,17 @@ def start(
     before anything is mounted. ``reports``: the daemon's end of veil.volume.reporting's
     pair: every commit's tag is reported there before fsync returns. ``readonly``: opened and
     mounted read-only (writes get EROFS), at exactly ``expected_tag`` (not a later state).
+    ``root_owner``: (uid, gid, mode) of a created volume's root (the directory it covers).
     """
     fd, root = _storage_handle(storage)
     try:
         if create_mode:
             volume = Volume.create(root, key, create_mode)
+            if root_owner is not None:
+                uid, gid, mode = root_owner
+                volume.chown("/", uid, gid)
+                volume.chmod("/", mode)
+                volume.flush()
         else:
             volume = Volume.open(root, key, expected_tag, readonly=readonly)
             if readonly and expected_tag is not None and volume.tag != expected_tag:
