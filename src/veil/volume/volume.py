@@ -11,7 +11,6 @@ functions raise); tampering raises IntegrityError.
 import contextlib
 import copy
 import errno
-import fcntl
 import hmac
 import json
 import logging
@@ -19,32 +18,28 @@ import os
 import posixpath
 import stat as stat_module
 import time
-import zlib
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veil.volume.chunks import TAG, ChunkCodec, tags_root
 from veil.volume.diskio import fsync_directory, pwrite_all, pwritev_all, syncfs, write_atomic
-from veil.volume.errors import IntegrityError, StaleVolume, VolumeBusy, VolumeError, WrongKey
+from veil.volume.errors import IntegrityError, StaleVolume, VolumeError, WrongKey
+from veil.volume.header import MODES, VERSION, new_header, read_header, take_lock
 from veil.volume.helper import Part, ReadHelper
 from veil.volume.inodes import NAME_MAX, TARGET_MAX, TYPES, Inode, Tree, name_bytes, normalize, oserror
 from veil.volume.journal import Commit, Journal, encode, genesis, upgraded
 from veil.volume.keys import VolumeKeys
 from veil.volume.manifest import Manifest, legacy_tag
+from veil.volume.tables import HOLE, chunk_count, has_hole, is_hole, pack_table, runs, unpack_table
 
 log = logging.getLogger(__name__)
-FORMAT = "veil-volume"
-VERSION = 3  # 3: a chunk's record in one of two slots (ID or ID.b); 2: ID only
-_READS = (1, 2, 3)
-MODES = ("encrypted", "authenticated")
 DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 _SPLIT_CHUNKS = 16  # reads of more chunks than this are shared with the helper, if any
 _INLINE_TAGS = 2 * TAG  # a tag table this long or shorter lives in the manifest
-HOLE = bytes(TAG)
 #: the largest file size: ext4's with 4 KiB blocks
 MAX_FILE_SIZE = 1 << 44
 LINK_MAX = 65000
@@ -239,7 +234,7 @@ class Volume:
             raise VolumeError(f"{root} is not empty; a volume is created in an empty directory")
         volume_id = os.urandom(16)
         keys = VolumeKeys.derive(key, volume_id)
-        header = _header(mode, volume_id, chunk_size, keys)
+        header = new_header(mode, volume_id, chunk_size, keys)
         (root / "objects").mkdir()
         write_atomic(root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
         tree = Tree.empty(
@@ -261,13 +256,13 @@ class Volume:
         # absolute, not resolved: /proc/self/fd/N must stay a handle on the storage directory
         # even when a mount now covers its path (see veil.volume.daemon)
         root = root.absolute()
-        header = _read_header(root)
+        header = read_header(root)
         volume_id = bytes.fromhex(header["volume_id"])
         keys = VolumeKeys.derive(key, volume_id)
         check = hmac.new(keys.check, b"veil-volume-key-check", "sha256").hexdigest()
         if not hmac.compare_digest(check, str(header.get("key_check", ""))):
             raise WrongKey(f"the key does not open the volume in {root}")
-        lock_fd = _lock(root)
+        lock_fd = take_lock(root)
         try:
             volume = cls._load(root, keys, header, lock_fd, readonly)
             if expected_tag is not None and not any(
@@ -339,7 +334,7 @@ class Volume:
         write_atomic(f"{self.root}/.open", b"", durable=True)
         if self.journal is None:
             self._checkpoint(upgrade=True)
-        header = _read_header(self.root)
+        header = read_header(self.root)
         if header["version"] < VERSION:  # 2: the same, but older veils do not read second slots
             header["version"] = VERSION
             write_atomic(self.root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
@@ -863,7 +858,7 @@ class Volume:
         except BaseException:
             os.close(fd)
             raise
-        count = _chunks(inode.size, self.chunk_size)
+        count = chunk_count(inode.size, self.chunk_size)
         if len(table) != count * TAG:
             os.close(fd)
             raise IntegrityError(f"{path}: its tag table does not fit its size")
@@ -901,7 +896,7 @@ class Volume:
                 for name in self._table_files(inode.file_id, inode.root):
                     try:
                         with open(name, "rb") as table:
-                            expected = _chunks(inode.size, self.chunk_size) * TAG
+                            expected = chunk_count(inode.size, self.chunk_size) * TAG
                             tags = bytearray(unpack_table(table.read(), inode.root, expected))
                         break
                     except FileNotFoundError:
@@ -1002,13 +997,13 @@ class Volume:
             and (last + 1 - first) * self.chunk_size <= helper.slot
             and not state.kept
             and not state.has_b
-            and not _has_hole(state.tags, first, last)
+            and not has_hole(state.tags, first, last)
         )
 
     def _open_chunks(self, state: _FileState, first: int, last: int, out: memoryview) -> None:
         """Read and open chunks ``first``..``last`` into ``out`` (their plaintext): holes
         as zeros, kept-aside records from memory, the rest from their slot's object."""
-        if first == last and first not in state.kept and not _is_hole(state.tags, first):  # random
+        if first == last and first not in state.kept and not is_hole(state.tags, first):  # random
             raw = self._read_record(state, first, self._span(state, first, last))
             state.codec.open_one_into(first, raw, state.tags, state.path, out)
             return
@@ -1016,7 +1011,7 @@ class Volume:
             for index in range(first, last + 1):
                 if index not in state.kept:
                     self._locate(state, index)
-        if state.kept or state.alt or _has_hole(state.tags, first, last):
+        if state.kept or state.alt or has_hole(state.tags, first, last):
             self._open_chunks_slowly(state, first, last, out)
             return
         span = self._span(state, first, last)
@@ -1035,7 +1030,7 @@ class Volume:
         while index <= last:
             place = (index - first) * cs
             length = self._chunk_len(state.size, index)
-            if _is_hole(state.tags, index):
+            if is_hole(state.tags, index):
                 out[place : place + length] = bytes(length)
                 index += 1
             elif index in state.kept or index in state.alt:
@@ -1045,7 +1040,7 @@ class Volume:
                 end = index
                 while (
                     end < last
-                    and not _is_hole(state.tags, end + 1)
+                    and not is_hole(state.tags, end + 1)
                     and end + 1 not in state.kept
                     and end + 1 not in state.alt
                 ):
@@ -1086,7 +1081,7 @@ class Volume:
         theirs = helper.view[where : base + length]
         opened = helper.collect(ours)
         following = min(last + 1 + last - first, (state.size - 1) // cs)
-        if following - last > _SPLIT_CHUNKS and not _has_hole(state.tags, last + 1, following):
+        if following - last > _SPLIT_CHUNKS and not has_hole(state.tags, last + 1, following):
             part = self._helper_part(state, last + 1, following)
             where = helper.other(base) + (part.first - last - 1) * cs
             self._submit(state, helper, part, where)
@@ -1192,10 +1187,10 @@ class Volume:
             records, new_tags = state.codec.seal(first, bytes(plains[0]))
         else:
             records, new_tags = state.codec.seal_many(first, plains)
-        if HOLE in new_tags and _has_hole(new_tags, 0, last - first):  # 2^-128: never a hole's tag
+        if HOLE in new_tags and has_hole(new_tags, 0, last - first):  # 2^-128: never a hole's tag
             records, new_tags = state.codec.seal_many(first, [bytes(p) for p in plains])
         self._store(state, first, last, records)
-        needed = _chunks(new_size, cs) * TAG
+        needed = chunk_count(new_size, cs) * TAG
         if len(state.tags) < needed:
             state.tags.extend(bytes(needed - len(state.tags)))
         state.tags[first * TAG : (last + 1) * TAG] = new_tags
@@ -1236,7 +1231,7 @@ class Volume:
         undo: list[tuple[int, int, bytes]] = []
         view = memoryview(records)
         try:
-            for run_first, run_last in _runs(in_place, state.alt):
+            for run_first, run_last in runs(in_place, state.alt):
                 part = view[(run_first - first) * stride : (run_last - first + 1) * stride]
                 undo.append(self._write_in_place(state, run_first, part))
         except OSError:
@@ -1269,7 +1264,7 @@ class Volume:
                 self._move(state, index)
             written: list[int] = []
             try:
-                for first, last in _runs(moving, state.alt):
+                for first, last in runs(moving, state.alt):
                     fd = self._slot_fd(state, first)
                     pwritev_all(fd, [state.kept[i] for i in range(first, last + 1)], first * stride)
                     written.extend(range(first, last + 1))
@@ -1338,7 +1333,7 @@ class Volume:
     def _object_size(self, size: int, codec: ChunkCodec) -> int:
         if size == 0:
             return 0
-        count = _chunks(size, self.chunk_size)
+        count = chunk_count(size, self.chunk_size)
         last = size - (count - 1) * self.chunk_size
         return (count - 1) * (self.chunk_size + codec.overhead) + last + codec.overhead
 
@@ -1357,9 +1352,9 @@ class Volume:
         if size == 0 and state.durable_size > 0:
             self._replace_object(state)
             return
-        old_count, new_count = _chunks(state.size, cs), _chunks(size, cs)
+        old_count, new_count = chunk_count(state.size, cs), chunk_count(size, cs)
         last = min(old_count, new_count) - 1  # the chunk whose length changes, if any
-        if last >= 0 and not _is_hole(state.tags, last):
+        if last >= 0 and not is_hole(state.tags, last):
             old_len, new_len = self._chunk_len(state.size, last), self._chunk_len(size, last)
             if old_len != new_len:
                 plain = self._read_chunk(state, last, old_len)
@@ -1506,12 +1501,12 @@ class Volume:
         ino = state.inode.ino
         if state.sized:
             ops.append({"op": "size", "ino": ino, "size": state.size})
-        count = _chunks(state.size, self.chunk_size)
+        count = chunk_count(state.size, self.chunk_size)
         changed = [i for i in state.changed if i < count and i not in waiting]
-        for first, last in _runs(changed):
+        for first, last in runs(changed):
             ops.append({"op": "tags", "ino": ino, "first": first, "count": last - first + 1, "at": len(blob)})
             blob += state.tags[first * TAG : (last + 1) * TAG]
-        for first, last in _runs(state.kept):
+        for first, last in runs(state.kept):
             at = raw.length
             for index in range(first, last + 1):
                 raw.add(state.kept[index])
@@ -1566,7 +1561,7 @@ class Volume:
             state.changed = set(left)
             state.sized = False
             state.unsynced = state.unsynced and not durable
-            state.durable_count = _chunks(state.size, self.chunk_size)
+            state.durable_count = chunk_count(state.size, self.chunk_size)
             state.durable_size = state.size
             self._frees.extend(state.retired)
             state.retired.clear()
@@ -1663,7 +1658,7 @@ class Volume:
         self._tables_changed.add(ino)
         if op["op"] == "size":
             size = int(op["size"])
-            count = _chunks(size, self.chunk_size)
+            count = chunk_count(size, self.chunk_size)
             if len(table) < count * TAG:
                 table.extend(HOLE * (count - len(table) // TAG))
             del table[count * TAG :]
@@ -1775,7 +1770,7 @@ class Volume:
         manifest = self.manifest
         self._manifest_size = len(sealed)
         if self.journal is None:
-            header = _header(self.mode, self.keys.volume_id, self.chunk_size, self.keys)
+            header = new_header(self.mode, self.keys.volume_id, self.chunk_size, self.keys)
             write_atomic(self.root / "volume.json", json.dumps(header, indent=2).encode() + b"\n")
             self.journal = Journal(
                 f"{self.root}/journal", self.keys.journal, self.keys.volume_id, manifest.epoch, chain
@@ -2015,9 +2010,6 @@ class VolumeFile:
         self.close()
 
 
-_PACKED = b"veil-tags-z1\n"
-
-
 @dataclass
 class _Raw:
     """The chunk records a commit carries, in order, and their length so far."""
@@ -2028,99 +2020,3 @@ class _Raw:
     def add(self, record: bytes) -> None:
         self.parts.append(record)
         self.length += len(record)
-
-
-def pack_table(table: bytes | bytearray) -> bytes:
-    """A tag table as ID.tags stores it: as it is, or compressed when holes make it
-    mostly zeros (a 2 GiB sparse file has 4 MiB of table, nearly all holes)."""
-    if table.count(HOLE) * 2 < len(table) // TAG:
-        return bytes(table)
-    return _PACKED + zlib.compress(bytes(table), 1)
-
-
-def unpack_table(stored: bytes, root: str, length: int) -> bytes:
-    """ID.tags as a table (the root, over the table itself, decides if it is right); a
-    compressed one expands to at most ``length`` bytes, whatever it claims."""
-    if stored.startswith(_PACKED) and not hmac.compare_digest(tags_root(stored), root):
-        try:
-            return zlib.decompressobj().decompress(stored[len(_PACKED) :], length + 1)
-        except zlib.error:
-            return stored
-    return stored
-
-
-def _chunks(size: int, chunk_size: int) -> int:
-    return -(-size // chunk_size)
-
-
-def _is_hole(tags: bytes | bytearray, index: int) -> bool:
-    return tags[index * TAG : (index + 1) * TAG] == HOLE
-
-
-def _has_hole(tags: bytes | bytearray, first: int, last: int) -> bool:
-    """Whether any of chunks first..last is a hole (a search for zeros first: real tags
-    almost never hold 16 zero bytes, so the common answer costs one C-level scan)."""
-    view = bytes(tags[first * TAG : (last + 1) * TAG])
-    at = view.find(HOLE)
-    while at >= 0:
-        if at % TAG == 0:
-            return True
-        at = view.find(HOLE, at + 1)
-    return False
-
-
-def _runs(indices: Iterable[int], apart: Container[int] = ()) -> list[tuple[int, int]]:
-    """Consecutive runs (first, last) of sorted ``indices``; a run never has members both
-    in and out of ``apart`` (chunks in the second slot, and the others)."""
-    runs: list[tuple[int, int]] = []
-    for index in sorted(indices):
-        if runs and runs[-1][1] == index - 1 and ((index in apart) == (runs[-1][1] in apart)):
-            runs[-1] = (runs[-1][0], index)
-        else:
-            runs.append((index, index))
-    return runs
-
-
-def _header(mode: str, volume_id: bytes, chunk_size: int, keys: VolumeKeys) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "mode": mode,
-        "volume_id": volume_id.hex(),
-        "chunk_size": chunk_size,
-        "key_check": hmac.new(keys.check, b"veil-volume-key-check", "sha256").hexdigest(),
-    }
-
-
-def _read_header(root: Path) -> dict[str, Any]:
-    try:
-        header: dict[str, Any] = dict(json.loads((root / "volume.json").read_text()))
-    except FileNotFoundError:
-        raise VolumeError(f"{root} is not a veil volume (no volume.json)") from None
-    except ValueError:
-        raise IntegrityError(f"{root}/volume.json is not valid JSON") from None
-    if header.get("format") != FORMAT:
-        raise VolumeError(f"{root} is not a veil volume")
-    if header.get("version") not in _READS:
-        raise VolumeError(
-            f"volume format version {header.get('version')} is not supported (this veil reads "
-            f"{', '.join(str(v) for v in _READS)})"
-        )
-    if header.get("mode") not in MODES or not isinstance(header.get("chunk_size"), int):
-        raise IntegrityError(f"{root}/volume.json is damaged")
-    try:
-        if len(bytes.fromhex(str(header["volume_id"]))) != 16:
-            raise ValueError
-    except (KeyError, ValueError):
-        raise IntegrityError(f"{root}/volume.json has no valid volume id") from None
-    return header
-
-
-def _lock(root: Path) -> int:
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise VolumeBusy(f"{root} is open in another process") from None
-    return fd
