@@ -15,6 +15,8 @@ BUSYBOX = "/usr/bin/busybox"
 APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir", "stat", "su"]
 #: the user a daemon drops to (nginx, PostgreSQL do): uid and gid 33, as Debian's www-data
 WWW = 33
+#: an owner /etc/passwd of the image does not name (the converter warns)
+STRAY = 4242
 
 RUN_SCRIPT = """#!/bin/sh
 echo "secret: $(cat /app/data/secret.txt)"
@@ -82,6 +84,8 @@ def build_app_image(root: Path) -> str:
     for path, mode in ((www, 0o750), (www / "index.html", 0o640)):
         os.chown(path, WWW, WWW)
         path.chmod(mode)
+    (data / "stray.txt").write_bytes(b"owned by a user the image does not have\n")
+    os.chown(data / "stray.txt", STRAY, STRAY)
     os.link(data / "lib" / "libx.so.1", data / "lib" / "libx.so.1.0")
     (data / "lib" / "libx.so").symlink_to("libx.so.1")
     _umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))

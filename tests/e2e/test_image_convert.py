@@ -119,6 +119,11 @@ def test_convert_run_and_refuse_a_modified_layer(
     for blob in blobs_text(out):
         for marker in MARKERS.values():
             assert marker not in blob
+    assert [w for w in summary["warnings"] if "uid" in w] == [  # type: ignore[attr-defined]
+        "/app/data: files belong to uid 4242, which /etc/passwd of the image does not name; no process"
+        " of the image runs as it (a daemon that drops to its own user will not read what only that"
+        " owner may)"
+    ]
     origins = [layer["origin"] for layer in summary["layers"]]  # type: ignore[attr-defined]
     assert origins == ["rewritten", "rewritten", "source", "volume /app/data", "data directories", "runtime"]
     assert template.stat().st_mode & 0o777 == 0o600

@@ -234,6 +234,40 @@ def _volume_layer(out: Layout, path: str, storage: Path, mode_bits: int) -> Writ
         return writer.finish()
 
 
+def _owner_warnings(
+    layout: Layout,
+    image_layers: list[Descriptor],
+    tree: MergedTree,
+    paths: list[str],
+    work: Path,
+    warnings: list[str],
+) -> None:
+    """Warn about files under a volume path whose owner no user of the image is (not in its
+    /etc/passwd): no process of the image runs as that user, so a daemon that drops its
+    privileges cannot read what only the owner may."""
+    node = tree.nodes.get("/etc/passwd")
+    if not paths or node is None or node.entry.type != "file" or node.layer < 0:
+        return
+    copy = work / "passwd"
+    extract_files(layout, image_layers[node.layer], {node.member: [copy]})
+    users = {0}
+    for line in copy.read_text(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2].isdigit():
+            users.add(int(fields[2]))
+    for path in paths:
+        strangers = sorted(
+            {n.entry.uid for p, n in tree.nodes.items() if under(p, path) and n.entry.uid not in users}
+        )
+        if strangers:
+            named = ", ".join(str(u) for u in strangers[:5])
+            warnings.append(
+                f"{path}: files belong to uid {named}, which /etc/passwd of the image does not name; "
+                "no process of the image runs as it (a daemon that drops to its own user will not "
+                "read what only that owner may)"
+            )
+
+
 def _data_directory(tree: MergedTree, path: str, warnings: list[str]) -> tuple[str, int, int, int]:
     """The empty directory a data volume is mounted on, as the image had it (owner and
     mode: a daemon that drops to its own user writes there); what the image held under it
@@ -313,6 +347,7 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
             with source.open_blob(layer) as blob:
                 tree.apply(index, blob)
 
+        _owner_warnings(source, image.layers, tree, [p for p, _ in protected], work, warnings)
         volumes: list[TemplateVolume] = []
         storages: list[tuple[str, Path, int]] = []
         taken: set[str] = set()
