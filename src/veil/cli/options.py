@@ -5,6 +5,7 @@ import click
 from veil.client.config import ClientConfig
 from veil.client.http import OwnerClient
 from veil.shield.shields import split_address
+from veil.tolerances import TOLERANCES
 
 cas_url_option = click.option(
     "--cas", "cas_url", default=None, help="CAS URL [default: $VEIL_CAS_ADDR or the pinned default]."
@@ -15,7 +16,10 @@ cas_measurement_option = click.option(
     "--measurement", default=None, help="Expected CAS measurement (refused if different)."
 )
 cas_tolerate_option = click.option(
-    "--tolerate", multiple=True, help="Accept this weakness (sim, debug-mode, out-of-date, ...); repeatable."
+    "--tolerate",
+    multiple=True,
+    type=click.Choice(TOLERANCES),
+    help="Accept this weakness of the CAS's platform (repeatable).",
 )
 
 

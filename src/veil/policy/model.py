@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from veil.tolerances import TOLERANCES
+
 SESSION_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -32,16 +34,6 @@ SESSION_HASH = re.compile(r"[0-9a-f]{64}")
 OWNER_ID = re.compile(r"[0-9a-f]{64}")
 PLATFORM_ID = re.compile(r"[0-9a-f]{64}")
 
-#: Tolerances a session may grant. Only ``sim`` has an effect before hardware verifiers land;
-#: the others are accepted so that sessions can be written for hardware now.
-TOLERANCES = (
-    "sim",
-    "debug-mode",
-    "outdated-tcb",
-    "sw-hardening-needed",
-    "configuration-needed",
-    "smt",
-)
 
 OWNER_KEYWORDS = ("CREATOR", "ANY", "NONE")
 
