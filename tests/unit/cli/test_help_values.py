@@ -21,7 +21,9 @@ def commands(group: click.Group, ctx: click.Context) -> Iterator[click.Command]:
 def test_every_tolerate_option_offers_only_accepted_tolerances() -> None:
     ctx = click.Context(cli)
     found = 0
-    for command in commands(cli, ctx):
+    groups = [cli.get_command(ctx, name) for name in ("cas", "evidence")]
+    # (not every group: importing the volume commands loads the FUSE binding)
+    for command in (c for group in groups if isinstance(group, click.Group) for c in commands(group, ctx)):
         for param in command.params:
             if "--tolerate" in getattr(param, "opts", []):
                 found += 1
