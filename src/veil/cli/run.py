@@ -70,8 +70,10 @@ def run(
     mode = resolve_mode(os.environ.get("VEIL_MODE", "sim"))
     report = (lambda _m: None) if quiet else note
     if policy is not None:
-        if service is None or config_id is not None or cas_url is not None:
+        if config_id is not None or cas_url is not None:
             raise click.UsageError("--policy goes with --service (embedded CAS), not with --cas/--config-id")
+        if service is None:
+            raise click.UsageError("--policy needs --service NAME: which service of the session to run")
         sim_banner()
         if mode == "hw":
             report("evidence from this machine's TEE (VEIL_MODE); the embedded CAS itself is not protected")

@@ -54,6 +54,15 @@ def test_usage_errors_exit_2() -> None:
     assert veil("measure").returncode == 2
 
 
+def test_policy_without_service_says_what_is_missing(tmp_path: Path) -> None:
+    """Issue #27: it said `not with --cas/--config-id`, which the user had not given."""
+    policy = tmp_path / "session.yaml"
+    policy.write_text(session_yaml())
+    result = veil("run", "--policy", str(policy), env={"VEIL_HOME": str(tmp_path / "home")})
+    assert result.returncode == 2
+    assert "--policy needs --service NAME" in result.stderr and "--cas" not in result.stderr
+
+
 def test_measure_json_lists_covered_files() -> None:
     result = veil("measure", "--json", "--", PYTHON, str(SHOW))
     assert result.returncode == 0
