@@ -56,8 +56,7 @@ as_operator cas owner add "$(as_owner owner id)"
 as_operator cas owner add "$(as_analyst owner id)"
 as_owner cas attest "$url" --tolerate sim
 as_analyst cas attest "$url" --tolerate sim
-python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pins"][sys.argv[2]]["ca_certificate"], end="")' \
-  "$work/owner-config/veil/cas.json" "$url" > "$work/cas-ca.pem"
+as_owner cas ca "$url" -o "$work/cas-ca.pem"
 
 step "2. the analyst writes a session that imports the owner's volume (pinned to the owner's id), and creates it"
 fill -e "s|@PROGRAM@|analyze.py|" \

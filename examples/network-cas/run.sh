@@ -45,8 +45,7 @@ sed -e "s|@PYTHON@|$python|" -e "s|@APP@|$work/app/app.py|" -e "s|@MEASUREMENT@|
 "$veil" session create "$work/session.yaml"
 
 step "4. the runtime: only the CAS address, its pinned CA, the LAS and SESSION/SERVICE"
-python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pins"][sys.argv[2]]["ca_certificate"], end="")' \
-  "$XDG_CONFIG_HOME/veil/cas.json" "$url" > "$work/cas-ca.pem"
+"$veil" cas ca "$url" -o "$work/cas-ca.pem"
 XDG_CONFIG_HOME="$work/runtime" VEIL_CAS_ADDR="$url" VEIL_CAS_CA="$work/cas-ca.pem" \
   VEIL_CONFIG_ID=network/demo/app VEIL_LAS_ADDR="unix:$work/las.sock" "$veil" run
 

@@ -89,6 +89,15 @@ def test_attest_pins_the_cas_only_with_sim_tolerated(tmp_path: Path, cas: CasSer
     status, info = raw_request(cas, bob, "GET", "/v1/cas")
     assert status == 200 and info["identity"] == answer["identity"] and info["sim"] is True
 
+    # the pinned CA, for a runtime's VEIL_CAS_CA, without a Python one-liner (issue #27)
+    printed = bob.veil("cas", "ca")  # the default CAS: the first pinned
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == bob.pin(cas.url)["ca_certificate"]
+    written = bob.veil("cas", "ca", cas.url, "-o", str(tmp_path / "cas.pem"))
+    assert written.returncode == 0 and (tmp_path / "cas.pem").read_text() == printed.stdout
+    unknown = bob.veil("cas", "ca", "https://127.0.0.1:1")
+    assert unknown.returncode == 1 and "is not pinned" in unknown.stderr
+
 
 def test_a_cas_that_does_not_match_the_pin_is_refused(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
     assert alice.veil("session", "list").returncode == 0

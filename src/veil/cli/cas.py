@@ -277,6 +277,28 @@ def recovery_restore(url: str, key_file: Path, measurement: str | None, tolerate
     note(f"restored master key {master_id[:16]}…; the CAS now serves")
 
 
+@cas.command("ca")
+@click.argument("url", required=False)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the certificate here (what VEIL_CAS_CA names) instead of printing it.",
+)
+def ca_command(url: str | None, output: Path | None) -> None:
+    """Print the CA certificate pinned for the CAS at URL (default: $VEIL_CAS_ADDR or the
+    first pinned CAS), as `veil cas attest` verified it: what a runtime's VEIL_CAS_CA file
+    must hold. Nothing is fetched from the network."""
+    config = ClientConfig.load()
+    pem = config.pin(config.resolve_url(url)).ca_certificate
+    if output is None:
+        click.echo(pem, nl=not pem.endswith("\n"))
+        return
+    output.write_text(pem)
+    note(f"wrote {output}")
+
+
 @cas.command("attest")
 @click.argument("url")
 @cas_measurement_option
