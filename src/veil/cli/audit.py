@@ -73,7 +73,7 @@ def verify(
             return
         count = verify_export(document, signature_valid)
     else:
-        cas, _ = EmbeddedHome(home or default_home()).open()
+        cas, _ = _existing(home).open()
         try:
             count = cas.audit.verify()
         finally:
@@ -82,6 +82,17 @@ def verify(
         emit_json({"verified": True, "scope": "full", "entries": count})
     else:
         click.echo(f"audit log intact: {count} entries")
+
+
+def _existing(home: Path | None) -> EmbeddedHome:
+    """The embedded CAS whose log is asked for: one that exists (reading a log never
+    creates a CAS, with a master key, in the wrong directory)."""
+    found = EmbeddedHome(home or default_home())
+    if not found.cas_dir.is_dir():
+        raise click.ClickException(
+            f"no embedded CAS at {found.root} (give --home or VEIL_HOME; `veil run --policy` creates one)"
+        )
+    return found
 
 
 @audit.command()
@@ -106,7 +117,7 @@ def export(cas_url: str | None, output: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def show(home: Path | None, as_json: bool) -> None:
     """Print the audit log, oldest first."""
-    cas, _ = EmbeddedHome(home or default_home()).open()
+    cas, _ = _existing(home).open()
     try:
         entries = cas.audit.entries()
     finally:

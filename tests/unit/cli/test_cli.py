@@ -8,6 +8,7 @@ import jsonschema
 import yaml
 
 from tests.conftest import PYTHON, SHOW, session_yaml, veil
+from veil.runtime.run import EmbeddedHome
 
 
 def test_session_check_reports_an_unknown_key_with_file_line_and_column(tmp_path: Path) -> None:
@@ -80,7 +81,9 @@ def test_measure_of_a_missing_program_exits_1() -> None:
 def test_audit_verify_exits_1_on_a_tampered_log(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {"VEIL_HOME": str(home)}
-    assert veil("audit", "verify", env=env).returncode == 0  # creates the CAS, registers the platform
+    cas, _ = EmbeddedHome(home).open()  # as `veil run --policy` does: registers the platform
+    cas.close()
+    assert veil("audit", "verify", env=env).returncode == 0
     db = sqlite3.connect(home / "cas" / "cas.db")
     body = db.execute("SELECT body FROM audit_log WHERE seq = 1").fetchone()[0]
     db.execute("UPDATE audit_log SET body = ? WHERE seq = 1", (body.replace(b"local", b"LOCAL"),))
@@ -110,3 +113,13 @@ def test_session_schema_is_json_schema_that_accepts_a_valid_session_and_rejects_
     assert list(validator.iter_errors(good)) == []
     bad = dict(good, bogus=1)
     assert any("bogus" in e.message for e in validator.iter_errors(bad))
+
+
+def test_reading_the_audit_log_never_creates_a_cas(tmp_path: Path) -> None:
+    """Issue #27: `veil audit show` in an empty directory made a new CAS with a master key."""
+    home = tmp_path / "nothing-here"
+    for command in (["audit", "show"], ["audit", "verify"]):
+        result = veil(*command, env={"VEIL_HOME": str(home)})
+        assert result.returncode == 1
+        assert f"no embedded CAS at {home}" in result.stderr
+    assert not home.exists()
