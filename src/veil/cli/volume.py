@@ -11,7 +11,7 @@ from veil.policy import load_session_file
 from veil.runtime.run import EMBEDDED_OWNER, EmbeddedHome
 from veil.volume import MODES, Volume, VolumeError, daemon, load_or_create_key_file, verify_volume
 from veil.volume.copy import copy_in, copy_out, tree_size
-from veil.volume.mount import serve, state_file
+from veil.volume.status import state_file
 from veil.volume.volume import DEFAULT_CHUNK
 
 _KEY = click.option(
@@ -199,6 +199,7 @@ def mount(directory: Path, mountpoint: Path, key_file: Path, tag: str | None, fo
     A volume whose tag is not TAG is refused before anything is mounted.
     """
     if foreground:
+        serve = daemon.fuse_serve()
         opened = Volume.open(directory, _existing_key(key_file), tag)
         click.echo(serve(opened, mountpoint.resolve()))
         return

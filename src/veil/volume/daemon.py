@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from veil.volume.errors import StaleVolume, VolumeError
-from veil.volume.mount import serve, state_file
 from veil.volume.reporting import TagReporter
+from veil.volume.status import state_file
 from veil.volume.volume import Volume
 
 
@@ -36,6 +37,16 @@ def _storage_handle(storage: Path) -> tuple[int, Path]:
     storage.mkdir(parents=True, exist_ok=True)
     fd = os.open(storage, os.O_RDONLY | os.O_DIRECTORY)
     return fd, Path(f"/proc/self/fd/{fd}")
+
+
+def fuse_serve() -> Callable[..., str]:
+    """veil.volume.mount.serve, loaded only to mount: importing it loads libfuse3, which no
+    other command needs (a machine without it runs everything else)."""
+    try:
+        from veil.volume.mount import serve  # noqa: PLC0415
+    except OSError as exc:
+        raise VolumeError(f"mounting a volume needs libfuse3 (Debian: apt install fuse3): {exc}") from None
+    return serve
 
 
 def start(
@@ -57,6 +68,7 @@ def start(
     mounted read-only (writes get EROFS), at exactly ``expected_tag`` (not a later state).
     ``root_owner``: (uid, gid, mode) of a created volume's root (the directory it covers).
     """
+    serve = fuse_serve()
     fd, root = _storage_handle(storage)
     try:
         if create_mode:

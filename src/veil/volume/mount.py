@@ -11,7 +11,6 @@ print the final one. Owners, modes and link counts are the volume's; with
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from veil.volume.errors import IntegrityError
 from veil.volume.helper import ReadHelper
 from veil.volume.inodes import NAME_MAX, TYPE_OF_MODE
 from veil.volume.reporting import ReportRefused
+from veil.volume.status import state_file
 from veil.volume.volume import Volume, VolumeFile
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,6 @@ _UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # sys/stat.h
 _READ_AHEAD_KIB = 1008
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def state_file(mountpoint: Path) -> Path:
-    """Where a mount's daemon records its pid and tag (per mountpoint). Call it before the
-    mount exists, or from outside the daemon: it resolves the path."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/veil-{os.getuid()}") / "mounts"
-    digest = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:24]
-    return base / f"{digest}.json"
 
 
 class VolumeFS(fuse.Operations):  # type: ignore[misc]
