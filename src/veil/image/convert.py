@@ -25,13 +25,12 @@ from veil.image.layers import (
     fixed_info,
     layer_paths,
     new_layer,
-    under,
 )
 from veil.image.oci import CONFIG, LAYER_GZIP, MANIFEST, Descriptor, Layout, Reference, skopeo_copy
 from veil.image.runtime_layer import ENTRYPOINT, runtime_layer
 from veil.image.template import TemplateVolume, session_yaml, volume_name
 from veil.policy.model import SERVICE_NAME, SESSION_NAME
-from veil.tee.image_measure import ALWAYS_EXCLUDED
+from veil.tee.image_measure import ALWAYS_EXCLUDED, under
 from veil.volume import Volume
 
 #: (label, total steps) -> None; called before each step of the conversion.
@@ -100,6 +99,15 @@ class ConvertResult:
         }
 
 
+def _image_directory(raw: str, what: str) -> str:
+    """``raw`` normalised (no ".", no repeated or trailing "/"); ImageError unless it is an
+    absolute directory other than / without '..'."""
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if not raw.startswith("/") or ".." in parts or not parts:
+        raise ImageError(f"'{raw}': {what} is an absolute directory other than /, without '..'")
+    return "/" + "/".join(parts)
+
+
 def _protected(options: ConvertOptions) -> list[tuple[str, str]]:
     """(path, mode) of every volume path: code (encrypted or authenticated), then data."""
     wanted = (
@@ -109,10 +117,7 @@ def _protected(options: ConvertOptions) -> list[tuple[str, str]]:
     )
     result: list[tuple[str, str]] = []
     for raw, mode in wanted:
-        parts = [p for p in raw.split("/") if p not in ("", ".")]
-        if not raw.startswith("/") or ".." in parts or not parts:
-            raise ImageError(f"'{raw}': a protected path is an absolute directory other than /, without '..'")
-        path = "/" + "/".join(parts)
+        path = _image_directory(raw, "a protected path")
         for other, _ in result:
             if under(path, other) or under(other, path):
                 raise ImageError(f"protected paths {other} and {path} overlap")
@@ -128,10 +133,7 @@ def _scratch(options: ConvertOptions, protected: list[tuple[str, str]]) -> list[
     protected path) and the defaults that do not overlap one."""
     chosen: list[str] = []
     for raw in options.tmpfs:
-        parts = [p for p in raw.split("/") if p not in ("", ".")]
-        if not raw.startswith("/") or ".." in parts or not parts:
-            raise ImageError(f"'{raw}': a tmpfs path is an absolute directory other than /, without '..'")
-        path = "/" + "/".join(parts)
+        path = _image_directory(raw, "a tmpfs path")
         for volume, _ in protected:
             if under(path, volume) or under(volume, path):
                 raise ImageError(f"tmpfs path {path} overlaps the protected path {volume}")

@@ -18,7 +18,7 @@ from typing import IO
 
 from veil.image.errors import ImageError
 from veil.image.oci import LAYER_GZIP, Descriptor, Layout
-from veil.tee.image_measure import TreeEntry, excluded, tree_digest
+from veil.tee.image_measure import TreeEntry, excluded, tree_digest, under
 from veil.tee.measure import stream_sha256
 
 WHITEOUT = ".wh."
@@ -31,10 +31,6 @@ def member_path(name: str) -> str | None:
     if ".." in parts:
         raise ImageError(f"a layer entry escapes the root: {name}")
     return "/" + "/".join(parts) if parts else None
-
-
-def under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
 
 
 @dataclass(frozen=True)

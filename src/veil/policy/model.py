@@ -490,10 +490,9 @@ class Service(StrictModel):
     volumes: list[ServiceVolume] = Field(default_factory=list)
     #: scratch directories: each gets a tmpfs in the program's mount namespace, holding a
     #: copy of what the directory held (logs, caches, pid files: never written to the
-    #: measured root, gone with the program; docs/image.md)
-    tmpfs: list[str] = Field(
-        default_factory=list, exclude_if=lambda v: not v
-    )  # hashes of older sessions kept
+    #: measured root, gone with the program; docs/image.md). Left out of the hash when
+    #: empty, so sessions written before it keep theirs.
+    tmpfs: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
     network: Network = Field(default_factory=Network)
     #: whether `veil run ... -- ARGS` may append arguments; they are neither measured nor
     #: part of the session, so a host could choose them.

@@ -181,6 +181,11 @@ def _sharing_problems(session: Session, doc: YamlDocument) -> list[PolicyProblem
     return problems
 
 
+def _overlap(path: str, other: str) -> bool:
+    """Whether one of two absolute paths is the other or lies under it."""
+    return path == other or path.startswith(other + "/") or other.startswith(path + "/")
+
+
 def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
     problems: list[PolicyProblem] = []
     problems.extend(_sharing_problems(session, doc))
@@ -213,20 +218,14 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
                         f"define it under 'volumes:'; known: {known_volumes}",
                     )
                 )
-            overlapping = [
-                p
-                for p in paths
-                if used.path == p or used.path.startswith(p + "/") or p.startswith(used.path + "/")
-            ]
+            overlapping = [p for p in paths if _overlap(used.path, p)]
             if overlapping:
                 problems.append(
                     doc.problem((*where, "path"), f"volume path {used.path} overlaps {overlapping[0]}")
                 )
             paths.add(used.path)
         for t_index, scratch in enumerate(service.tmpfs):
-            hidden = [
-                p for p in paths if scratch == p or p.startswith(scratch + "/") or scratch.startswith(p + "/")
-            ]
+            hidden = [p for p in paths if _overlap(scratch, p)]
             if hidden:
                 problems.append(
                     doc.problem(

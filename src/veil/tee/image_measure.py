@@ -80,11 +80,16 @@ class ImageMeasurement:
 
 def excluded(path: str, extra: Iterable[str] = ()) -> bool:
     """Whether ``path`` (absolute, in the image) is left out of the measurement."""
-    return _under(path, (*ALWAYS_EXCLUDED, *extra))
+    return _under_any(path, (*ALWAYS_EXCLUDED, *extra))
 
 
-def _under(path: str, prefixes: Iterable[str]) -> bool:
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+def under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or lies under it (absolute paths)."""
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _under_any(path: str, prefixes: Iterable[str]) -> bool:
+    return any(under(path, p) for p in prefixes)
 
 
 def tree_digest(entries: Iterable[TreeEntry]) -> bytes:
@@ -179,7 +184,7 @@ def _could_be_in(program: str, pwd: str, search_path: str | None, volumes: tuple
         candidates = [os.path.normpath(os.path.join(pwd, program))]
     else:
         candidates = [os.path.join(d, program) for d in (search_path or os.defpath).split(":") if d]
-    return any(_under(c, volumes) for c in candidates)
+    return any(_under_any(c, volumes) for c in candidates)
 
 
 def resolve_after_mount(measurement: ImageMeasurement) -> str:
@@ -190,7 +195,7 @@ def resolve_after_mount(measurement: ImageMeasurement) -> str:
     if measurement.executable:
         return measurement.executable
     executable = resolve_executable(measurement.program, measurement.pwd, measurement.search_path)
-    if _under(executable, measurement.volume_paths) or executable in measurement.files:
+    if _under_any(executable, measurement.volume_paths) or executable in measurement.files:
         return executable
     raise MeasurementError(
         f"program '{measurement.program}' resolves to {executable}, which is neither in a "

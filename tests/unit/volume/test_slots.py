@@ -34,6 +34,14 @@ def second_slots(volume: Volume) -> list[Path]:
     return sorted((volume.root / "objects").rglob("*.b"))
 
 
+def committed_file(volume: Volume, rnd: random.Random) -> tuple[bytearray, str]:
+    """/f with CHUNKS chunks of random bytes, committed: (its content, the tag)."""
+    model = bytearray(rnd.randbytes(CHUNKS * CS))
+    with volume.open_file("/f", "w") as handle:
+        handle.write(model)
+    return model, volume.flush()
+
+
 def overwrite_randomly(volume: Volume, path: str, rnd: random.Random, model: bytearray, count: int) -> None:
     with volume.open_file(path, "r+") as handle:
         for _ in range(count):
@@ -45,10 +53,7 @@ def overwrite_randomly(volume: Volume, path: str, rnd: random.Random, model: byt
 
 def test_overwrites_past_the_threshold_go_to_the_second_slot_and_read_back(volume: Volume) -> None:
     rnd = random.Random(1)
-    model = bytearray(rnd.randbytes(CHUNKS * CS))
-    with volume.open_file("/f", "w") as handle:
-        handle.write(model)
-    volume.flush()
+    model, _ = committed_file(volume, rnd)
     overwrite_randomly(volume, "/f", rnd, model, 200)
     assert second_slots(volume), "nothing was spilled"
     with volume.open_file("/f") as handle:
@@ -66,10 +71,8 @@ def test_a_crash_before_the_commit_keeps_every_durable_record(volume: Volume, tm
     """Rounds of overwrites, each ending in a commit, with crash copies taken in between:
     a copy opens at the last commit, byte for byte, whichever slot each chunk is in."""
     rnd = random.Random(2)
-    model = bytearray(rnd.randbytes(CHUNKS * CS))
-    with volume.open_file("/f", "w") as handle:
-        handle.write(model)
-    committed = {volume.flush(): bytes(model)}
+    model, first = committed_file(volume, rnd)
+    committed = {first: bytes(model)}
     last = volume.tag
     for round_ in range(6):
         overwrite_randomly(volume, "/f", rnd, model, 150)
@@ -138,11 +141,8 @@ def test_a_lazy_commit_leaves_moved_chunks_to_the_next_durable_one(volume: Volum
     a chunk's other slot, which may not be on disk yet. Those chunks keep their durable
     record in the lazy commit's state, and the next durable commit names the new ones."""
     rnd = random.Random(5)
-    model = bytearray(rnd.randbytes(CHUNKS * CS))
-    with volume.open_file("/f", "w") as handle:
-        handle.write(model)
+    model, _ = committed_file(volume, rnd)
     durable = bytes(model)
-    volume.flush()
     overwrite_randomly(volume, "/f", rnd, model, 200)
     assert second_slots(volume)
     with volume.open_file("/new", "w") as handle:
@@ -171,10 +171,7 @@ def test_records_in_the_second_slot_are_found_after_reopening_a_cut_and_a_regrow
     (still durable until the commit) are found before their tags go, so writing them again
     never lands on their durable record (found by the model test: a record lost)."""
     rnd = random.Random(6)
-    model = bytearray(rnd.randbytes(CHUNKS * CS))
-    with volume.open_file("/f", "w") as handle:
-        handle.write(model)
-    volume.flush()
+    model, _ = committed_file(volume, rnd)
     overwrite_randomly(volume, "/f", rnd, model, 300)
     tag = volume.flush()
     assert second_slots(volume)
