@@ -63,12 +63,18 @@ def _private_namespace() -> None:
     # (a chroot inside a private namespace, `unshare --propagation private`), so that no
     # tmpfs or injected file shows up in another namespace.
     with open("/proc/self/mountinfo") as table:
-        shared = [line.split()[4] for line in table if "shared:" in line.split(" - ")[0]]
+        shared = shared_mounts(table.read())
     if shared:
         raise LaunchError(
             "/ is not a mount point (a chroot?) and mounts here propagate to other namespaces "
             f"({', '.join(shared[:3])}): run in a private mount namespace or under an engine"
         )
+
+
+def shared_mounts(mountinfo: str) -> list[str]:
+    """The mount points of /proc/self/mountinfo's lines whose optional fields say
+    ``shared:N`` (a mount made under them shows up in other namespaces too)."""
+    return [line.split()[4] for line in mountinfo.splitlines() if "shared:" in line.split(" - ")[0]]
 
 
 def _scratch(paths: list[str]) -> None:
