@@ -42,7 +42,7 @@ MARKERS = {
 }
 
 
-def _umoci(*args: str) -> None:
+def umoci(*args: str) -> None:
     result = subprocess.run(["umoci", *args], capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"umoci {' '.join(args)}: {result.stderr}"
 
@@ -53,9 +53,9 @@ def build_app_image(root: Path) -> str:
     data changed (v2, old file deleted), then the app script alone."""
     layout = root / "source"
     bundle = root / "bundle"
-    _umoci("init", "--layout", str(layout))
-    _umoci("new", "--image", f"{layout}:app")
-    _umoci("unpack", "--image", f"{layout}:app", str(bundle))
+    umoci("init", "--layout", str(layout))
+    umoci("new", "--image", f"{layout}:app")
+    umoci("unpack", "--image", f"{layout}:app", str(bundle))
     rootfs = bundle / "rootfs"
     (rootfs / "bin").mkdir()
     shutil.copy(BUSYBOX, rootfs / "bin" / "busybox")
@@ -88,15 +88,15 @@ def build_app_image(root: Path) -> str:
     os.chown(data / "stray.txt", STRAY, STRAY)
     os.link(data / "lib" / "libx.so.1", data / "lib" / "libx.so.1.0")
     (data / "lib" / "libx.so").symlink_to("libx.so.1")
-    _umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
+    umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
     (data / "old.txt").unlink()
     (data / "secret.txt").write_bytes(MARKERS["v2"] + b"\n")
-    _umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
+    umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
     script = rootfs / "app" / "run.sh"
     script.write_text(RUN_SCRIPT)
     script.chmod(0o755)
-    _umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
-    _umoci(
+    umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
+    umoci(
         "config",
         "--image",
         f"{layout}:app",
@@ -120,7 +120,7 @@ def with_entrypoint(source: str, root: Path, entrypoint: list[str]) -> str:
     layout = root / "entry"
     shutil.copytree(directory, layout)
     args = [arg for item in entrypoint for arg in ("--config.entrypoint", item)]
-    _umoci("config", "--image", f"{layout}:{tag}", "--clear", "config.cmd", *args)
+    umoci("config", "--image", f"{layout}:{tag}", "--clear", "config.cmd", *args)
     return f"oci:{layout}:{tag}"
 
 
@@ -134,15 +134,16 @@ def blobs_text(layout: Path) -> list[bytes]:
 
 
 def unpack(layout: Path, tag: str, bundle: Path) -> Path:
-    _umoci("unpack", "--image", f"{layout}:{tag}", str(bundle))
+    umoci("unpack", "--image", f"{layout}:{tag}", str(bundle))
     return bundle / "rootfs"
 
 
-def run_in_chroot(
+def _chroot_command(
     bundle: Path, env: dict[str, str], files: dict[str, bytes]
-) -> subprocess.CompletedProcess[str]:
-    """Start the image's entrypoint (from umoci's config.json) chrooted into the rootfs, in
-    a private mount namespace with /dev and /proc, the way an engine would."""
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start the image's entrypoint (from umoci's
+    config.json) chrooted into the rootfs, in a private mount namespace with /dev and
+    /proc, the way an engine would; ``files`` are written into the rootfs first."""
     config = json.loads((bundle / "config.json").read_text())
     rootfs = bundle / "rootfs"
     for name, content in files.items():
@@ -155,15 +156,26 @@ def run_in_chroot(
         'set -e; mount --rbind /dev "$1/dev"; mount -t proc proc "$1/proc"; root="$1"; shift; '
         'exec chroot "$root" "$@"'
     )
-    return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(rootfs)]
-        + config["process"]["args"],
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(rootfs)]
+    return argv + config["process"]["args"], process_env
+
+
+def run_in_chroot(
+    bundle: Path, env: dict[str, str], files: dict[str, bytes]
+) -> subprocess.CompletedProcess[str]:
+    """Run the image to its end (see ``_chroot_command``)."""
+    argv, process_env = _chroot_command(bundle, env, files)
+    return subprocess.run(argv, env=process_env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def start_in_chroot(
+    bundle: Path, env: dict[str, str], files: dict[str, bytes], log: Path
+) -> "subprocess.Popen[bytes]":
+    """Start the image in the background (a server), its output going to ``log``. Every
+    step execs the next, so the process is the image's entrypoint: signals reach it."""
+    argv, process_env = _chroot_command(bundle, env, files)
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, env=process_env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def replace_in_layer(layout: Path, tag: str, member: str, content: bytes) -> None:

@@ -3,18 +3,15 @@ skopeo, unpacked with umoci and run chrooted against a network CAS and a LAS."""
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cas_server import CasServer, Owner, pinned_owner, start_cas
+from tests.cas_server import CasServer, pinned_owner
 from tests.conftest import requires_root, veil
+from tests.e2e.conftest import runtime_env
 from tests.images import (
     MARKERS,
     available,
@@ -25,7 +22,6 @@ from tests.images import (
     unpack,
     with_entrypoint,
 )
-from tests.net import free_port
 
 pytestmark = [
     requires_root,
@@ -36,35 +32,6 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def source_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_app_image(tmp_path_factory.mktemp("image"))
-
-
-@pytest.fixture
-def cas(tmp_path: Path) -> Iterator[CasServer]:
-    server = start_cas(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def las(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veil", "las", "serve", "--listen", f"127.0.0.1:{port}"],
-        env={"VEIL_HOME": str(tmp_path / "node"), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.time() < deadline, "the LAS did not start"
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def _convert(source: str, out: Path, *extra: str) -> dict[str, object]:
@@ -82,17 +49,6 @@ def _convert(source: str, out: Path, *extra: str) -> dict[str, object]:
     )
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
-
-
-def _runtime_env(cas: CasServer, owner: Owner, las: str) -> tuple[dict[str, str], dict[str, bytes]]:
-    env = {
-        "VEIL_CAS_ADDR": cas.url,
-        "VEIL_CAS_CA": "/run/veil/cas.pem",
-        "VEIL_LAS_ADDR": las,
-        "VEIL_MODE": "sim",
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    }
-    return env, {"/run/veil/cas.pem": owner.pin(cas.url)["ca_certificate"].encode()}
 
 
 def test_convert_run_and_refuse_a_modified_layer(
@@ -153,7 +109,7 @@ def test_convert_run_and_refuse_a_modified_layer(
     template.write_text(yaml.safe_dump(document))
     assert alice.veil("session", "create", str(template)).returncode == 0
 
-    env, files = _runtime_env(cas, alice, las)
+    env, files = runtime_env(cas, alice, las)
     first = run_in_chroot(_bundle(out, tmp_path / "run1"), env, files)
     assert first.returncode == 0, first.stderr
     assert f"secret: {MARKERS['v2'].decode()}" in first.stdout
@@ -230,7 +186,7 @@ def test_the_program_may_live_inside_a_protected_path(
     template.write_text(yaml.safe_dump(document))
     assert alice.veil("session", "create", str(template)).returncode == 0
 
-    env, files = _runtime_env(cas, alice, las)
+    env, files = runtime_env(cas, alice, las)
     bundle = _bundle(out, tmp_path / "run1")
     assert not (bundle / "rootfs" / "app" / "run.sh").exists()  # ciphertext objects only
     ran = run_in_chroot(bundle, env, files)

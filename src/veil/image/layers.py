@@ -54,8 +54,12 @@ class MergedTree:
         self.nodes: dict[str, Node] = {}
 
     def _remove(self, path: str) -> None:
-        for key in [k for k in self.nodes if under(k, path)]:
-            del self.nodes[key]
+        """Drop ``path`` and, if it is a directory, everything under it. Every node's
+        parents are nodes too, so a path that is not one has nothing under it."""
+        node = self.nodes.pop(path, None)
+        if node is not None and node.entry.type == "dir":
+            for key in [k for k in self.nodes if under(k, path)]:
+                del self.nodes[key]
 
     def _parents(self, path: str) -> None:
         parts = path.split("/")[1:-1]
