@@ -4,100 +4,22 @@ an engine runs them: serving, restarted, recreated from the image with their dat
 with a stale copy of it or a tampered binary; no plaintext of a protected path or of the
 data in any blob or on the host's disk."""
 
-import json
 import shutil
 import signal
-import socket
-import subprocess
-import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-import psycopg
 import pytest
-import yaml
 
 from tests import curated
-from tests.cas_server import CasServer, pinned_owner
-from tests.conftest import requires_root, veil
-from tests.e2e.conftest import runtime_env
-from tests.images import blobs_text, replace_in_layer, run_in_chroot, start_in_chroot, unpack
+from tests.cas_server import CasServer
+from tests.conftest import requires_root
+from tests.deploy import Deployed, deploy, http_get, redis, serve, sql
+from tests.images import blobs_text, replace_in_layer, run_in_chroot
 
 pytestmark = [
     requires_root,
     pytest.mark.skipif(not curated.available(), reason="needs mmdebstrap, umoci, skopeo, patchelf"),
 ]
-
-T = TypeVar("T")
-POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
-
-@dataclass
-class Deployed:
-    """A curated image converted, its session on the CAS, and what the host gives it."""
-
-    name: str
-    out: Path
-    env: dict[str, str]
-    files: dict[str, bytes]
-    summary: dict[str, object]
-
-    def bundle(self, path: Path) -> Path:
-        unpack(self.out, "v1", path)
-        return path
-
-
-def _deploy(name: str, tmp_path: Path, cas: CasServer, las: str) -> Deployed:
-    source = curated.build(name)
-    out, template = tmp_path / "out", tmp_path / "session.yaml"
-    converted = veil(
-        "image", "convert", source, f"oci:{out}:v1", "--session", f"shop/{name}", "--service", name,
-        "--template", str(template), "--json", *curated.IMAGES[name].convert,
-    )  # fmt: skip
-    assert converted.returncode == 0, converted.stderr
-    added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", las)
-    assert added.returncode == 0, added.stderr
-    alice = pinned_owner(tmp_path, cas)
-    document = yaml.safe_load(template.read_text())
-    document["security"]["sim_platforms"] = [added.stdout.strip()]
-    template.write_text(yaml.safe_dump(document))
-    created = alice.veil("session", "create", str(template))
-    assert created.returncode == 0, created.stderr
-    env, files = runtime_env(cas, alice, las)
-    return Deployed(name, out, env, files, json.loads(converted.stdout))
-
-
-def _serve(
-    deployed: Deployed, bundle: Path, during: Callable[[], T], stop: int = signal.SIGTERM
-) -> tuple[T, int, str]:
-    """Start the image in ``bundle``, retry ``during`` until it succeeds (the server is up
-    and did what the test asked), stop it with ``stop``; its result, exit code and log."""
-    port = curated.IMAGES[deployed.name].port
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken"
-    log = bundle.parent / f"{bundle.name}.log"
-    process = start_in_chroot(bundle, deployed.env, deployed.files, log)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                result = during()
-                break
-            except (OSError, psycopg.OperationalError, AssertionError):
-                assert process.poll() is None, f"{deployed.name} stopped: {log.read_text()[-3000:]}"
-                assert time.time() < deadline, f"{deployed.name} did not serve: {log.read_text()[-3000:]}"
-                time.sleep(0.2)
-    finally:
-        process.send_signal(stop)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-    return result, code, log.read_text()
 
 
 def _no_plaintext(deployed: Deployed, *markers: bytes, storage: Path | None = None) -> None:
@@ -118,17 +40,13 @@ def _refused(deployed: Deployed, bundle: Path, expected: str) -> None:
     assert expected in ran.stderr, ran.stderr
 
 
-def _replace_data(bundle: Path, path: str, data: Path) -> None:
-    """Give a fresh container the data a host (or a Kubernetes volume) kept."""
+def _with_data(deployed: Deployed, bundle: Path, path: str, data: Path) -> Path:
+    """A fresh container given the data a host (or a Kubernetes volume) kept."""
+    deployed.bundle(bundle)
     target = bundle / "rootfs" / path.lstrip("/")
     shutil.rmtree(target)
     shutil.copytree(data, target, symlinks=True)
-
-
-def _get(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-        body: bytes = response.read()
-        return body
+    return bundle
 
 
 def test_nginx_serves_from_encrypted_config_and_pages_as_www_data(
@@ -137,25 +55,16 @@ def test_nginx_serves_from_encrypted_config_and_pages_as_www_data(
     """Debian's nginx as built (`user www-data`, sites-enabled a symlink): its workers read
     the encrypted pages, its logs and temp files go to memory, so the same root file
     system starts again; a tampered nginx binary is refused."""
-    deployed = _deploy("nginx", tmp_path, cas, las)
+    deployed = deploy("nginx", tmp_path, cas, las)
     _no_plaintext(deployed, curated.MARKERS["nginx"])
     bundle = deployed.bundle(tmp_path / "run1")
     assert not (bundle / "rootfs/var/www/html/index.html").exists()
-    page, code, log = _serve(deployed, bundle, lambda: _get(80))
-    assert curated.MARKERS["nginx"] in page, page
-    assert code == 0, log
-
-    again, code, log = _serve(deployed, bundle, lambda: _get(80))
-    assert curated.MARKERS["nginx"] in again and code == 0, log
+    for _ in range(2):
+        page, code, log, _ = serve(deployed, bundle, lambda: http_get(80))
+        assert curated.MARKERS["nginx"] in page and code == 0, log
 
     replace_in_layer(deployed.out, "v1", "usr/sbin/nginx", b"#!/bin/sh\ncat /var/www/html/index.html\n")
     _refused(deployed, deployed.bundle(tmp_path / "tampered"), "measurement")
-
-
-def _redis(*args: str) -> str:
-    result = subprocess.run(["redis-cli", "-p", "6379", *args], capture_output=True, text=True, timeout=10)
-    assert result.returncode == 0 and not result.stdout.startswith(("ERR", "LOADING")), result.stdout
-    return result.stdout.strip()
 
 
 def test_redis_keeps_its_keys_on_a_data_volume(tmp_path: Path, cas: CasServer, las: str) -> None:
@@ -163,9 +72,9 @@ def test_redis_keeps_its_keys_on_a_data_volume(tmp_path: Path, cas: CasServer, l
     `--data /var/lib/redis`: keys survive a restart and a fresh container given the data;
     an older copy of the data is refused."""
     value = "REDIS-VALUE-PLAINTEXT-93d1e0"
-    deployed = _deploy("redis", tmp_path, cas, las)
+    deployed = deploy("redis", tmp_path, cas, las)
     bundle = deployed.bundle(tmp_path / "run1")
-    stored, code, log = _serve(deployed, bundle, lambda: _redis("SET", "first", value))
+    stored, code, log, _ = serve(deployed, bundle, lambda: redis("SET", "first", value))
     assert stored == "OK" and code == 0, log
     data = bundle / "rootfs/var/lib/redis"
     _no_plaintext(deployed, value.encode(), storage=data)
@@ -173,19 +82,17 @@ def test_redis_keeps_its_keys_on_a_data_volume(tmp_path: Path, cas: CasServer, l
     shutil.copytree(data, after_one, symlinks=True)
 
     def read_and_add() -> str:
-        _redis("SET", "second", "2")
-        return _redis("GET", "first")
+        redis("SET", "second", "2")
+        return redis("GET", "first")
 
-    got, code, log = _serve(deployed, bundle, read_and_add)
+    got, code, log, _ = serve(deployed, bundle, read_and_add)
     assert got == value and code == 0, log
 
-    fresh = deployed.bundle(tmp_path / "fresh")
-    _replace_data(fresh, "/var/lib/redis", data)
-    both, code, log = _serve(deployed, fresh, lambda: _redis("MGET", "first", "second"))
+    fresh = _with_data(deployed, tmp_path / "fresh", "/var/lib/redis", data)
+    both, code, log, _ = serve(deployed, fresh, lambda: redis("MGET", "first", "second"))
     assert both.splitlines() == [value, "2"] and code == 0, log
 
-    stale = deployed.bundle(tmp_path / "stale")
-    _replace_data(stale, "/var/lib/redis", after_one)
+    stale = _with_data(deployed, tmp_path / "stale", "/var/lib/redis", after_one)
     _refused(deployed, stale, "volume 'var-lib-redis'")
 
 
@@ -196,15 +103,14 @@ def test_postgresql_initialises_its_data_volume_and_keeps_it(
     data volume at first start; rows survive a restart and a fresh container given the
     data; an older copy of the data is refused."""
     row = "PG-ROW-PLAINTEXT-5a17c2"
-    deployed = _deploy("postgres", tmp_path, cas, las)
+    deployed = deploy("postgres", tmp_path, cas, las)
     bundle = deployed.bundle(tmp_path / "run1")
 
     def create() -> None:
-        with psycopg.connect(POSTGRES, connect_timeout=5) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS notes (body text)")
-            db.execute("INSERT INTO notes VALUES (%s)", (row,))
+        sql("CREATE TABLE IF NOT EXISTS notes (body text)")
+        sql("INSERT INTO notes VALUES (%s)", row)
 
-    _, code, log = _serve(deployed, bundle, create, stop=signal.SIGINT)
+    _, code, log, _ = serve(deployed, bundle, create, stop=signal.SIGINT)
     assert code == 0, log
     data = bundle / "rootfs/var/lib/postgresql/data"
     _no_plaintext(deployed, row.encode(), storage=data)
@@ -212,19 +118,16 @@ def test_postgresql_initialises_its_data_volume_and_keeps_it(
     shutil.copytree(data, after_one, symlinks=True)
 
     def select() -> list[tuple[object, ...]]:
-        with psycopg.connect(POSTGRES, connect_timeout=5) as db:
-            return db.execute("SELECT body FROM notes").fetchall()
+        return sql("SELECT body FROM notes")
 
-    rows, code, log = _serve(deployed, bundle, select, stop=signal.SIGINT)
+    rows, code, log, _ = serve(deployed, bundle, select, stop=signal.SIGINT)
     assert rows == [(row,)] and code == 0, log
 
-    fresh = deployed.bundle(tmp_path / "fresh")
-    _replace_data(fresh, "/var/lib/postgresql/data", data)
-    rows, code, log = _serve(deployed, fresh, select, stop=signal.SIGINT)
+    fresh = _with_data(deployed, tmp_path / "fresh", "/var/lib/postgresql/data", data)
+    rows, code, log, _ = serve(deployed, fresh, select, stop=signal.SIGINT)
     assert rows == [(row,)] and code == 0, log
 
-    stale = deployed.bundle(tmp_path / "stale")
-    _replace_data(stale, "/var/lib/postgresql/data", after_one)
+    stale = _with_data(deployed, tmp_path / "stale", "/var/lib/postgresql/data", after_one)
     _refused(deployed, stale, "volume 'var-lib-postgresql-data'")
 
 
@@ -232,10 +135,10 @@ def test_python_app_in_a_venv_runs_from_encrypted_code(tmp_path: Path, cas: CasS
     """An app and its venv (symlinks to the image's python, pip's thousand files) under
     `--encrypt /app`, the entrypoint inside it: it serves; any number of containers start
     from the image, since the code volume is read-only."""
-    deployed = _deploy("python", tmp_path, cas, las)
+    deployed = deploy("python", tmp_path, cas, las)
     _no_plaintext(deployed, curated.MARKERS["python"])
     for run in ("run1", "run2"):
         bundle = deployed.bundle(tmp_path / run)
         assert not (bundle / "rootfs/app/app.py").exists()
-        body, _, log = _serve(deployed, bundle, lambda: _get(8000))
+        body, _, log, _ = serve(deployed, bundle, lambda: http_get(8000))
         assert body == curated.MARKERS["python"] + b" from /app/venv\n", log

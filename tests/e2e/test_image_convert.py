@@ -11,7 +11,7 @@ import yaml
 
 from tests.cas_server import CasServer, pinned_owner
 from tests.conftest import requires_root, veil
-from tests.e2e.conftest import runtime_env
+from tests.deploy import runtime_env
 from tests.images import (
     MARKERS,
     available,
