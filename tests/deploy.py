@@ -86,7 +86,7 @@ def convert(name: str, out: Path, template: Path) -> tuple[subprocess.CompletedP
     """``veil image convert`` of the curated image with its documented flags; the time it took."""
     started = time.perf_counter()
     converted = veil(
-        "image", "convert", curated.build(name), f"oci:{out}:v1", "--session", f"shop/{name}",
+        "image", "convert", curated.build(name), f"oci:{out}:v1", "--session", f"{name}/demo",
         "--service", name, "--template", str(template), "--json", *curated.IMAGES[name].convert,
     )  # fmt: skip
     return converted, time.perf_counter() - started

@@ -9,7 +9,7 @@ import click
 
 from veil import __version__
 from veil.errors import VeilError
-from veil.policy import PolicyError
+from veil.policy.errors import PolicyError
 
 #: subcommand -> module defining it; imported only when used (the CAS server, PostgreSQL
 #: driver and FUSE binding cost ~0.5 s to import, too much for `veil session check`)

@@ -2,18 +2,25 @@
 
 import resource
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from veil.policy.model import Network
 from veil.runtime.attest import Provisioned
-from veil.shield import ShieldSet, TlsIdentity
+
+if TYPE_CHECKING:
+    from veil.shield import ShieldSet
 
 
-def start_shields(provisioned: Provisioned, report: Callable[[str], None]) -> ShieldSet | None:
-    network = Network.model_validate(provisioned.bundle.network or {})
-    if not network.servers and not network.clients:
+def start_shields(provisioned: Provisioned, report: Callable[[str], None]) -> "ShieldSet | None":
+    raw = provisioned.bundle.network or {}
+    if not raw.get("servers") and not raw.get("clients"):
         return None
+    # only now: the session model (pydantic) and the shields cost ~0.1 s of every start
+    from veil.policy.model import Network  # noqa: PLC0415
+    from veil.shield import ShieldSet, TlsIdentity  # noqa: PLC0415
+
+    network = Network.model_validate(raw)
     identity = TlsIdentity(
         provisioned.instance_certificate.public_bytes(Encoding.PEM),
         provisioned.instance_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),

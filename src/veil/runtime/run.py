@@ -8,12 +8,11 @@ the program, push volume tags. Both paths use the same client interface.
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from veil.cas import Cas
-from veil.client import CasClient, EmbeddedCasClient
 from veil.client.http import HttpCasClient
+from veil.client.interface import CasClient
 from veil.crypto import PlatformSigningKey
-from veil.policy import Session, load_session_file, parse_session, session_hash, with_predecessor
 from veil.protocol import EvidenceSource, LaunchDescriptor
 from veil.runtime.attest import Provisioned, provision
 from veil.runtime.errors import RuntimeFailure
@@ -24,6 +23,14 @@ from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
 from veil.tee.image_measure import ImageMeasurement, measure_image, resolve_after_mount
 from veil.tee.measure import Measurement, MeasurementError
+
+if TYPE_CHECKING:
+    from veil.cas import Cas
+    from veil.policy import Session
+
+# The embedded CAS and the session model are imported where they are used: a runtime
+# started from a converted image talks to a network CAS and needs neither (each costs
+# ~0.1 s of every container start).
 
 #: The owner identity of whoever runs the embedded CAS on this machine.
 EMBEDDED_OWNER = "local"
@@ -48,7 +55,9 @@ class EmbeddedHome:
         """The node's Intel collateral (``veil las collateral import``), read by the CAS."""
         return self.root / "las" / "collateral"
 
-    def open(self) -> tuple[Cas, PlatformSigningKey]:
+    def open(self) -> tuple["Cas", PlatformSigningKey]:
+        from veil.cas import Cas  # noqa: PLC0415
+
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         cas = Cas.open_embedded(self.cas_dir, collateral_dir=self.collateral_dir)
         key = PlatformSigningKey.load_or_create(self.platform_key_file)
@@ -57,13 +66,15 @@ class EmbeddedHome:
         return cas, key
 
 
-def register_or_update(cas: Cas, session: Session, text: str, source: str) -> str:
+def register_or_update(cas: "Cas", session: "Session", text: str, source: str) -> str:
     """Bring the CAS to the file's session; say what was done.
 
     A file without ``predecessor`` is taken as "the current version": if it means the same
     as the stored session it is left alone, otherwise it is stored as the next version. A
     file naming a predecessor is submitted as written, so the CAS checks it.
     """
+    from veil.policy import parse_session, session_hash, with_predecessor  # noqa: PLC0415
+
     current = cas.session_hash_of(session.name)
     if current is None:
         record = cas.create_session(text, EMBEDDED_OWNER, source)
@@ -88,6 +99,9 @@ def run_with_policy(
     report: Callable[[str], None],
     mode: str = "sim",
 ) -> int:
+    from veil.client.embedded import EmbeddedCasClient  # noqa: PLC0415
+    from veil.policy import load_session_file  # noqa: PLC0415
+
     session, text = load_session_file(policy)
     service = session.service(service_name)
     if service is None:

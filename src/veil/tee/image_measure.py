@@ -110,6 +110,9 @@ _TYPES = {
 
 def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]:
     """Every covered entry with its real path; files still without their hash."""
+    # the walk never enters an excluded directory, so a path is excluded exactly when it
+    # is one of the excluded paths itself
+    skipped = {p.rstrip("/") or "/" for p in (*ALWAYS_EXCLUDED, *extra)}
     stack = [("", str(root))]
     while stack:
         inside, real = stack.pop()
@@ -117,7 +120,7 @@ def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]
             children = sorted(listing, key=lambda e: e.name)
         for child in children:
             path = f"{inside}/{child.name}"
-            if excluded(path, extra):
+            if path in skipped:
                 continue
             info = child.stat(follow_symlinks=False)
             kind = _TYPES.get(stat.S_IFMT(info.st_mode), "other")
@@ -130,21 +133,27 @@ def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]
             )
 
 
-def _hash_file(path: str) -> str:
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
-        return stream_sha256(handle)
+def _hash_files(paths: list[str]) -> list[str]:
+    digests = []
+    for path in paths:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            digests.append(stream_sha256(handle))
+    return digests
 
 
 def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> list[TreeEntry]:
     """Every entry under ``root`` that the measurement covers (symlinks not followed); file
-    contents are hashed on every core (hashlib releases the GIL)."""
+    contents are hashed on every core (hashlib releases the GIL), each thread taking a
+    share of the files (a task per file costs more than hashing a small one)."""
     scanned = list(_scan(root, tuple(extra_excluded)))
     files = [(i, real) for i, (entry, real) in enumerate(scanned) if entry.type == "file"]
+    shares = 4 * (os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        digests = list(pool.map(_hash_file, [real for _, real in files]))
+        hashed = list(pool.map(_hash_files, [[real for _, real in files[k::shares]] for k in range(shares)]))
     entries = [entry for entry, _ in scanned]
-    for (index, _), digest in zip(files, digests, strict=True):
-        entries[index] = replace(entries[index], sha256=digest)
+    for k, digests in enumerate(hashed):
+        for (index, _), digest in zip(files[k::shares], digests, strict=True):
+            entries[index] = replace(entries[index], sha256=digest)
     return entries
 
 

@@ -121,11 +121,13 @@ def start(
     os.close(volume._lock_fd)  # the daemon holds the lock (same open file description)
     os.close(fd)
     deadline = time.time() + 30
+    pause = 0.001  # a mount is usually ready within milliseconds; every container start waits
     while not os.path.ismount(resolved):
         finished, _ = os.waitpid(pid, os.WNOHANG)
         if finished or time.time() > deadline:
             raise VolumeError(f"mount failed: {log.read_text().strip()[-500:] or 'no reason given'}")
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
     return MountedVolume(resolved, pid, initial)
 
 
