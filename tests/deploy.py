@@ -76,26 +76,32 @@ class Deployed:
     env: dict[str, str]
     files: dict[str, bytes]
     summary: dict[str, object]
+    #: how long `veil image convert` took
+    convert_seconds: float = 0.0
 
     def bundle(self, path: Path) -> Path:
         unpack(self.out, self.tag, path)
         return path
 
 
-def convert(name: str, out: Path, template: Path) -> tuple[subprocess.CompletedProcess[str], float]:
-    """``veil image convert`` of the curated image with its documented flags; the time it took."""
+def convert(
+    name: str, out: Path, template: Path, session: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``veil image convert`` of the curated image with its documented flags, for
+    ``session`` (default NAME/demo); the time it took."""
     started = time.perf_counter()
     converted = veil(
-        "image", "convert", curated.build(name), f"oci:{out}:v1", "--session", f"{name}/demo",
+        "image", "convert", curated.build(name), f"oci:{out}:v1", "--session", session or f"{name}/demo",
         "--service", name, "--template", str(template), "--json", *curated.IMAGES[name].convert,
     )  # fmt: skip
     return converted, time.perf_counter() - started
 
 
-def deploy(name: str, root: Path, cas: CasServer, las: str) -> Deployed:
-    """Convert ``name``, register the LAS's platform, create the session as a new owner."""
+def deploy(name: str, root: Path, cas: CasServer, las: str, session: str | None = None) -> Deployed:
+    """Convert ``name``, register the LAS's platform, create the session (default
+    NAME/demo) as a new owner whose home is under ``root``."""
     out, template = root / "out", root / "session.yaml"
-    converted, _ = convert(name, out, template)
+    converted, seconds = convert(name, out, template, session)
     assert converted.returncode == 0, converted.stderr
     added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", las)
     assert added.returncode == 0, added.stderr
@@ -106,7 +112,7 @@ def deploy(name: str, root: Path, cas: CasServer, las: str) -> Deployed:
     created = alice.veil("session", "create", str(template))
     assert created.returncode == 0, created.stderr
     env, files = runtime_env(cas, alice, las)
-    return Deployed(name, out, "v1", env, files, json.loads(converted.stdout))
+    return Deployed(name, out, "v1", env, files, json.loads(converted.stdout), seconds)
 
 
 def unconverted(name: str) -> Deployed:

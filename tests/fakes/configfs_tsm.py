@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mfusepy as fuse
+from veil.volume.libfuse import fuse
 
 _ATTRS = ("inblob", "outblob", "auxblob", "provider", "generation", "privlevel")
 _WRITABLE = ("inblob", "privlevel")

@@ -5,15 +5,15 @@ same value from an image's layers, so the session can name it before the image r
 build ``TreeEntry`` values and call ``tree_digest``.
 """
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from veil.crypto import canonical_json, sha256
-from veil.tee.measure import MeasurementError, resolve_executable, stream_sha256
+from veil.tee.measure import MeasurementError, resolve_executable
 
 _DOMAIN = b"veil-image-measurement-v1\n"
 
@@ -136,23 +136,65 @@ def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]
 def _hash_files(paths: list[str]) -> list[str]:
     digests = []
     for path in paths:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
-            digests.append(stream_sha256(handle))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            digest = hashlib.sha256()
+            while block := os.read(fd, 1 << 20):
+                digest.update(block)
+        finally:
+            os.close(fd)
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def _hash_in_child(paths: list[str]) -> tuple[int, int]:
+    """Fork a process that hashes ``paths`` and writes the digests to a pipe; (pid, read
+    end). A root holds thousands of small files, whose hashing holds the GIL: threads
+    would take turns, processes run side by side."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(read_end)
+            payload = "\n".join(_hash_files(paths)).encode()
+        except OSError as exc:
+            payload, code = f"{exc}".encode(), 1
+        try:
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _collect(pid: int, read_end: int, expected: int) -> list[str]:
+    with os.fdopen(read_end, "rb") as source:
+        payload = source.read().decode()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(payload or "the hashing process failed")
+    digests = payload.split("\n") if expected else []
+    if len(digests) != expected:
+        raise OSError(f"the hashing process returned {len(digests)} digests for {expected} files")
     return digests
 
 
 def walk_root(root: Path, extra_excluded: Iterable[str] = ()) -> list[TreeEntry]:
     """Every entry under ``root`` that the measurement covers (symlinks not followed); file
-    contents are hashed on every core (hashlib releases the GIL), each thread taking a
-    share of the files (a task per file costs more than hashing a small one)."""
+    contents are hashed on every core, a share of the files per process. It forks: call
+    it before the caller starts threads (the runtime and `veil measure` do)."""
     scanned = list(_scan(root, tuple(extra_excluded)))
     files = [(i, real) for i, (entry, real) in enumerate(scanned) if entry.type == "file"]
-    shares = 4 * (os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        hashed = list(pool.map(_hash_files, [[real for _, real in files[k::shares]] for k in range(shares)]))
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    shares = [[real for _, real in files[k::workers]] for k in range(workers)]
+    children = [_hash_in_child(share) for share in shares[1:]]
+    hashed = [_hash_files(shares[0])]
+    hashed += [_collect(pid, fd, len(share)) for (pid, fd), share in zip(children, shares[1:], strict=True)]
     entries = [entry for entry, _ in scanned]
     for k, digests in enumerate(hashed):
-        for (index, _), digest in zip(files[k::shares], digests, strict=True):
+        for (index, _), digest in zip(files[k::workers], digests, strict=True):
             entries[index] = replace(entries[index], sha256=digest)
     return entries
 

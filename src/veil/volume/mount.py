@@ -24,16 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-# mfusepy prefers libfuse 2 when both are installed (gocryptfs pulls it in); veil is written
-# for libfuse 3 (big writes by default, the FUSE 3 init), so it says which library to load.
-os.environ.setdefault("FUSE_LIBRARY_PATH", ctypes.util.find_library("fuse3") or "libfuse3.so.3")
-
-import mfusepy as fuse  # type: ignore[import-untyped]
-
 from veil.volume import session
 from veil.volume.errors import IntegrityError
 from veil.volume.helper import ReadHelper
 from veil.volume.inodes import NAME_MAX, TYPE_OF_MODE
+from veil.volume.libfuse import fuse
 from veil.volume.reporting import ReportRefused
 from veil.volume.status import state_file
 from veil.volume.volume import Volume, VolumeFile
@@ -97,9 +92,13 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
                 conn.want |= _FUSE_CAP_SPLICE_WRITE
         if config is not None:
             config.kernel_cache = 1
-            config.attr_timeout = 1.0
-            config.entry_timeout = 1.0
-            config.negative_timeout = 0.0
+            # A read-only volume never changes while mounted: the kernel may keep names,
+            # attributes and misses for the whole mount (a Python program's start looks up
+            # hundreds of names that do not exist in its venv).
+            forever = 86400.0
+            config.attr_timeout = forever if self.volume.readonly else 1.0
+            config.entry_timeout = forever if self.volume.readonly else 1.0
+            config.negative_timeout = forever if self.volume.readonly else 0.0
         self.init("/")
 
     def init(self, path: str) -> None:

@@ -18,9 +18,8 @@ import os
 import select
 from typing import Any
 
-import mfusepy as fuse  # type: ignore[import-untyped]
-
 from veil.volume import spin
+from veil.volume.libfuse import fuse
 
 _SLEEP = 0.5  # seconds a sleep lasts at most: libfuse's signal handlers only flag the session
 
