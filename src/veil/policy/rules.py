@@ -4,6 +4,7 @@ Each rule returns problems (with positions) instead of raising, so that ``veil s
 check`` reports every problem at once.
 """
 
+import re
 from collections.abc import Iterator
 
 from veil.policy.errors import PolicyProblem
@@ -275,8 +276,9 @@ def check_rules(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
 
 def session_warnings(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
     """What is valid but probably not meant (``veil session check`` reports it): secrets in
-    a command line, which every local user reads in /proc/PID/cmdline (warnings), and sim
-    tolerated without naming the sim platforms a network CAS may accept (a note)."""
+    a command line, which every local user reads in /proc/PID/cmdline, text that looks like
+    a placeholder but is not one, secrets nothing uses (warnings), and sim tolerated without
+    naming the sim platforms a network CAS may accept (a note)."""
     warnings: list[PolicyProblem] = []
     for s_index, service in enumerate(session.services):
         for a_index, argument in enumerate(service.command):
@@ -290,6 +292,7 @@ def session_warnings(session: Session, doc: YamlDocument) -> list[PolicyProblem]
                         "pass it in environment or an injected file instead (docs/policy.md)",
                     )
                 )
+    warnings += _near_misses(session, doc) + _unused_secrets(session, doc)
     found = [PolicyProblem(w.source, w.line, w.column, w.message, w.hint, "warning") for w in warnings]
     if session.tolerates_sim and not session.security.sim_platforms:
         note = doc.problem(
@@ -300,3 +303,54 @@ def session_warnings(session: Session, doc: YamlDocument) -> list[PolicyProblem]
         )
         found.append(PolicyProblem(note.source, note.line, note.column, note.message, note.hint, "note"))
     return found
+
+
+#: ``VEIL::name`` with whatever stands around it: dollars, or the digits a shell put where
+#: it expanded ``$$`` (its process id) in an unquoted heredoc or string
+_NEAR_MISS = re.compile(r"[$\d]*VEIL::[A-Za-z0-9_.\-]*(?::[a-z0-9\-]*)?[$\d]*")
+
+
+def _near_misses(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    """Text that was meant as a placeholder and is not one: the program would receive it
+    as it is (``$VEIL::db_pass$`` as its password). A ``$$VEIL::`` that does not close is
+    an error already (malformed placeholder)."""
+    found: list[PolicyProblem] = []
+    for path, text, _ in _strings_with_text_context(session):
+        placeholders = [(p.start, p.end) for p in find_placeholders(text)]
+        for match in _NEAR_MISS.finditer(text):
+            start = match.start() + match.group().index("VEIL::")
+            if any(begin <= start < end for begin, end in placeholders) or text[:start].endswith("$$"):
+                continue
+            near = match.group()
+            shell = near[: near.index("VEIL::")].lstrip("$").isdigit()
+            found.append(
+                doc.problem(
+                    path,
+                    f"'{near}' looks like a secret placeholder but is not one: the program gets it as it is",
+                    "a shell replaced $$ with its process id: quote the heredoc (<<'EOF') or the string"
+                    if shell
+                    else "write $$VEIL::name$$ (two dollars on each side)",
+                )
+            )
+    return found
+
+
+def _unused_secrets(session: Session, doc: YamlDocument) -> list[PolicyProblem]:
+    """Secrets that no placeholder, volume, shield, certificate or export names: a typo in
+    the name that uses it, or a leftover."""
+    used = {p.name for _, text, _ in _strings_with_text_context(session) for p in find_placeholders(text)}
+    used |= {volume.key for volume in session.volumes if volume.key}
+    used |= {name for service in session.services for _, name, _ in service.network.secret_uses()}
+    used |= {s.issuer for s in session.secrets if s.issuer} | {
+        s.private_key for s in session.secrets if s.private_key
+    }
+    return [
+        doc.problem(
+            ("secrets", index),
+            f"secret '{secret.name}' is used nowhere: no placeholder, volume, shield, certificate or "
+            "export names it",
+            "use it as $$VEIL::" + secret.name + "$$, or remove it",
+        )
+        for index, secret in enumerate(session.secrets)
+        if secret.name not in used and not secret.export and not secret.export_public
+    ]

@@ -195,15 +195,71 @@ def test_an_initial_tag_is_64_hex_digits_and_measure_is_command_or_image() -> No
 def test_check_warns_about_secrets_in_argv_and_notes_unnamed_sim_platforms() -> None:
     session, warnings = check_session(GOOD, "s.yaml")
     assert session.name == "acme/payments"
-    [argv, sim] = warnings
+    [argv, unused, sim] = warnings
     assert (argv.severity, argv.line) == ("warning", 10)
+    assert "secret 'fixed' is used nowhere" in unused.message and unused.line == 27
     assert "secret 'db_pass' is in the command line" in argv.message and "environment" in argv.hint
     assert str(argv).startswith("s.yaml:10:") and ": warning: " in str(argv)
     assert sim.severity == "note" and "sim_platforms" in sim.message
     quiet = GOOD.replace(', "--db-pass", "$$VEIL::db_pass$$"', "").replace(
         "  tolerate: [sim]\n", f"  tolerate: [sim]\n  sim_platforms: ['{'ab' * 32}']\n"
     )
+    quiet = quiet.replace("  - name: fixed\n", "  - name: fixed\n    export_public: true\n")
     assert check_session(quiet, "s.yaml")[1] == []
+
+
+@pytest.mark.parametrize(
+    ("written", "shell"),
+    [
+        ("$VEIL::db_pass$", False),  # one dollar each side
+        ("$$VEIL::db_pass$", None),  # does not close: an error (malformed placeholder)
+        ("$VEIL::db_pass$$", False),
+        ("VEIL::db_pass$$", False),
+        ("VEIL::db_pass", False),
+        ("4242VEIL::db_pass4242", True),  # an unquoted heredoc made $$ the shell's pid
+        ("pass=$VEIL::db_pass:hex$ end", False),
+    ],
+)
+def test_near_miss_placeholders_are_named(written: str, shell: bool | None) -> None:
+    text = GOOD.replace('KEY_HEX: "$$VEIL::key:hex$$"', f'KEY_HEX: "{written}"')
+    if shell is None:
+        assert any("malformed secret placeholder" in p[2] for p in problems(text))
+        return
+    near = [w for w in check_session(text, "s.yaml")[1] if "looks like a secret placeholder" in w.message]
+    assert len(near) == 1 and near[0].line == 14, near
+    assert ("process id" in near[0].hint) is shell
+    assert "VEIL::db_pass" in near[0].message
+
+
+def test_well_formed_placeholders_and_plain_text_are_no_near_miss() -> None:
+    text = GOOD.replace("PORT: 8080", 'PORT: "8080 $$VEIL::db_pass$$$$VEIL::key:hex$$ VEILED::x"')
+    assert not [w for w in check_session(text, "s.yaml")[1] if "looks like" in w.message]
+
+
+def test_secrets_used_by_volumes_shields_and_certificates_are_used() -> None:
+    document = session_dict(command=["/bin/true"], measurement=M)
+    document["secrets"] = [
+        {"name": "vk", "kind": "binary", "size": 32},
+        {"name": "ca-key", "kind": "private-key"},
+        {"name": "ca", "kind": "x509-ca", "private_key": "ca-key"},
+        {"name": "cert-key", "kind": "private-key"},
+        {"name": "cert", "kind": "x509", "private_key": "cert-key", "issuer": "ca"},
+        {"name": "left", "kind": "ascii", "size": 8},
+        {
+            "name": "shared",
+            "kind": "ascii",
+            "size": 8,
+            "export": [{"session": "other/app", "owner": "ab" * 32}],
+        },
+    ]
+    document["volumes"] = [{"name": "v", "key": "vk"}]
+    document["services"][0]["network"] = {
+        "servers": [{"listen": "0.0.0.0:8443", "forward": "127.0.0.1:8080", "identity": "cert"}]
+    }
+    _, warnings = check_session(yaml.safe_dump(document), "s.yaml")
+    assert [w.message.split(":")[0] for w in warnings if "used nowhere" in w.message] == [
+        "secret 'left' is used nowhere"
+    ]
 
 
 def test_names_must_match_whole_not_up_to_a_newline() -> None:
