@@ -15,6 +15,7 @@ from cryptography import x509
 
 from veil.crypto.x509ca import spki_sha256
 from veil.policy.errors import PolicyError, PolicyProblem
+from veil.policy.loader import render_path
 from veil.policy.model import SERVICE_NAME, SESSION_NAME
 from veil.policy.yamlsource import load_yaml
 
@@ -359,11 +360,101 @@ def _days(text: str) -> int | None:
     return max(1, number * 365 if unit == "y" else number // 24 if unit == "h" else number)
 
 
+#: the shape of the parts the converter reads (a key ending in "!" is required); a scalar
+#: may be any YAML scalar (names are made strings), an export one session, one mapping or a
+#: list of either. Anything else is reported at its line before converting.
+_SCALAR = (str, int, float, bool)
+_EXPORTS = "exports"
+_SHAPE: dict[str, Any] = {
+    "services": [
+        {
+            "name!": _SCALAR,
+            "command": (str, list),
+            "environment": {"*": _SCALAR},
+            "pwd": _SCALAR,
+            "image_name": _SCALAR,
+            "mrenclaves": [_SCALAR],
+            "attestation": [{"mrenclave": [_SCALAR], "mrsigner": _SCALAR, "isvprodid": int, "isvsvn": int}],
+        }
+    ],
+    "images": [
+        {
+            "name!": _SCALAR,
+            "injection_files": [{"path!": _SCALAR, "content": _SCALAR}],
+            "volumes": [{"name!": _SCALAR, "path!": _SCALAR}],
+        }
+    ],
+    "volumes": [{"name!": _SCALAR, "import": {"session!": _SCALAR, "volume!": _SCALAR}, "export": _EXPORTS}],
+    "secrets": [
+        {
+            "name!": _SCALAR,
+            "kind": _SCALAR,
+            "import": {"session!": _SCALAR, "secret!": _SCALAR},
+            "export": _EXPORTS,
+        }
+    ],
+    "security": {"attestation": {"tolerate": [_SCALAR], "mode": _SCALAR}},
+    "access_policy": {"read": [_SCALAR], "update": [_SCALAR]},
+}
+_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "a number"}
+
+
+def _at(path: tuple[str | int, ...]) -> str:
+    return f"{render_path(path)}: " if path else ""
+
+
+def _found(value: Any) -> str:
+    return _NAMES.get(type(value), "a scalar" if isinstance(value, _SCALAR) else type(value).__name__)
+
+
+def _shape_problems(doc: Any, value: Any, spec: Any, path: tuple[str | int, ...]) -> list[PolicyProblem]:
+    if value is None:
+        return []
+    if spec == _EXPORTS:
+        items = value if isinstance(value, list) else [value]
+        bad = [i for i, item in enumerate(items) if not isinstance(item, (str, dict))]
+        if not bad and all(isinstance(i, str) or isinstance(i.get("session"), _SCALAR) for i in items):
+            return []
+        return [
+            doc.problem(
+                path, f"{_at(path)}an export names a session: a name, {{session: NAME}}, or a list of them"
+            )
+        ]
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return [doc.problem(path, f"{_at(path)}expected a mapping, found {_found(value)}")]
+        problems = []
+        for key, sub in spec.items():
+            name = key.rstrip("!")
+            if name == "*":
+                for item, inner in value.items():
+                    problems += _shape_problems(doc, inner, sub, (*path, str(item)))
+            elif name in value:
+                problems += _shape_problems(doc, value[name], sub, (*path, name))
+            elif key.endswith("!"):
+                problems.append(doc.problem(path, f"{_at(path)}'{name}' is missing"))
+        return problems
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return [doc.problem(path, f"{_at(path)}expected a list, found {_found(value)}")]
+        return [p for i, item in enumerate(value) for p in _shape_problems(doc, item, spec[0], (*path, i))]
+    if not isinstance(value, spec):
+        wanted = " or ".join(
+            sorted({_NAMES.get(t, "a scalar") for t in (spec if isinstance(spec, tuple) else (spec,))})
+        )
+        return [doc.problem(path, f"{_at(path)}expected {wanted}, found {_found(value)}")]
+    return []
+
+
 def convert_scone_session(text: str, source: str = "<scone session>") -> tuple[dict[str, Any], list[str]]:
     """(the veil session document, warnings) for a SCONE session's YAML text."""
-    data = load_yaml(text, source).data
+    doc = load_yaml(text, source)
+    data = doc.data
     if not isinstance(data, dict):
         raise PolicyError([PolicyProblem(source, 1, 1, "a SCONE session is a mapping (name, version, ...)")])
+    problems = _shape_problems(doc, data, _SHAPE, ())
+    if problems:
+        raise PolicyError(problems)
     version = str(data.get("version", ""))
     converter = _Converter()
     if not version.startswith("0.3"):

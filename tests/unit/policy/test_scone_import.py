@@ -172,3 +172,31 @@ def test_the_cli_writes_the_result_and_says_what_is_left_to_do(tmp_path: Path) -
 def test_input_that_is_not_a_scone_session_is_refused(text: str) -> None:
     with pytest.raises(PolicyError):
         convert_scone_session(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ("secrets: [k]", "3:11: error: secrets[0]: expected a mapping, found a string"),
+        ("secrets: {name: k}", "3:10: error: secrets: expected a list, found a mapping"),
+        ("services: api", "3:11: error: services: expected a list, found a string"),
+        ("security: yes", "3:11: error: security: expected a mapping"),
+        ("volumes: [{name: v, import: other}]", "error: volumes[0].import: expected a mapping"),
+        ("secrets: [{name: k, export: [3]}]", "error: secrets[0].export: an export names a session"),
+        ("services: [{name: a, environment: [A=1]}]", "error: services[0].environment: expected a mapping"),
+        ("services: [{name: a, attestation: {mrenclave: [x]}}]", "services[0].attestation: expected a list"),
+        ("images: [{name: i, injection_files: [x]}]", "images[0].injection_files[0]: expected a mapping"),
+        ("services: [{command: x}]", "3:12: error: services[0]: 'name' is missing"),
+    ],
+)
+def test_every_malformed_part_is_located_not_an_internal_error(body: str, where: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        convert_scone_session(f'name: shop\nversion: "0.3"\n{body}\n', "s.yaml")
+    assert where in str(caught.value)
+
+
+def test_an_export_may_be_one_mapping_or_one_name() -> None:
+    for export in ("{session: other, session_hash: abcd}", "other"):
+        text = f'name: shop\nversion: "0.3"\nsecrets: [{{name: k, kind: ascii, export: {export}}}]\n'
+        document, _ = convert_scone_session(text)
+        assert document["secrets"][0]["export"] == [{"session": "other"}]
