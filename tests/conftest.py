@@ -96,6 +96,13 @@ def veil(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subpro
     )
 
 
+@pytest.fixture(autouse=True)
+def _own_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's embedded CAS defaults to a data directory of its own (not the user's
+    ~/.local/share/veil, shared by every test)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")
 
 

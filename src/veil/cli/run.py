@@ -14,16 +14,35 @@ from veil.protocol import EvidenceSource
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
 from veil.runtime.run import EmbeddedHome, run_from_cas, run_with_policy
 
+#: where veil before 0.2 kept the embedded CAS: the current directory
+LEGACY_HOME = Path(".veil")
+
 
 def default_home() -> Path:
-    return Path(os.environ.get("VEIL_HOME", ".veil"))
+    """$VEIL_HOME, else the user's data directory ($XDG_DATA_HOME/veil, by default
+    ~/.local/share/veil): the same embedded CAS from every directory. A ./.veil that an
+    earlier version made in the current directory is still used, with a warning saying how
+    to move it (a silent switch would give the user new secrets)."""
+    configured = os.environ.get("VEIL_HOME")
+    if configured:
+        return Path(configured)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    home = Path(data) / "veil"
+    if (LEGACY_HOME / "cas").is_dir() and not home.exists():
+        note(
+            f"warning: using ./.veil, where earlier versions kept the embedded CAS; move it with "
+            f"`mv .veil {home}` (or set VEIL_HOME) to use it from every directory"
+        )
+        return LEGACY_HOME
+    return home
 
 
 home_option = click.option(
     "--home",
     type=click.Path(path_type=Path),
     default=None,
-    help="Data directory of the embedded CAS [default: $VEIL_HOME or ./.veil].",
+    help="Data directory of the embedded CAS [default: $VEIL_HOME, else $XDG_DATA_HOME/veil, "
+    "~/.local/share/veil].",
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from tests.conftest import PYTHON, SHOW, session_yaml, veil
+from tests.conftest import PYTHON, SHOW, measurement_of, session_yaml, veil
 from veil.runtime.run import EmbeddedHome
 
 
@@ -123,3 +123,31 @@ def test_reading_the_audit_log_never_creates_a_cas(tmp_path: Path) -> None:
         assert result.returncode == 1
         assert f"no embedded CAS at {home}" in result.stderr
     assert not home.exists()
+
+
+def test_the_embedded_cas_is_the_same_from_every_directory(tmp_path: Path) -> None:
+    """Without VEIL_HOME the embedded CAS lives in the user's data directory: running from
+    another directory finds the same session (and secrets), not a new CAS."""
+    policy = tmp_path / "session.yaml"
+    policy.write_text(session_yaml(command=["/bin/true"], measurement=measurement_of(["/bin/true"])))
+    data = tmp_path / "data"
+    env = {"XDG_DATA_HOME": str(data), "VEIL_HOME": ""}
+    for where, expected in (("one", "registered session"), ("two", "unchanged")):
+        (tmp_path / where).mkdir()
+        ran = veil("run", "--policy", str(policy), "--service", "app", env=env, cwd=tmp_path / where)
+        assert ran.returncode == 0, ran.stderr
+        assert expected in ran.stderr
+        assert not (tmp_path / where / ".veil").exists()
+    assert (data / "veil" / "cas" / "cas.db").exists()
+
+
+def test_a_legacy_dot_veil_is_used_with_a_warning(tmp_path: Path) -> None:
+    cas, _ = EmbeddedHome(tmp_path / ".veil").open()
+    cas.close()
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "VEIL_HOME": ""}
+    shown = veil("audit", "show", env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "warning: using ./.veil" in shown.stderr and f"mv .veil {tmp_path / 'data' / 'veil'}" in shown.stderr
+    )
+    assert not (tmp_path / "data" / "veil").exists()
