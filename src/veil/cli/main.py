@@ -11,19 +11,37 @@ from veil import __version__
 from veil.errors import VeilError
 from veil.policy.errors import PolicyError
 
-#: subcommand -> module defining it; imported only when used (the CAS server, PostgreSQL
-#: driver and FUSE binding cost ~0.5 s to import, too much for `veil session check`)
+#: subcommand -> (module defining it, its summary); a module is imported only when its
+#: command runs (the CAS server, PostgreSQL driver and FUSE binding cost ~0.5 s to import,
+#: too much for `veil session check`), and `veil --help` lists the summaries without
+#: importing any (tests/unit/cli/test_help_values.py checks they match the commands')
 _COMMANDS = {
-    "run": "veil.cli.run",
-    "measure": "veil.cli.measure",
-    "session": "veil.cli.session",
-    "audit": "veil.cli.audit",
-    "evidence": "veil.cli.evidence",
-    "las": "veil.cli.las",
-    "volume": "veil.cli.volume",
-    "cas": "veil.cli.cas",
-    "owner": "veil.cli.owner",
-    "image": "veil.cli.image",
+    "audit": ("veil.cli.audit", "Read and verify the CAS audit log."),
+    "cas": (
+        "veil.cli.cas",
+        "The network CAS: serve it, verify and pin it, register node platforms, recover it.",
+    ),
+    "evidence": ("veil.cli.evidence", "Verify attestation evidence from real hardware."),
+    "image": ("veil.cli.image", "Confidential container images (docs/image.md)."),
+    "las": ("veil.cli.las", "The local attestation service (node agent)."),
+    "measure": (
+        "veil.cli.measure",
+        "Print the measurement of the program COMMAND would run, or of a whole image.",
+    ),
+    "owner": ("veil.cli.owner", "Your owner key (under $XDG_CONFIG_HOME/veil, created on first use)."),
+    "run": (
+        "veil.cli.run",
+        "Attest and run a service: SERVICE of POLICY on the embedded CAS (sim mode), or "
+        "--config-id SESSION/SERVICE from a network CAS.",
+    ),
+    "session": (
+        "veil.cli.session",
+        "Session files (policies): check, hash, schema; create, update, show, list on a CAS.",
+    ),
+    "volume": (
+        "veil.cli.volume",
+        "Protected volumes: encrypted or authenticated, and fresh (see docs/volume-format.md).",
+    ),
 }
 
 
@@ -32,12 +50,26 @@ class _LazyGroup(click.Group):
         return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = _COMMANDS.get(cmd_name)
-        if module is None:
+        if cmd_name not in _COMMANDS:
             return None
-        command = getattr(importlib.import_module(module), cmd_name)
+        command = getattr(importlib.import_module(_COMMANDS[cmd_name][0]), cmd_name)
         assert isinstance(command, click.Command)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        width = formatter.width or 80
+        limit = width - 6 - max(len(name) for name in _COMMANDS)
+        rows = [(name, _shorten(summary, limit)) for name, (_, summary) in sorted(_COMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """As click shortens a command's help in a listing: whole words, then "..."."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "..."
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
