@@ -5,10 +5,11 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint unit os-packages clean help bench-volume bench-evidence bench-shield bench-cas
+.PHONY: demo install test lint unit os-packages clean help bench-volume bench-evidence bench-shield bench-cas
 
 help:
 	@echo "make demo   - install into .venv and run examples/quickstart on the embedded CAS (sim mode)"
+	@echo "make install [PREFIX=/usr/local] - put veil on PATH: a link PREFIX/bin/veil to .venv/bin/veil"
 	@echo "make test   - install dev dependencies and OS packages (as root), lint, run the whole suite"
 	@echo "make lint   - ruff and mypy --strict"
 	@echo "make clean  - remove .venv and demo state"
@@ -23,8 +24,19 @@ $(STAMP_DEV): $(STAMP_RUN)
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
+PREFIX ?= /usr/local
+
 demo: $(STAMP_RUN)
 	bash examples/quickstart/run.sh
+	@echo
+	@echo "veil is installed in $(CURDIR)/$(BIN)/veil. To type 'veil' (and 'sudo veil'):"
+	@echo "  make install            # links $(PREFIX)/bin/veil (as root; PREFIX=~/.local for yourself)"
+	@echo "  or: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\""
+
+install: $(STAMP_RUN)
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(CURDIR)/$(BIN)/veil $(PREFIX)/bin/veil
+	@echo "veil -> $(PREFIX)/bin/veil ($$($(PREFIX)/bin/veil --version))"
 
 os-packages:
 	@bash scripts/install-os-packages
