@@ -162,6 +162,35 @@ def check_bounds(text: str, source: str, max_nodes: int = MAX_NODES, max_depth: 
             )
 
 
+#: what a YAML parser's complaint usually means in a session file, by a word of it
+_SYNTAX_HINTS = (
+    ("'\\t'", "YAML indents with spaces, never tabs: replace the tab on this line"),
+    ("mapping values are not allowed", "a value holding ': ' must be quoted, e.g. \"a: b\""),
+    ("could not find expected ':'", "a key needs ': ' after it; a text value on several lines needs quotes"),
+    ("cannot start any token", "a value that starts with @, ` or % must be quoted"),
+    ("unknown escape", "in double quotes a backslash starts an escape: use single quotes for paths"),
+    ("found undefined alias", "*name refers to an anchor &name defined above it"),
+    (
+        "expected <block end>",
+        "check this line's indentation against the lines above: the items of one list "
+        "or mapping line up, and a list item starts with '- '",
+    ),
+    ("did not find expected key", "check this line's indentation: the keys of one mapping line up"),
+    ("did not find expected '-'", "the items of a list line up, each starting with '- '"),
+    ("found unexpected end of stream", "a quote or bracket opened here is never closed"),
+    ("while scanning a quoted scalar", "a quote opened here is never closed"),
+)
+
+
+def _syntax_hint(problem: str, before: str) -> str:
+    """``before``: the problem's line up to where the parser stopped."""
+    if "\t" in before[: len(before) - len(before.lstrip())] or (not before.strip() and "\t" in before):
+        return _SYNTAX_HINTS[0][1]
+    if "mapping values are not allowed" in problem and ": " not in before:
+        return "this line is indented more than the key above it, which already has a value"
+    return next((hint for word, hint in _SYNTAX_HINTS if word in problem), "")
+
+
 def load_yaml(text: str, source: str) -> YamlDocument:
     """Parse one YAML document; raise PolicyError with the position of any syntax error
     and refuse documents beyond the limits (``check_bounds``)."""
@@ -172,8 +201,11 @@ def load_yaml(text: str, source: str) -> YamlDocument:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        message = f"invalid YAML: {exc.problem or exc.context}"
-        raise PolicyError([PolicyProblem(source, line, column, message)]) from None
+        problem = str(exc.problem or exc.context)
+        message = f"invalid YAML: {problem}"
+        lines = text.splitlines()
+        hint = _syntax_hint(problem, lines[line - 1][: column - 1] if 0 < line <= len(lines) else "")
+        raise PolicyError([PolicyProblem(source, line, column, message, hint)]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([PolicyProblem(source, 0, 0, f"invalid YAML: {exc}")]) from None
     if node is None:

@@ -285,3 +285,22 @@ def test_limits_refuse_hostile_documents_before_building_them() -> None:
         "PORT: 8080\n", "PORT: 8080\n      COPY: *pw\n"
     )
     assert parse_session(shared).service("api").environment["COPY"] == "$$VEIL::db_pass$$"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "hint"),
+    [
+        ("name: a\nservices:\n\t- name: x\n", (3, 1), "never tabs"),
+        ("name: a\ncommand: echo a: b\n", (2, 16), "must be quoted"),
+        ("name: a\n  version: 1\n", (2, 10), "indented more than the key above it"),
+        ("name: a\nservices:\n  - name: x\n   pwd: /\n", (4, 4), "indentation"),
+        ('name: "a\n', (2, 1), "never closed"),
+        ("name: @a\n", (1, 7), "must be quoted"),
+        ('pwd: "C:\\data"\n', (1, 10), "single quotes"),
+        ("name: *x\n", (1, 7), "anchor &name"),
+    ],
+)
+def test_yaml_syntax_errors_come_with_a_hint(text: str, where: tuple[int, int], hint: str) -> None:
+    [(line, column, message, given)] = problems(text)
+    assert (line, column) == where and message.startswith("invalid YAML: ")
+    assert hint in given
