@@ -199,13 +199,7 @@ class Cas:
         service = found[1].session.service(service_name) if found else None
         if service is None:
             raise SessionNotFound(f"no service '{config_id}'")
-        return LaunchDescriptor(
-            list(service.command),
-            service.pwd,
-            service.environment.get("PATH"),
-            service.measure,
-            [v.path for v in service.volumes],
-        )
+        return service.launch()
 
     def session_hash_of(self, name: str) -> str | None:
         found = self._record(name)

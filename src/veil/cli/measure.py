@@ -68,10 +68,7 @@ def measure(
             {
                 "measurement": result.value,
                 "executable": result.executable,
-                "covered": [
-                    {"role": c.role, "argument_index": c.argument_index, "path": c.path, "sha256": c.sha256}
-                    for c in result.covered
-                ],
+                "covered": result.covered_json(),
             }
         )
         return

@@ -20,6 +20,8 @@ from veil.policy import PolicyError, Session, load_session_file, parse_session, 
 from veil.policy.governance import Approval, sign_approval
 from veil.policy.loader import check_session, read_session_file
 from veil.policy.scone import convert_scone_session
+from veil.tee import measure_command
+from veil.tee.image_measure import measure_image
 
 
 @click.group()
@@ -88,6 +90,44 @@ def hash_(file: Path, as_json: bool) -> None:
         emit_json({"name": parsed.name, "hash": digest})
     else:
         click.echo(digest)
+
+
+@session.command("measure")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--service", "service_name", required=True, help="The service of FILE to measure.")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="For `measure: image`: the unpacked root file system the service runs in.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement and what it covers as JSON.")
+def measure_(file: Path, service_name: str, root: Path, as_json: bool) -> None:
+    """Print the measurement the runtime will attest for SERVICE of FILE: its command
+    resolved from the service's pwd on the session's PATH (not this shell's PATH or
+    directory), or, for `measure: image`, the root file system. Paste it into the
+    service's attestation entry."""
+    parsed, _ = load_session_file(file)
+    service = parsed.service(service_name)
+    if service is None:
+        known = ", ".join(s.name for s in parsed.services) or "none"
+        raise VeilError(f"{file}: no service '{service_name}' (services: {known})")
+    launch = service.launch()
+    if launch.measure == "image":
+        image = measure_image(launch.command, launch.pwd, launch.path, launch.volume_paths, root)
+        if as_json:
+            emit_json({"measurement": image.value, "measure": "image", "entries": image.entries})
+        else:
+            click.echo(image.value)
+        return
+    measured = measure_command(launch.command, launch.pwd, launch.path)
+    if as_json:
+        emit_json({"measurement": measured.value, "measure": "command", "covered": measured.covered_json()})
+        return
+    click.echo(measured.value)
+    for c in measured.covered:
+        note(f"covers {c.role} {c.path}")
 
 
 @session.command()

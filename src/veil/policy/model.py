@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from veil.protocol import LaunchDescriptor
 from veil.tolerances import TOLERANCES
 
 SESSION_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
@@ -547,6 +548,18 @@ class Service(StrictModel):
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("a tmpfs path is listed twice")
         return cleaned
+
+    def launch(self) -> LaunchDescriptor:
+        """What the CAS tells a runtime to measure for this service (the command as
+        written, its pwd, the session's PATH, what to measure and the volume paths an image
+        measurement leaves out); `veil session measure` computes from the same."""
+        return LaunchDescriptor(
+            list(self.command),
+            self.pwd,
+            self.environment.get("PATH"),
+            self.measure,
+            [v.path for v in self.volumes],
+        )
 
 
 ASCII_CHARSETS = {

@@ -49,6 +49,13 @@ class Measurement:
     def value(self) -> str:
         return "sha256:" + self.digest.hex()
 
+    def covered_json(self) -> list[dict[str, object]]:
+        """The covered files as `veil measure --json` prints them."""
+        return [
+            {"role": c.role, "argument_index": c.argument_index, "path": c.path, "sha256": c.sha256}
+            for c in self.covered
+        ]
+
 
 def stream_sha256(handle: IO[bytes]) -> str:
     """SHA-256 (hex) of what is left to read in ``handle``."""

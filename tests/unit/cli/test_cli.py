@@ -1,6 +1,7 @@
 """The CLI contract: exit codes 0/1/2, one-line located errors, --json, no tracebacks."""
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -151,3 +152,41 @@ def test_a_legacy_dot_veil_is_used_with_a_warning(tmp_path: Path) -> None:
         "warning: using ./.veil" in shown.stderr and f"mv .veil {tmp_path / 'data' / 'veil'}" in shown.stderr
     )
     assert not (tmp_path / "data" / "veil").exists()
+
+
+def test_session_measure_is_what_the_runtime_attests(tmp_path: Path) -> None:
+    """`veil measure -- sh run.sh` resolves `sh` on this shell's PATH (a shim here) and
+    `run.sh` in this directory; `veil session measure` uses the session's PATH and pwd, as
+    the runtime does, so its value is the one `veil run` attests."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "run.sh").write_text("echo ran\n")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sh").write_text('#!/bin/sh\nexec /bin/sh "$@"\n')
+    (shim / "sh").chmod(0o755)
+    document = yaml.safe_load(
+        session_yaml(
+            command=["sh", "run.sh"], measurement="sha256:" + "00" * 32, environment={"PATH": "/usr/bin:/bin"}
+        )
+    )
+    document["services"][0]["pwd"] = str(app)
+    policy = tmp_path / "session.yaml"
+    policy.write_text(yaml.safe_dump(document))
+    env = {"PATH": f"{shim}:{os.environ['PATH']}", "VEIL_HOME": str(tmp_path / "home")}
+
+    measured = veil("session", "measure", str(policy), "--service", "app", "--json", env=env, cwd=tmp_path)
+    assert measured.returncode == 0, measured.stderr
+    report = json.loads(measured.stdout)
+    assert [c["role"] for c in report["covered"]] == ["executable", "argument"]
+    assert report["covered"][1]["path"] == str(app / "run.sh")
+    naive = veil("measure", "--", "sh", "run.sh", env=env, cwd=tmp_path)
+    assert naive.returncode == 0 and naive.stdout.strip() != report["measurement"]
+
+    document["services"][0]["attestation"][0]["measurement"] = report["measurement"]
+    policy.write_text(yaml.safe_dump(document))
+    ran = veil("run", "--policy", str(policy), "--service", "app", env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "ran" in ran.stdout
+    missing = veil("session", "measure", str(policy), "--service", "nope", env=env)
+    assert missing.returncode == 1 and "no service 'nope' (services: app)" in missing.stderr
