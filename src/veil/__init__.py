@@ -1,6 +1,6 @@
 """veil: run unmodified programs with attested secrets, protected volumes and transparent TLS.
 
-The package is split into parts (see ARCHITECTURE.md): policy, crypto, tee, cas, client,
+The package is split into parts (see docs/overview.md): policy, crypto, tee, cas, client,
 runtime, cli. Dependencies point one way: cli -> runtime/client/cas -> tee/policy -> crypto.
 """
 

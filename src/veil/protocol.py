@@ -1,4 +1,4 @@
-"""Messages of the attestation and provisioning protocol (docs/protocol.md, ARCHITECTURE §4).
+"""Messages of the attestation and provisioning protocol (docs/protocol.md).
 
 Shared by the CAS (which verifies and answers) and the client/runtime (which asks), so both
 sides compute the report_data binding with the same code.
