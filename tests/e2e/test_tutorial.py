@@ -42,4 +42,5 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
     assert "got a password of 24 characters; the config file agrees: True" in result.stdout
     assert result.stdout.rstrip().endswith("refused")
     assert "matches no attestation entry of service 'app'" in result.stderr
+    assert "since the last accepted run: argument 1 /tmp/hello-app/app.py changed (sha256 " in result.stderr
     assert "warning" not in result.stderr

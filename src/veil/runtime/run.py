@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from veil.client.http import HttpCasClient
 from veil.client.interface import CasClient
 from veil.crypto import PlatformSigningKey
-from veil.protocol import EvidenceSource, LaunchDescriptor
+from veil.protocol import AttestationRefused, EvidenceSource, LaunchDescriptor
 from veil.runtime.attest import Provisioned, provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
+from veil.runtime.explain import remember_accepted, what_changed
 from veil.runtime.network import start_shields
 from veil.runtime.supervisor import LaunchSpec, supervise
 from veil.runtime.volumes import mount_volumes, unmount_volumes
@@ -116,10 +117,17 @@ def run_with_policy(
     client = EmbeddedCasClient(cas)
     try:
         report(register_or_update(cas, session, text, str(policy)))
-        measurement = measure_workload(cas.launch_descriptor(f"{session.name}/{service.name}"))
-        provisioned = provision(
-            client, evidence_source(mode, platform_key), f"{session.name}/{service.name}", measurement.value
-        )
+        config_id = f"{session.name}/{service.name}"
+        measurement = measure_workload(cas.launch_descriptor(config_id))
+        try:
+            provisioned = provision(client, evidence_source(mode, platform_key), config_id, measurement.value)
+        except AttestationRefused:
+            if isinstance(measurement, Measurement):
+                for line in what_changed(home.root, config_id, measurement):
+                    report(f"since the last accepted run: {line}")
+            raise
+        if isinstance(measurement, Measurement):
+            remember_accepted(home.root, config_id, measurement)
         return run_provisioned(client, provisioned, measurement, extra_args, report)
     finally:
         cas.close()
