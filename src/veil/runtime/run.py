@@ -121,11 +121,16 @@ def run_with_policy(
         measurement = measure_workload(cas.launch_descriptor(config_id))
         try:
             provisioned = provision(client, evidence_source(mode, platform_key), config_id, measurement.value)
-        except AttestationRefused:
-            if isinstance(measurement, Measurement):
-                for line in what_changed(home.root, config_id, measurement):
-                    report(f"since the last accepted run: {line}")
-            raise
+        except AttestationRefused as refused:
+            changed = (
+                what_changed(home.root, config_id, measurement)
+                if isinstance(measurement, Measurement)
+                else []
+            )
+            if not changed:
+                raise
+            lines = "".join(f"\n  since the last accepted run: {line}" for line in changed)
+            raise AttestationRefused(refused.reason + lines) from None
         if isinstance(measurement, Measurement):
             remember_accepted(home.root, config_id, measurement)
         return run_provisioned(client, provisioned, measurement, extra_args, report)
