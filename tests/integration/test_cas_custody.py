@@ -135,6 +135,8 @@ def test_the_recovery_key_restores_the_master_key_when_every_replica_is_lost(tmp
     cas.stop()
     cas.extra = ["--recovery-key", str(tmp_path / "recovery.key.pub")]
     cas.start()
+    # the warning of the first start (no recovery key yet) is not repeated
+    assert cas.log.read_text().count("warning: no recovery key is set") == 1
     alice = pinned_owner(tmp_path, cas)
     _session(alice, tmp_path, "recovered/app")
     identity = alice.pin(cas.url)["identity"]

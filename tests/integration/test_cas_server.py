@@ -352,6 +352,10 @@ def test_openapi_is_served_and_documents_every_route(tmp_path: Path, cas: CasSer
     for path in ("/healthz", "/readyz"):
         status, answer = raw_request(cas, alice, "GET", path)
         assert status == 200 and answer["sim"] is True
+    # started without --recovery-key: said at start, and by readyz to whatever probes it
+    _, ready = raw_request(cas, alice, "GET", "/readyz")
+    assert ready["recovery_key"] is False and "no recovery key is set" in ready["warnings"][0]
+    assert "warning: no recovery key is set" in cas.log.read_text()
 
 
 def test_volume_tags_over_the_network(tmp_path: Path, cas: CasServer, alice: Owner) -> None:

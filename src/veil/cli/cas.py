@@ -17,6 +17,7 @@ from veil.cas.principals import ROLES, Role
 from veil.cas.replicas import check_identity
 from veil.cas.replicas import join as join_replica
 from veil.cas.server import CasApp, CasSelf, serve
+from veil.cas.server.app import NO_RECOVERY_KEY
 from veil.cas.server.recovery import RecoveryApp, wait_for_recovery
 from veil.cas.storage import RecordStore, SqliteStore
 from veil.cli.options import (
@@ -200,12 +201,15 @@ def serve_command(
             service.audit.append(events[obtained.how], sim, identity=identity.digest)
         if recovery_public is not None and custody.set_recovery(master, recovery_public):
             service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
+        recoverable = custody.recovery() is not None
+        if not recoverable:
+            note(f"warning: {NO_RECOVERY_KEY}")
         how = {"joined": f"received from {join_url}", "recovery": "restored by an owner"}
         note(f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…")
         _bootstrap_principals(service, data, admins, auditors)
     finally:
         store.close()  # each serving process opens its own connection (after the fork)
-    me = CasSelf(identity, measurement, evidence, platform_public)
+    me = CasSelf(identity, measurement, evidence, platform_public, recoverable)
 
     def build() -> CasApp:
         return CasApp(Cas(open_store(), master, sim_mode=sim), me, open_enrolment)

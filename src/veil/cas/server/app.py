@@ -67,6 +67,13 @@ class Access(StrEnum):
 _ROLE_OF = {Access.OWNER: Role.OWNER, Access.ADMIN: Role.ADMIN}
 
 
+NO_RECOVERY_KEY = (
+    "no recovery key is set: if every node that can unseal the master key is lost, every secret and "
+    "volume key of this CAS is lost with it; start once with --recovery-key FILE.pub "
+    "(`veil cas recovery keygen`)"
+)
+
+
 @dataclass(frozen=True)
 class CasSelf:
     """What the CAS says about itself: identity, measurement, and how it proves them."""
@@ -76,6 +83,8 @@ class CasSelf:
     evidence: EvidenceSource
     #: sim only: the key that signs the CAS's own sim evidence (proves nothing but consistency)
     platform_public_key: bytes | None
+    #: whether the database holds the master key encrypted to an owners' recovery key
+    recovery_key: bool = True
 
 
 class _Fail(Exception):
@@ -272,7 +281,9 @@ class CasApp:
             self.cas.records.keys("audit-head")
         except Exception as exc:  # the store is down, whatever the driver raises
             return self._json({"error": f"store not ready: {type(exc).__name__}"}, 503)
-        return self._json({"status": "ready", "sim": self.cas.sim_mode})
+        warnings = [] if self.me.recovery_key else [NO_RECOVERY_KEY]
+        answer = {"status": "ready", "sim": self.cas.sim_mode, "recovery_key": self.me.recovery_key}
+        return self._json({**answer, "warnings": warnings})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
