@@ -92,7 +92,25 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        return self._scalars.construct_object(node, deep=True)
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        """A scalar's value; one YAML cannot make into a plain value (a bare ``=``, which
+        YAML 1.1 tags as a "value key", or an unknown ``!!tag``) is a located problem."""
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            pos = _mark(node)
+            self.problems.append(
+                PolicyProblem(
+                    self.doc.source,
+                    pos.line,
+                    pos.column,
+                    f"'{node.value}' is not a value YAML can read here ({node.tag})",
+                    "quote it to make it text",
+                )
+            )
+            return None
 
     def build_scalar_key(self, node: yaml.Node) -> str | None:
         if not isinstance(node, yaml.ScalarNode):
@@ -101,8 +119,9 @@ class _Builder:
                 PolicyProblem(self.doc.source, pos.line, pos.column, "keys must be plain strings")
             )
             return None
-        value = self._scalars.construct_object(node)
-        return str(value)
+        known = len(self.problems)
+        value = self._scalar(node)
+        return None if len(self.problems) > known else str(value)
 
 
 def _limit_problem(source: str, event: yaml.Event, message: str, hint: str) -> PolicyError:

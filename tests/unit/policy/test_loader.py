@@ -304,3 +304,18 @@ def test_yaml_syntax_errors_come_with_a_hint(text: str, where: tuple[int, int], 
     [(line, column, message, given)] = problems(text)
     assert (line, column) == where and message.startswith("invalid YAML: ")
     assert hint in given
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("=\n", (1, 1)),  # YAML 1.1's "value key" tag: found by schemathesis as a 500 of the CAS
+        ("name: =\n", (1, 7)),
+        ("=: 1\n", (1, 1)),
+        ("name: !!python/object:os.system x\n", (1, 7)),
+    ],
+)
+def test_a_scalar_yaml_cannot_construct_is_a_located_problem(text: str, where: tuple[int, int]) -> None:
+    found = problems(text)
+    assert (found[0][0], found[0][1]) == where
+    assert "is not a value YAML can read here" in found[0][2] and "quote it" in found[0][3]
