@@ -111,8 +111,7 @@ def measure_(file: Path, service_name: str, root: Path, as_json: bool) -> None:
     parsed, _ = load_session_file(file)
     service = parsed.service(service_name)
     if service is None:
-        known = ", ".join(s.name for s in parsed.services) or "none"
-        raise VeilError(f"{file}: no service '{service_name}' (services: {known})")
+        raise VeilError(f"{file}: {parsed.no_service(service_name)}")
     launch = service.launch()
     if launch.measure == "image":
         image = measure_image(launch.command, launch.pwd, launch.path, launch.volume_paths, root)

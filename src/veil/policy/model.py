@@ -833,6 +833,10 @@ class Session(StrictModel):
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
 
+    def no_service(self, name: str) -> str:
+        """What to say of a service name this session does not have."""
+        return f"no service '{name}' (services: {', '.join(s.name for s in self.services) or 'none'})"
+
     def secret(self, name: str) -> SecretDefinition | None:
         return next((s for s in self.secrets if s.name == name), None)
 

@@ -9,9 +9,9 @@ trusts nothing it reads.
 """
 
 import json
-import os
 from pathlib import Path
 
+from veil.crypto.files import replace_private_file
 from veil.tee.measure import Measurement
 
 
@@ -23,11 +23,8 @@ def remember_accepted(home: Path, config_id: str, measurement: Measurement) -> N
     """Keep what the CAS accepted for ``config_id`` (atomically replaced)."""
     path = _record(home, config_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(
-        json.dumps({"measurement": measurement.value, "covered": measurement.covered_json()})
-    )
-    os.replace(temporary, path)
+    record = {"measurement": measurement.value, "covered": measurement.covered_json()}
+    replace_private_file(path, json.dumps(record).encode())
 
 
 def what_changed(home: Path, config_id: str, measurement: Measurement) -> list[str]:

@@ -106,8 +106,7 @@ def run_with_policy(
     session, text = load_session_file(policy)
     service = session.service(service_name)
     if service is None:
-        known = ", ".join(s.name for s in session.services) or "none"
-        raise RuntimeFailure(f"{policy}: no service '{service_name}' (services: {known})")
+        raise RuntimeFailure(f"{policy}: {session.no_service(service_name)}")
     if extra_args and not service.allow_extra_args:
         raise RuntimeFailure(
             f"service '{service_name}' does not accept extra arguments; they would not be attested "

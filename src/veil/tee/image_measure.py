@@ -5,7 +5,6 @@ same value from an image's layers, so the session can name it before the image r
 build ``TreeEntry`` values and call ``tree_digest``.
 """
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -13,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from veil.crypto import canonical_json, sha256
-from veil.tee.measure import MeasurementError, resolve_executable
+from veil.tee.measure import MeasurementError, resolve_executable, stream_sha256
 
 _DOMAIN = b"veil-image-measurement-v1\n"
 
@@ -136,14 +135,8 @@ def _scan(root: Path, extra: tuple[str, ...]) -> Iterator[tuple[TreeEntry, str]]
 def _hash_files(paths: list[str]) -> list[str]:
     digests = []
     for path in paths:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            digest = hashlib.sha256()
-            while block := os.read(fd, 1 << 20):
-                digest.update(block)
-        finally:
-            os.close(fd)
-        digests.append(digest.hexdigest())
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0) as handle:
+            digests.append(stream_sha256(handle))
     return digests
 
 
