@@ -5,6 +5,7 @@ Every CAS starts closed, as in production: its administrator is the owner ``admi
 beside the data directory, passed with ``--admin``), who admits the other owners of a test
 (``pinned_owner``) and registers node platforms (``register_platform``)."""
 
+import base64
 import json
 import os
 import signal
@@ -22,8 +23,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.conftest import session_dict, veil
 from tests.net import free_port
+from veil.cas.custody import Custody, PlatformSealer
+from veil.cas.postgres import PostgresStore
+from veil.cas.sealing import SealedRecords
+from veil.cas.storage import RecordStore, SqliteStore
 from veil.client.config import ClientConfig
 from veil.crypto import PlatformSigningKey
+from veil.errors import VeilError
 from veil.protocol import VolumeTagUpdate
 from veil.runtime.attest import Provisioned
 
@@ -113,6 +119,68 @@ class CasServer:
             self.process.send_signal(sig)
             self.process.wait(timeout=30)
         self.process = None
+        assert_no_secret_logged(self.log, issued_secrets(self.data, self.db))
+
+
+#: record kinds whose values are secret, and the fields in them that are not
+_SECRET_KINDS = ("secret", "volume", "session-ca")
+_PUBLIC_FIELDS = {"fingerprint", "tag", "initial_tag", "certificate", "certificate_pem", "chain", "kind"}
+
+
+def issued_secrets(data: Path, db: str | None) -> set[str]:
+    """Every secret value the CAS of ``data`` holds (secrets, volume keys, CA keys), in the
+    forms a careless log line would show (as stored, raw text, hex); empty when the master
+    key cannot be opened here (a test broke it on purpose)."""
+    store: RecordStore = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
+    try:
+        sealer = PlatformSealer(PlatformSigningKey.load_or_create(data / "platform.key"))
+        try:
+            master = Custody(store, data / "master.sealed", sealer).unseal()
+        except VeilError:
+            return set()
+        if master is None:
+            return set()
+        records = SealedRecords(store, master)
+        found: set[str] = set()
+        for kind in _SECRET_KINDS:
+            for key in store.keys(kind):
+                record = records.get(kind, key)
+                if record is not None:
+                    found |= _secret_forms(record[1])
+        return found
+    finally:
+        store.close()
+
+
+def _secret_forms(value: object) -> set[str]:
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if name not in _PUBLIC_FIELDS:
+                found |= _secret_forms(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _secret_forms(item)
+    elif isinstance(value, str) and len(value) >= 12 and "CERTIFICATE" not in value:
+        found.add(value)
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:
+            return found
+        found.add(raw.hex())
+        text = raw.decode("utf-8", "replace")
+        if len(raw) >= 8 and text.isprintable():
+            found.add(text)
+    return found
+
+
+def assert_no_secret_logged(log: Path, secrets: set[str]) -> None:
+    """No line of the CAS's log shows any of ``secrets``."""
+    if not secrets or not log.exists():
+        return
+    text = log.read_text(errors="replace")
+    leaked = [value for value in secrets if value in text]
+    assert not leaked, f"{log}: the CAS logged {len(leaked)} secret value(s)"
 
 
 def start_cas(

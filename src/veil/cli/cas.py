@@ -1,6 +1,8 @@
 """`veil cas serve|attest|platform|recovery`: run a network CAS, pin one, register node
 platforms, restore a lost master key."""
 
+import json
+import logging
 import os
 import re
 import sys
@@ -28,6 +30,7 @@ from veil.cli.options import (
     owner_client,
 )
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
+from veil.cli.settings import ConfigFileError, check_file, configurable, setting_options, sources
 from veil.client.config import ClientConfig, normalize_url
 from veil.client.http import OwnerClient, enrol
 from veil.client.pinning import attest_cas
@@ -36,8 +39,12 @@ from veil.crypto import PlatformSigningKey
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.files import replace_private_file
 from veil.las.client import LasClient
-from veil.runtime.evidence_sources import evidence_source, resolve_mode
+from veil.logs import FORMATS, LEVELS
+from veil.logs import configure as configure_logs
+from veil.runtime.evidence_sources import MODES, evidence_source, resolve_mode
 from veil.tee.measure import measure_veil
+
+log = logging.getLogger("veil.cas")
 
 
 @click.group()
@@ -45,6 +52,7 @@ def cas() -> None:
     """The network CAS: serve it, verify and pin it, register node platforms, recover it."""
 
 
+@configurable("VEIL_CAS_")
 @cas.command("serve")
 @click.option(
     "--listen", type=HOST_PORT, default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on."
@@ -98,9 +106,28 @@ def cas() -> None:
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    envvar="VEIL_CAS_WORKERS",
     help="Processes serving the API on the same port, each with its own store connection "
-    "(one per core is a good start; also VEIL_CAS_WORKERS).",
+    "(one per core is a good start).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default=None,
+    help="sim, hw (this machine's TEE) or auto [default: $VEIL_MODE, else sim].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines as text (for a terminal), or logfmt or JSON for a collector; one line per request.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS),
+    default="info",
+    show_default=True,
+    help="Least severe line logged.",
 )
 def serve_command(
     listen: tuple[str, int],
@@ -113,6 +140,9 @@ def serve_command(
     join_url: str | None,
     recovery_key: Path | None,
     workers: int,
+    mode: str | None,
+    log_format: str,
+    log_level: str,
 ) -> None:
     """Serve the CAS API over HTTPS (TLS 1.3) until SIGINT/SIGTERM.
 
@@ -139,15 +169,23 @@ def serve_command(
     Workers: --workers N serves the API from N processes on the same port (one per core),
     each with its own store connection; they stop together, and die with the first.
 
-    VEIL_MODE=hw makes the CAS attest itself with this machine's TEE (no sealing key there:
+    --mode hw makes the CAS attest itself with this machine's TEE (no sealing key there:
     every start joins or is recovered); otherwise it runs in sim mode and says so in every
     answer (header Veil-Sim: true).
+
+    Settings: every option is also a VEIL_CAS_* variable and a key of the TOML file named
+    by --config (check one with `veil cas config check FILE`); a flag wins over a
+    variable, a variable over the file. Logs: one line per request on stderr.
     """
     host, port = listen
-    mode = resolve_mode(os.environ.get("VEIL_MODE", "sim"))
+    configure_logs(log_format, log_level)
+    mode = resolve_mode(mode or os.environ.get("VEIL_MODE", "sim"))
     sim = mode == "sim"
     if sim:
-        sim_banner(NETWORK_SIM_BANNER)
+        if log_format == "text":
+            sim_banner(NETWORK_SIM_BANNER)
+        else:
+            log.warning(NETWORK_SIM_BANNER.removeprefix("veil: "))
     for option, values in (("--admin", admins), ("--auditor", auditors)):
         for value in values:
             if not re.fullmatch(r"[0-9a-f]{64}", value):
@@ -155,7 +193,7 @@ def serve_command(
                     f"'{value}' is not an owner id (64 hex digits, `veil owner id`)", param_hint=option
                 )
     if open_enrolment:
-        note("open enrolment: anyone who reaches this CAS may enrol as an owner (development only)")
+        log.warning("open enrolment: anyone who reaches this CAS may enrol as an owner (development only)")
     recovery_public = load_recovery_public_key(recovery_key) if recovery_key is not None else None
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     platform_key = PlatformSigningKey.load_or_create(data / "platform.key")
@@ -171,7 +209,7 @@ def serve_command(
     hosts = [host, *names, "localhost", "127.0.0.1"]
 
     def ready(url: str) -> None:
-        click.echo(f"veil CAS listening on {url}", err=True)
+        log.info(f"CAS listening on {url}", extra={"fields": {"url": url, "workers": workers}})
         sys.stderr.flush()
 
     try:
@@ -186,7 +224,7 @@ def serve_command(
                     "this node cannot unseal the master key and no recovery key was set: start it with "
                     "--join URL of a running replica"
                 )
-            note("recovery mode: waiting for `veil cas recovery restore URL --key FILE`")
+            log.warning("recovery mode: waiting for `veil cas recovery restore URL --key FILE`")
             master = wait_for_recovery(
                 RecoveryApp(custody, evidence, measurement, platform_public), host, port, hosts, ready
             )
@@ -203,9 +241,12 @@ def serve_command(
             service.audit.append("recovery.set", sim, public_key=sha256_hex(recovery_public))
         recoverable = custody.recovery() is not None
         if not recoverable:
-            note(f"warning: {NO_RECOVERY_KEY}")
+            log.warning(NO_RECOVERY_KEY)
         how = {"joined": f"received from {join_url}", "recovery": "restored by an owner"}
-        note(f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…")
+        log.info(
+            f"master key {how.get(obtained.how, obtained.how)}; identity {identity.digest[:16]}…",
+            extra={"fields": {"identity": identity.digest}},
+        )
         _bootstrap_principals(service, data, admins, auditors)
     finally:
         store.close()  # each serving process opens its own connection (after the fork)
@@ -215,6 +256,69 @@ def serve_command(
         return CasApp(Cas(open_store(), master, sim_mode=sim), me, open_enrolment)
 
     serve(build, identity.server_context(hosts), host, port, ready, workers)
+
+
+@cas.group("config")
+def config_group() -> None:
+    """The configuration file of `veil cas serve` (TOML; docs/operations.md)."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the effective settings as JSON.")
+def config_check(file: Path, as_json: bool) -> None:
+    """Check FILE as `veil cas serve --config FILE` would read it: syntax, unknown keys
+    (with the nearest known one), values the flags would refuse, each with its line. Then
+    print the settings the server would use with the current VEIL_CAS_* variables, and
+    where each comes from (environment, file, default). Exit 1 on any problem."""
+    problems = check_file(file, serve_command)
+    if problems:
+        raise ConfigFileError(problems)
+    try:
+        ctx = serve_command.make_context("veil cas serve", ["--config", str(file)])
+    except click.UsageError as exc:
+        raise click.ClickException(f"{file}: {exc.format_message()}") from None
+    origin = sources(ctx)
+    settings = {
+        key: {"value": _shown(ctx.params[str(option.name)]), "from": origin[key]}
+        for key, option in setting_options(serve_command).items()
+    }
+    for warning in config_warnings(file, settings):
+        note(f"warning: {warning}")
+    if as_json:
+        emit_json({"file": str(file), "settings": settings})
+        return
+    click.echo(f"{file}: valid")
+    for key, setting in settings.items():
+        click.echo(f"  {key} = {json.dumps(setting['value'])}  ({setting['from']})")
+
+
+def _shown(value: object) -> object:
+    """A setting as printed: paths and tuples as JSON values, a database password hidden."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):  # HOST:PORT
+        return f"{value[0]}:{value[1]}"
+    if isinstance(value, tuple | list):
+        return [_shown(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str) and "://" in value:
+        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", value)
+    return value
+
+
+def config_warnings(file: Path, settings: dict[str, dict[str, object]]) -> list[str]:
+    """What is allowed but unwise: a readable file holding a database password, sim mode,
+    open enrolment, no recovery key."""
+    warnings = []
+    db = settings.get("db", {}).get("value")
+    in_file = settings.get("db", {}).get("from") == "file" and isinstance(db, str) and "***@" in db
+    if in_file and file.stat().st_mode & 0o077:
+        warnings.append(f"{file} holds a database password and others may read it: chmod 600 {file}")
+    if settings.get("open-enrolment", {}).get("value") is True:
+        warnings.append("open-enrolment: anyone who reaches the CAS may enrol (development only)")
+    if settings.get("recovery-key", {}).get("value") is None:
+        warnings.append("no recovery-key: a lost node can make every secret unrecoverable")
+    return warnings
 
 
 def _bootstrap_principals(
@@ -233,12 +337,12 @@ def _bootstrap_principals(
         token_file.unlink(missing_ok=True)
         return
     if token_file.exists():
-        note(
+        log.warning(
             f"no administrator yet: the first one runs `veil cas enrol URL --token-file {token_file}` "
             "(one use), or restart with --admin OWNER_ID"
         )
     else:
-        note(
+        log.warning(
             "no administrator yet, and the bootstrap token was written on another node: restart with --admin"
         )
 

@@ -10,7 +10,9 @@ evidence and instance-key signatures authenticate them.
 import asyncio
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,6 +87,20 @@ class CasSelf:
     platform_public_key: bytes | None
     #: whether the database holds the master key encrypted to an owners' recovery key
     recovery_key: bool = True
+
+
+#: request key of extra log fields a handler adds (session, config id, volume)
+LOG_FIELDS = "veil.log"
+#: routes a load balancer or Prometheus polls: logged at debug level when they succeed
+_PROBES = {"/healthz", "/readyz", "/metrics"}
+_ERROR_CHARS = 300
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is a plain token, else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class _Fail(Exception):
@@ -172,28 +188,76 @@ class CasApp:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        request_id = _request_id(request)
+        request[LOG_FIELDS] = {}
+        error: str | None = None
         try:
             self._admit(request)
             response = await handler(request)
         except _Fail as fail:
             response = self._json(fail.body, fail.status)
+            error = str(fail.body.get("error", ""))
         except PolicyError as exc:
             response = self._json(
                 {"error": "the session is not valid", "problems": [str(p) for p in exc.problems]}, 422
             )
+            error = f"the session is not valid ({len(exc.problems)} problems)"  # problems may quote values
         except VeilError as exc:
             response = self._json({"error": str(exc)}, _status_of(exc))
+            error = str(exc)
         except web.HTTPException as exc:
             response = self._json({"error": exc.reason}, exc.status)
+            error = exc.reason
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.path)
+            log.exception(
+                "internal error on %s %s",
+                request.method,
+                request.path,
+                extra={"fields": {"request_id": request_id}},
+            )
             response = self._json({"error": "internal error (see the CAS log)"}, 500)
+            error = "internal error"
         if self.cas.sim_mode:
             response.headers["Veil-Sim"] = "true"
+        response.headers["X-Request-Id"] = request_id
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        self.metrics.requests.labels(name, str(response.status)).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(name, str(response.status)).observe(elapsed)
+        self._log_request(request, request_id, name, response.status, elapsed, error)
         return response
+
+    def _log_request(
+        self,
+        request: web.Request,
+        request_id: str,
+        route: str,
+        status: int,
+        elapsed: float,
+        error: str | None,
+    ) -> None:
+        """One line per request (docs/operations.md, "Logs"): never a body, never a secret."""
+        quiet = route in _PROBES and status < 400
+        level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        principal = request.get("principal")
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": request.method,
+            "route": route,
+            "path": request.path,
+            "status": status,
+            "result": "ok" if status < 400 else "refused" if status in (401, 403) else "error",
+            "duration_ms": round(elapsed * 1000, 2),
+            "remote": request.remote or "",
+        }
+        if principal is not None:
+            fields["owner"] = principal.owner
+        fields.update(request[LOG_FIELDS])
+        if error:
+            fields["error"] = error[:_ERROR_CHARS]
+        log.log(level, "request", extra={"fields": fields})
 
     def _json(self, body: dict[str, Any], status: int = 200) -> web.Response:
         return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json")
@@ -366,11 +430,13 @@ class CasApp:
         config_id = request.query.get("config_id")
         if not config_id:
             raise _Fail(400, {"error": "query parameter config_id=SESSION/SERVICE is required"})
+        request[LOG_FIELDS]["config_id"] = config_id
         launch = self.cas.launch_descriptor(config_id)
         return self._json({"config_id": config_id, **launch.to_json(), "sim": self.cas.sim_mode})
 
     async def attest(self, request: web.Request) -> web.Response:
         attestation = AttestationRequest.from_json(await self._body(request))
+        request[LOG_FIELDS]["config_id"] = attestation.config_id
         try:
             grant = self.cas.attest(attestation)
         except AttestationRefused as exc:
@@ -385,7 +451,9 @@ class CasApp:
         return self._json({"master_key": b64(sealed)})
 
     async def volume_tag(self, request: web.Request) -> web.Response:
-        self.cas.push_volume_tag(VolumeTagUpdate.from_json(await self._body(request)))
+        update = VolumeTagUpdate.from_json(await self._body(request))
+        request[LOG_FIELDS].update(config_id=update.config_id, volume=update.volume)
+        self.cas.push_volume_tag(update)
         return web.Response(status=204)
 
     # -- owners --------------------------------------------------------------------------
@@ -430,6 +498,7 @@ class CasApp:
         text = self._text(await self._body(request), "text")
         await self._parsed(text)
         record = self.cas.create_session(text, owner)
+        request[LOG_FIELDS]["session"] = record.name
         return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)}, 201)
 
     async def session_update(self, request: web.Request) -> web.Response:
@@ -441,6 +510,7 @@ class CasApp:
         text = self._text(body, "text")
         await self._parsed(text)
         record = self.cas.update_session(text, owner, approvals=[Approval.from_json(a) for a in approvals])
+        request[LOG_FIELDS]["session"] = record.name
         return self._json({**self._session_info(record), "warnings": self.cas.sharing_warnings(record)})
 
     async def session_versions(self, request: web.Request) -> web.Response:
