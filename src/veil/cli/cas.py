@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,7 +14,7 @@ import click
 from veil.cas import Cas
 from veil.cas.custody import Custody, PlatformSealer, obtain_master_key
 from veil.cas.errors import MasterKeyError
-from veil.cas.identity import CasIdentity
+from veil.cas.identity import SERVER_VALIDITY, CasIdentity
 from veil.cas.postgres import PostgresStore
 from veil.cas.principals import ROLES, Role
 from veil.cas.replicas import check_identity
@@ -42,6 +43,7 @@ from veil.las.client import LasClient
 from veil.logs import FORMATS, LEVELS
 from veil.logs import configure as configure_logs
 from veil.runtime.evidence_sources import MODES, evidence_source, resolve_mode
+from veil.sdnotify import notify
 from veil.tee.measure import measure_veil
 
 log = logging.getLogger("veil.cas")
@@ -211,6 +213,7 @@ def serve_command(
     def ready(url: str) -> None:
         log.info(f"CAS listening on {url}", extra={"fields": {"url": url, "workers": workers}})
         sys.stderr.flush()
+        notify("READY=1")
 
     try:
         join = (
@@ -250,7 +253,11 @@ def serve_command(
         _bootstrap_principals(service, data, admins, auditors)
     finally:
         store.close()  # each serving process opens its own connection (after the fork)
-    me = CasSelf(identity, measurement, evidence, platform_public, recoverable)
+    expiry = {
+        "ca": identity.ca.certificate.not_valid_after_utc.timestamp(),
+        "server": time.time() + SERVER_VALIDITY.total_seconds(),  # issued at start (server_context)
+    }
+    me = CasSelf(identity, measurement, evidence, platform_public, recoverable, expiry)
 
     def build() -> CasApp:
         return CasApp(Cas(open_store(), master, sim_mode=sim), me, open_enrolment)

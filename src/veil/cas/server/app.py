@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from typing import Any
@@ -25,7 +25,15 @@ from aiohttp import web
 from cryptography import x509
 
 from veil import __version__
-from veil.cas.errors import AccessDenied, Conflict, NotFound, PredecessorMismatch, VolumeTagRefused
+from veil.cas.audit import AuditChainBroken
+from veil.cas.errors import (
+    AccessDenied,
+    Conflict,
+    NotFound,
+    PredecessorMismatch,
+    StorageCorrupted,
+    VolumeTagRefused,
+)
 from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_from_csr, owner_id
 from veil.cas.principals import Principal, PrincipalRefused, Role, check_owner_id
 from veil.cas.replicas import JoinRequest, grant_join
@@ -87,6 +95,8 @@ class CasSelf:
     platform_public_key: bytes | None
     #: whether the database holds the master key encrypted to an owners' recovery key
     recovery_key: bool = True
+    #: when the certificates it presents expire (POSIX time), by name ("ca", "server")
+    expiry: dict[str, float] = field(default_factory=dict)
 
 
 #: request key of extra log fields a handler adds (session, config id, volume)
@@ -135,7 +145,7 @@ class CasApp:
         self.me = me
         #: anyone may enrol an owner key and becomes an owner (development only)
         self.open_enrolment = open_enrolment
-        self.metrics = CasMetrics(lambda: len(cas.records.keys("session")), cas.sim_mode)
+        self.metrics = CasMetrics(lambda: len(cas.records.keys("session")), cas.sim_mode, me.expiry)
         self._owners: dict[bytes, str] = {}
         self._openapi = json.dumps(openapi_document()).encode()
         self._access: dict[tuple[str, str], Access] = {}
@@ -205,6 +215,8 @@ class CasApp:
         except VeilError as exc:
             response = self._json({"error": str(exc)}, _status_of(exc))
             error = str(exc)
+            if isinstance(exc, AuditChainBroken | StorageCorrupted):
+                self.metrics.integrity_errors.labels(type(exc).__name__).inc()
         except web.HTTPException as exc:
             response = self._json({"error": exc.reason}, exc.status)
             error = exc.reason
@@ -447,7 +459,12 @@ class CasApp:
 
     async def replica_join(self, request: web.Request) -> web.Response:
         join = JoinRequest.from_json(await self._body(request))
-        sealed = grant_join(self.cas, self.me.measurement, self.me.platform_public_key, join)
+        try:
+            sealed = grant_join(self.cas, self.me.measurement, self.me.platform_public_key, join)
+        except VeilError:
+            self.metrics.replica_joins.labels("refuse").inc()
+            raise
+        self.metrics.replica_joins.labels("grant").inc()
         return self._json({"master_key": b64(sealed)})
 
     async def volume_tag(self, request: web.Request) -> web.Response:

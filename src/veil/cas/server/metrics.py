@@ -25,24 +25,53 @@ def use_multiprocess_metrics(directory: str) -> None:
 
 
 class _State(Collector):
-    """Gauges read when scraped: the number of sessions and whether sim evidence counts."""
+    """Gauges read when scraped: the number of sessions, whether sim evidence counts,
+    whether the store answers, and when the CAS's certificates expire."""
 
-    def __init__(self, sessions: Callable[[], int], sim: bool) -> None:
+    def __init__(self, sessions: Callable[[], int], sim: bool, expiry: dict[str, float]) -> None:
         self._sessions = sessions
         self._sim = sim
+        self._expiry = expiry
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("veil_sessions", "Sessions stored", value=float(self._sessions()))
+        try:
+            sessions, up = float(self._sessions()), 1.0
+        except Exception:  # the store is down, whatever the driver raises
+            sessions, up = float("nan"), 0.0
+        yield GaugeMetricFamily("veil_store_up", "1 when the record store answers", value=up)
+        yield GaugeMetricFamily("veil_sessions", "Sessions stored", value=sessions)
         yield GaugeMetricFamily(
             "veil_sim_mode", "1 when this CAS accepts sim evidence", value=1.0 if self._sim else 0.0
         )
+        expiry = GaugeMetricFamily(
+            "veil_certificate_expiry_timestamp_seconds",
+            "When a certificate the CAS presents expires (ca: its identity; server: its TLS certificate)",
+            labels=["certificate"],
+        )
+        for name, when in sorted(self._expiry.items()):
+            expiry.add_metric([name], when)
+        yield expiry
 
 
 class CasMetrics:
-    def __init__(self, sessions: Callable[[], int], sim: bool) -> None:
+    def __init__(
+        self, sessions: Callable[[], int], sim: bool, expiry: dict[str, float] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.attestations = Counter(
             "veil_attestations", "Attestation decisions", ["result"], registry=self.registry
+        )
+        self.replica_joins = Counter(
+            "veil_replica_joins",
+            "Requests of new replicas for the master key",
+            ["result"],
+            registry=self.registry,
+        )
+        self.integrity_errors = Counter(
+            "veil_integrity_errors",
+            "Stored data that failed its checks (audit chain, sealed records)",
+            ["kind"],
+            registry=self.registry,
         )
         self.requests = Histogram(
             "veil_request_seconds",
@@ -51,7 +80,7 @@ class CasMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self._state = _State(sessions, sim)
+        self._state = _State(sessions, sim, expiry or {})
         self._shared = os.environ.get(_MULTIPROC_ENV)
         if not self._shared:
             self.registry.register(self._state)
