@@ -58,10 +58,15 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def new_database(server: str) -> str:
+    """The URL of a new, empty database on ``server``."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"
+
+
 @pytest.fixture
 def postgres_url(postgres_server: str) -> str:
     """A fresh, empty database on the test server."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{postgres_server}/{name}"
+    return new_database(postgres_server)

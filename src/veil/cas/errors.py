@@ -11,6 +11,10 @@ class StorageCorrupted(CasError):
     """A stored record failed authentication: the database was modified outside the CAS."""
 
 
+class StoreTooNew(CasError):
+    """The database or data directory was written by a newer veil than this one."""
+
+
 class Conflict(CasError):
     """A concurrent change won; re-read and retry."""
 

@@ -12,7 +12,18 @@ from contextlib import contextmanager
 import psycopg
 
 from veil.cas.errors import CasError, Conflict
-from veil.cas.storage import LogEntry, ReentrantTransactions, StoredRecord, log_entries, stored_record
+from veil.cas.storage import (
+    SCHEMA_VERSION,
+    LogEntry,
+    ReentrantTransactions,
+    Snapshot,
+    StoredRecord,
+    StoreNotEmpty,
+    check_schema,
+    log_entries,
+    snapshot_rows,
+    stored_record,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS veil_records (
@@ -27,7 +38,12 @@ CREATE TABLE IF NOT EXISTS veil_audit_log (
     body BYTEA NOT NULL,
     chain BYTEA NOT NULL
 );
+CREATE TABLE IF NOT EXISTS veil_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+_ANY_ROW = "SELECT 1 FROM veil_records UNION ALL SELECT 1 FROM veil_audit_log LIMIT 1"
 #: the advisory lock every write transaction of every replica takes
 _WRITE_LOCK = 0x7665696C  # "veil"
 
@@ -37,15 +53,71 @@ class StoreUnavailable(CasError):
 
 
 class PostgresStore(ReentrantTransactions):
+    upgraded_from: int
+
     def __init__(self, url: str) -> None:
         super().__init__()
         try:
             self._db = psycopg.connect(url, autocommit=True)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
-            self._db.execute(_SCHEMA)
+        self._where = "the PostgreSQL database " + (self._db.info.dbname or "")
+        try:
+            with self._db.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                self._db.execute(_SCHEMA)
+                self.upgraded_from = self._upgrade()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _upgrade(self) -> int:
+        """As SqliteStore._upgrade: no version row is version 1; returns the version found."""
+        row = self._db.execute("SELECT value FROM veil_meta WHERE name = 'schema_version'").fetchone()
+        found = int(row[0]) if row else 1 if self._holds_data() else SCHEMA_VERSION
+        check_schema(found, self._where)
+        if row is None or found < SCHEMA_VERSION:
+            self._db.execute(
+                "INSERT INTO veil_meta (name, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (str(SCHEMA_VERSION),),
+            )
+        return found
+
+    def _holds_data(self) -> bool:
+        return bool(self._db.execute(_ANY_ROW).fetchone())
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM veil_meta WHERE name = 'schema_version'").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def snapshot(self) -> Snapshot:
+        """A consistent copy while replicas write (one REPEATABLE READ transaction)."""
+        with self._lock, self._db.transaction():
+            self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            records = self._db.execute(
+                "SELECT kind, key, version, blob FROM veil_records ORDER BY kind, key"
+            ).fetchall()
+            log = self._db.execute("SELECT seq, body, chain FROM veil_audit_log ORDER BY seq").fetchall()
+            version = self._db.execute("SELECT value FROM veil_meta WHERE name = 'schema_version'").fetchone()
+        assert version is not None
+        return snapshot_rows(records, log, int(version[0]))
+
+    def load(self, snapshot: Snapshot) -> None:
+        with self.transaction():
+            if self._holds_data():
+                raise StoreNotEmpty(f"{self._where} is not empty: a backup is restored into a new database")
+            with self._db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO veil_records (kind, key, version, blob) VALUES (%s, %s, %s, %s)",
+                    [(r.kind, r.key, r.version, r.blob) for r in snapshot.records],
+                )
+                cursor.executemany(
+                    "INSERT INTO veil_audit_log (seq, body, chain) VALUES (%s, %s, %s)",
+                    [(e.seq, e.body, e.chain) for e in snapshot.log],
+                )
 
     @contextmanager
     def _outermost(self) -> Iterator[None]:

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from veil.cas.errors import Conflict, StorageCorrupted
+from veil.cas.errors import CasError, Conflict, StorageCorrupted, StoreTooNew
+
+#: the layout of the tables (docs/cas-storage.md, "Schema versions"): 1 had no version
+#: row; 2 adds one (``meta``/``veil_meta``)
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,33 @@ class LogEntry:
     chain: bytes
 
 
+@dataclass(frozen=True)
+class StoredRow:
+    """One record as stored (sealed blob), for backups."""
+
+    kind: str
+    key: str
+    version: int
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every record and audit entry of a store at one instant (a backup's content)."""
+
+    schema: int
+    records: list[StoredRow]
+    log: list[LogEntry]
+
+
+class StoreNotEmpty(CasError):
+    """A backup is restored only into an empty store."""
+
+
 class RecordStore(Protocol):
+    #: the schema version found when opened (SCHEMA_VERSION for a new store)
+    upgraded_from: int
+
     def transaction(self) -> AbstractContextManager[None]: ...
 
     def get(self, kind: str, key: str) -> StoredRecord | None: ...
@@ -43,6 +73,10 @@ class RecordStore(Protocol):
     def append_log(self, body: bytes, chain: bytes) -> int: ...
 
     def read_log(self, after_seq: int = 0) -> list[LogEntry]: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def load(self, snapshot: Snapshot) -> None: ...
 
     def close(self) -> None: ...
 
@@ -67,6 +101,26 @@ def log_entries(rows: Iterable[Any]) -> list[LogEntry]:
         )
         for r in rows
     ]
+
+
+def check_schema(found: int, where: str) -> None:
+    """Refuse a store of a newer schema than this veil reads."""
+    if found > SCHEMA_VERSION:
+        raise StoreTooNew(
+            f"{where} has schema version {found}, written by a newer veil; this one reads up to "
+            f"{SCHEMA_VERSION}: run the newer veil, or restore a backup taken before the upgrade"
+        )
+
+
+def snapshot_rows(records: Iterable[Any], log: Iterable[Any], schema: int) -> Snapshot:
+    return Snapshot(
+        schema,
+        [
+            StoredRow(str(r[0]), str(r[1]), int(r[2]), checked_blob(r[3], f"record {r[0]}/{r[1]}"))
+            for r in records
+        ],
+        log_entries(log),
+    )
 
 
 class ReentrantTransactions:
@@ -111,11 +165,21 @@ CREATE TABLE IF NOT EXISTS audit_log (
     body BLOB NOT NULL,
     chain BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+
+_ANY_ROW = "SELECT 1 FROM records UNION ALL SELECT 1 FROM audit_log LIMIT 1"
 
 
 class SqliteStore(ReentrantTransactions):
     """One SQLite file in WAL mode; a transaction is ``BEGIN IMMEDIATE`` (one writer)."""
+
+    #: the schema version the file had when opened (SCHEMA_VERSION when it was new)
+    upgraded_from: int
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -123,7 +187,66 @@ class SqliteStore(ReentrantTransactions):
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._path = path
+        try:
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._upgrade()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _upgrade(self) -> None:
+        """Bring the tables to SCHEMA_VERSION in the open transaction. A store without a
+        version row is version 1 (version 1 had no ``meta`` table): creating that table
+        was its migration."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        found = int(row[0]) if row else 1 if self._holds_data() else SCHEMA_VERSION
+        check_schema(found, str(self._path))
+        if row is None or found < SCHEMA_VERSION:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        self.upgraded_from = found
+
+    def _holds_data(self) -> bool:
+        return bool(self._db.execute(_ANY_ROW).fetchone())
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        return int(row[0])
+
+    def snapshot(self) -> Snapshot:
+        """A consistent copy while other processes write (WAL: a read transaction sees one
+        instant)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                records = self._db.execute(
+                    "SELECT kind, key, version, blob FROM records ORDER BY kind, key"
+                ).fetchall()
+                log = self._db.execute("SELECT seq, body, chain FROM audit_log ORDER BY seq").fetchall()
+                version = self._db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            finally:
+                self._db.execute("COMMIT")
+        return snapshot_rows(records, log, int(version[0]))
+
+    def load(self, snapshot: Snapshot) -> None:
+        with self.transaction():
+            if self._holds_data():
+                raise StoreNotEmpty(f"{self._path} is not empty: a backup is restored into a new store")
+            self._db.executemany(
+                "INSERT INTO records (kind, key, version, blob) VALUES (?, ?, ?, ?)",
+                [(r.kind, r.key, r.version, r.blob) for r in snapshot.records],
+            )
+            self._db.executemany(
+                "INSERT INTO audit_log (seq, body, chain) VALUES (?, ?, ?)",
+                [(e.seq, e.body, e.chain) for e in snapshot.log],
+            )
 
     @contextmanager
     def _outermost(self) -> Iterator[None]:

@@ -7,12 +7,15 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from veil.cas import Cas
+from veil.cas.backup import create_backup, open_backup
 from veil.cas.custody import Custody, PlatformSealer, obtain_master_key
+from veil.cas.datadir import check_data_dir, mark_data_dir
 from veil.cas.errors import MasterKeyError
 from veil.cas.identity import SERVER_VALIDITY, CasIdentity
 from veil.cas.postgres import PostgresStore
@@ -22,7 +25,7 @@ from veil.cas.replicas import join as join_replica
 from veil.cas.server import CasApp, CasSelf, serve
 from veil.cas.server.app import NO_RECOVERY_KEY
 from veil.cas.server.recovery import RecoveryApp, wait_for_recovery
-from veil.cas.storage import RecordStore, SqliteStore
+from veil.cas.storage import SCHEMA_VERSION, RecordStore, SqliteStore
 from veil.cli.options import (
     HOST_PORT,
     cas_measurement_option,
@@ -31,11 +34,23 @@ from veil.cli.options import (
     owner_client,
 )
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
-from veil.cli.settings import ConfigFileError, check_file, configurable, setting_options, sources
+from veil.cli.settings import (
+    ConfigFileError,
+    check_file,
+    configurable,
+    read_settings,
+    setting_options,
+    sources,
+)
 from veil.client.config import ClientConfig, normalize_url
 from veil.client.http import OwnerClient, enrol
 from veil.client.pinning import attest_cas
-from veil.client.recovery import generate_recovery_key, load_recovery_public_key, restore
+from veil.client.recovery import (
+    generate_recovery_key,
+    load_recovery_private_key,
+    load_recovery_public_key,
+    restore,
+)
 from veil.crypto import PlatformSigningKey
 from veil.crypto.encoding import sha256_hex
 from veil.crypto.files import replace_private_file
@@ -198,6 +213,7 @@ def serve_command(
         log.warning("open enrolment: anyone who reaches this CAS may enrol as an owner (development only)")
     recovery_public = load_recovery_public_key(recovery_key) if recovery_key is not None else None
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_data_dir(data)
     platform_key = PlatformSigningKey.load_or_create(data / "platform.key")
     evidence = evidence_source(mode, platform_key)
     measurement = measure_veil()
@@ -234,7 +250,13 @@ def serve_command(
             if master is None:
                 return
         service = Cas(store, master, sim_mode=sim)
+        if store.upgraded_from < SCHEMA_VERSION:
+            service.audit.append(
+                "store.migrated", sim, schema_from=store.upgraded_from, schema_to=SCHEMA_VERSION
+            )
+            log.info(f"upgraded the store from schema version {store.upgraded_from} to {SCHEMA_VERSION}")
         identity = CasIdentity.load_or_store(service.records, data)
+        mark_data_dir(data)
         if obtained.attested_identity is not None:
             check_identity(obtained.attested_identity, identity.digest)
         events = {"joined": "replica.joined", "recovery": "recovery.restore"}
@@ -352,6 +374,153 @@ def _bootstrap_principals(
         log.warning(
             "no administrator yet, and the bootstrap token was written on another node: restart with --admin"
         )
+
+
+def _store_location(config: Path | None, data: Path | None, db: str | None) -> tuple[Path, str | None]:
+    """The data directory and database of `veil cas serve`: flags, else VEIL_CAS_DATA and
+    VEIL_CAS_DB, else the configuration file the server reads."""
+    data = data or (Path(os.environ["VEIL_CAS_DATA"]) if os.environ.get("VEIL_CAS_DATA") else None)
+    db = db or os.environ.get("VEIL_CAS_DB") or None
+    if config is not None:
+        values, problems = read_settings(config, serve_command)
+        if problems:
+            raise ConfigFileError(problems)
+        data = data or (Path(values["data"]) if values.get("data") else None)
+        db = db or values.get("db")
+    if data is None:
+        raise click.UsageError("name the CAS's data directory: --data DIR or --config FILE")
+    return data, db
+
+
+_STORE_OPTIONS = [
+    click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        envvar="VEIL_CAS_CONFIG",
+        help="The `veil cas serve` configuration file: its data and db say where the store is.",
+    ),
+    click.option(
+        "--data",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The CAS's data directory [default: $VEIL_CAS_DATA, or from --config].",
+    ),
+    click.option(
+        "--db",
+        default=None,
+        help="postgresql://... when the records are in PostgreSQL [default: $VEIL_CAS_DB].",
+    ),
+]
+
+
+def _store_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_STORE_OPTIONS):
+        command = option(command)
+    return command
+
+
+@cas.command("backup")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The backup file (0600).",
+)
+@_store_options
+@click.option(
+    "--recovery-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Encrypt to this recovery public key [default: the one the CAS holds].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what the backup holds as JSON.")
+def backup_command(
+    out: Path,
+    config: Path | None,
+    data: Path | None,
+    db: str | None,
+    recovery_key: Path | None,
+    as_json: bool,
+) -> None:
+    """Write a consistent copy of the CAS's records and audit log to OUT, encrypted to the
+    owners' recovery key; the CAS may keep serving meanwhile.
+
+    Run it on a CAS node (it reads the store directly: the SQLite file in the data
+    directory, or PostgreSQL). The records stay sealed with the master key, and the
+    recovery key opens both the file and the master key: keep the recovery private key
+    offline and the backup anywhere. Restore with `veil cas restore`.
+    """
+    data, db = _store_location(config, data, db)
+    if out.exists():
+        raise click.UsageError(f"{out} exists; choose another name (a backup never overwrites one)")
+    check_data_dir(data)
+    public = load_recovery_public_key(recovery_key) if recovery_key is not None else None
+    store = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
+    try:
+        blob, summary = create_backup(store, public)
+    finally:
+        store.close()
+    replace_private_file(out, blob)
+    if as_json:
+        emit_json({"file": str(out), "bytes": len(blob), **summary.to_json()})
+        return
+    click.echo(
+        f"wrote {out} ({len(blob)} bytes): {summary.records} records, {summary.audit_entries} audit "
+        f"entries (chain verified), master key {summary.master_id[:16]}…, encrypted to recovery key "
+        f"{summary.recovery_key[:16]}…"
+    )
+
+
+@cas.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The recovery private key the backup is encrypted to.",
+)
+@_store_options
+@click.option("--json", "as_json", is_flag=True, help="Print what was restored as JSON.")
+def restore_command(
+    file: Path, key_file: Path, config: Path | None, data: Path | None, db: str | None, as_json: bool
+) -> None:
+    """Restore a backup of `veil cas backup` into a new, empty store: a data directory
+    without cas.db, or an empty PostgreSQL database.
+
+    The restored CAS keeps its identity (clients' pins hold), its sessions, secrets and
+    volume tags as of the backup, and its audit chain. A node that cannot unseal the
+    master key (a new node) starts in recovery mode: then run
+    `veil cas recovery restore URL --key FILE`, which checks the CAS's evidence before
+    handing it the key. Restoring an older backup rolls the CAS back: see
+    docs/operations.md, "Backups", for what that means for volumes.
+    """
+    data, db = _store_location(config, data, db)
+    snapshot, summary = open_backup(file.read_bytes(), load_recovery_private_key(key_file))
+    if db is None and (data / "cas.db").exists():
+        raise click.ClickException(f"{data / 'cas.db'} exists: restore into a new data directory")
+    check_data_dir(data)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = SqliteStore(data / "cas.db") if db is None else PostgresStore(db)
+    try:
+        store.load(snapshot)
+    finally:
+        store.close()
+    mark_data_dir(data)
+    if not (data / "master.sealed").exists():
+        note(
+            "this node holds no sealed master key: `veil cas serve` will wait in recovery mode for "
+            "`veil cas recovery restore URL --key FILE`"
+        )
+    if as_json:
+        emit_json({"file": str(file), **summary.to_json()})
+        return
+    click.echo(
+        f"restored {summary.records} records and {summary.audit_entries} audit entries (chain verified) "
+        f"from a backup of {summary.created}; master key {summary.master_id[:16]}…"
+    )
 
 
 @cas.group("recovery")

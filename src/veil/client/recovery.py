@@ -66,7 +66,7 @@ def load_recovery_public_key(path: Path) -> bytes:
     return raw_public(key)
 
 
-def _load_private(path: Path) -> X25519PrivateKey:
+def load_recovery_private_key(path: Path) -> X25519PrivateKey:
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -78,7 +78,7 @@ def _load_private(path: Path) -> X25519PrivateKey:
 
 def restore(url: str, key_file: Path, tolerate: Collection[str], expected_measurement: str | None) -> str:
     """Restore the master key to the CAS at ``url``; returns the master key id."""
-    private = _load_private(key_file)
+    private = load_recovery_private_key(key_file)
     nonce = os.urandom(NONCE_LEN)
     connection = CasConnection(url, None)  # trust comes from the evidence, not from TLS
     try:

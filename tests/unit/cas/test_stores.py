@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import session_yaml
+from tests.postgres import new_database
 from veil.cas import Cas, Conflict
 from veil.cas.postgres import PostgresStore, StoreUnavailable
 from veil.cas.sealing import load_or_create_master_key
-from veil.cas.storage import RecordStore, SqliteStore
+from veil.cas.storage import SCHEMA_VERSION, RecordStore, SqliteStore, StoreNotEmpty
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -55,6 +56,38 @@ def test_a_failed_transaction_leaves_nothing(store: RecordStore) -> None:
 def test_the_log_is_contiguous(store: RecordStore) -> None:
     assert [store.append_log(b"%d" % i, b"c") for i in range(3)] == [1, 2, 3]
     assert [e.body for e in store.read_log(1)] == [b"1", b"2"]
+
+
+def test_a_snapshot_loads_into_an_empty_store_only(
+    store: RecordStore, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    assert store.upgraded_from == SCHEMA_VERSION, "a new store is of the current schema"
+    store.put("k", "a", b"1", None)
+    store.put("k", "a", b"2", 1)
+    store.put("j", "b", b"\x00\xff", None)
+    store.append_log(b"first", b"c1")
+    store.append_log(b"second", b"c2")
+    snapshot = store.snapshot()
+    assert snapshot.schema == SCHEMA_VERSION
+    assert [(r.kind, r.key, r.version, r.blob) for r in snapshot.records] == [
+        ("j", "b", 1, b"\x00\xff"),
+        ("k", "a", 2, b"2"),
+    ]
+    other: RecordStore = (
+        SqliteStore(tmp_path / "other.db")
+        if isinstance(store, SqliteStore)
+        else PostgresStore(new_database(request.getfixturevalue("postgres_server")))
+    )
+    try:
+        other.load(snapshot)
+        assert other.snapshot() == snapshot
+        found = other.get("k", "a")
+        assert found is not None and found.version == 2, "versions kept: compare-and-swap goes on"
+        assert other.append_log(b"third", b"c3") == 3
+        with pytest.raises(StoreNotEmpty, match="is not empty"):
+            other.load(snapshot)
+    finally:
+        other.close()
 
 
 def test_a_cas_runs_on_postgres(postgres_url: str, tmp_path: Path) -> None:
