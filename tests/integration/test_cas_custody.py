@@ -75,6 +75,7 @@ def test_the_master_key_is_sealed_to_the_node_and_a_copied_database_opens_nothin
     PlatformSigningKey.load_or_create(thief / "platform.key")
     stderr = _fails_to_start(thief)
     assert "does not open on this node" in stderr
+    assert "--join URL" in stderr and "veil cas recovery restore" in stderr
 
     # without the sealed key and without a recovery key: a clear refusal, nothing changed
     (thief / "master.sealed").unlink()

@@ -79,7 +79,10 @@ class PlatformSealer:
             return AeadKey(open_sealed(self._key, blob, _SEALED_DOMAIN + master_id.encode()))
         except DecryptionFailed:
             raise MasterKeyError(
-                "the sealed master key does not open on this node, or seals another database's key"
+                "the sealed master key (master.sealed) does not open on this node, or seals another "
+                "database's key (a data directory copied from another node, or another --db): move "
+                "master.sealed aside and start with --join URL of a running replica, or without it "
+                "the node starts in recovery mode for `veil cas recovery restore URL --key FILE`"
             ) from None
 
 

@@ -1,5 +1,6 @@
-"""`veil cas serve|attest|platform|recovery`: run a network CAS, pin one, register node
-platforms, restore a lost master key."""
+"""`veil cas serve|config|backup|restore|attest|platform|recovery`: run a network CAS, check
+its configuration, back it up and restore it, pin one, register node platforms, restore a
+lost master key."""
 
 import json
 import logging
@@ -66,7 +67,7 @@ log = logging.getLogger("veil.cas")
 
 @click.group()
 def cas() -> None:
-    """The network CAS: serve it, verify and pin it, register node platforms, recover it."""
+    """The network CAS: serve, configure and pin it, register node platforms, back it up, recover it."""
 
 
 @configurable("VEIL_CAS_")
@@ -144,7 +145,7 @@ def cas() -> None:
     type=click.Choice(LEVELS),
     default="info",
     show_default=True,
-    help="Least severe line logged.",
+    help="The least severe line logged (debug adds the health and metrics probes).",
 )
 def serve_command(
     listen: tuple[str, int],

@@ -19,7 +19,7 @@ _COMMANDS = {
     "audit": ("veil.cli.audit", "Read and verify the CAS audit log."),
     "cas": (
         "veil.cli.cas",
-        "The network CAS: serve it, verify and pin it, register node platforms, recover it.",
+        "The network CAS: serve, configure and pin it, register node platforms, back it up, recover it.",
     ),
     "evidence": ("veil.cli.evidence", "Verify attestation evidence from real hardware."),
     "image": ("veil.cli.image", "Confidential container images (docs/image.md)."),
