@@ -5,6 +5,7 @@ way a restore must refuse (docs/cas-storage.md, "Backups")."""
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,9 @@ def _recover(cas: CasServer, owner: Owner, key: Path) -> None:
 
 
 @pytest.fixture
-def serving(tmp_path: Path) -> tuple[CasServer, Owner, Path, str]:
-    """A CAS with a recovery key, an owner, a registered node and one session."""
+def serving(tmp_path: Path) -> Iterator[tuple[CasServer, Owner, Path, str]]:
+    """A CAS with a recovery key, an owner, a registered node and one session; stopped
+    (and its log scanned for secrets) at the end."""
     keygen = veil("cas", "recovery", "keygen", "-o", str(tmp_path / "recovery.key"))
     assert keygen.returncode == 0, keygen.stderr
     cas = start_cas(tmp_path)
@@ -59,7 +61,10 @@ def serving(tmp_path: Path) -> tuple[CasServer, Owner, Path, str]:
     node = register_platform(tmp_path, cas)
     platform = PlatformSigningKey.load_or_create(node / "las" / "platform.key").key_id
     _create(alice, tmp_path, "kept/app", platform)
-    return cas, alice, node, platform
+    try:
+        yield cas, alice, node, platform
+    finally:
+        cas.stop()
 
 
 def test_a_backup_taken_during_updates_restores_into_a_new_node(

@@ -40,7 +40,6 @@ from veil.cas.errors import (
 from veil.cas.namespaces import check_namespace, may
 from veil.cas.nonces import NonceRegistry
 from veil.cas.principals import Principals
-from veil.cas.reference_values import mismatch
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
 from veil.cas.sharing import SessionRecord, imported_secret, pin_peers, sharing_warnings, volume_source
@@ -74,11 +73,6 @@ from veil.protocol import (
     split_config_id,
 )
 from veil.tee import EvidenceError, verify_sim_evidence
-from veil.tee.hardware_evidence import HardwareEvidence
-from veil.tee.intel import Collateral, Quote
-from veil.tee.intel.collateral_store import CollateralStore
-from veil.tee.intel.verify import pck_extensions
-from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
 
 _SESSION = "session"
 _VERSION = "session-version"
@@ -767,45 +761,22 @@ class Cas:
     def _decide_hardware(
         self, request: AttestationRequest, record: SessionRecord, service: Service
     ) -> _Decision:
-        platform = request.evidence.platform
-        if platform not in HARDWARE_PLATFORMS:
-            return _Decision(None, f"unknown platform '{platform}'", {})
-        security = record.session.security
-        try:
-            evidence = HardwareEvidence.from_evidence(request.evidence)
-            verdict = verify_hardware_evidence(
-                platform,
-                evidence.primary,
-                endorsement_key=evidence.endorsement_key,
-                collateral=self._collateral_for(platform, evidence.primary),
-                at=self._clock(),
-                event_log=evidence.event_log,
-            )
-        except (EvidenceError, VeilError) as exc:
-            return _Decision(None, f"{platform} evidence does not verify: {exc}", {})
-        facts: dict[str, object] = {
-            "session_hash": record.hash,
-            "measurement": verdict.measurement.hex(),
-            "workload": request.workload,
-            "tcb_status": verdict.status,
-        }
-        reason = refusal(
-            verdict, security.tolerate, check_smt=True, allowed_advisories=security.allowed_advisories
+        from veil.cas.hardware_check import check_hardware  # noqa: PLC0415 (its docstring says why)
+
+        checked = check_hardware(
+            request.evidence,
+            request.workload,
+            record.session.security,
+            lambda: self._attestation_entries(record, service),
+            service.name,
+            self.collateral_dir,
+            self._clock(),
         )
-        if reason:
-            return _Decision(None, reason, facts)
-        entries = self._attestation_entries(record, service)
-        mismatches = [mismatch(e, verdict, request.workload) for e in entries]
-        relevant = [m for e, m in zip(entries, mismatches, strict=True) if e.platform == platform]
-        if None not in mismatches:
-            detail = f": {relevant[0]}" if len(relevant) == 1 else ""
-            return _Decision(
-                None,
-                f"{platform} evidence matches no attestation entry of service '{service.name}'{detail}",
-                facts,
-            )
+        facts = {"session_hash": record.hash, **checked.facts} if checked.facts else {}
+        if checked.reason is not None:
+            return _Decision(None, checked.reason, facts)
         return self._bind_and_grant(
-            request, record, service, facts, verdict.report_data, request.workload, sim=False
+            request, record, service, facts, checked.report_data, request.workload, sim=False
         )
 
     def _attestation_entries(self, record: SessionRecord, service: Service) -> list[ConcreteAttestation]:
@@ -841,13 +812,6 @@ class Cas:
         if not constant_time_equal(expected, report_data):
             return "report_data does not bind this nonce, the runtime's keys and its measurement"
         return None
-
-    def _collateral_for(self, platform: str, primary: bytes) -> Collateral | None:
-        if platform == "sev-snp" or self.collateral_dir is None:
-            return None
-        quote = Quote.from_bytes(primary)
-        fmspc = pck_extensions(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
-        return CollateralStore(self.collateral_dir).find(platform, fmspc)
 
     def _bind_and_grant(
         self,

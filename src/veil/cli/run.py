@@ -6,10 +6,7 @@ from pathlib import Path
 import click
 
 from veil.cli.output import NETWORK_SIM_BANNER, note, sim_banner
-from veil.client.config import ClientConfig
-from veil.client.http import HttpCasClient
 from veil.crypto import PlatformSigningKey
-from veil.las.client import LasClient
 from veil.protocol import EvidenceSource
 from veil.runtime.evidence_sources import evidence_source, resolve_mode
 from veil.runtime.run import EmbeddedHome, run_from_cas, run_with_policy
@@ -104,6 +101,12 @@ def run(
         raise click.UsageError(
             "give --policy FILE --service NAME, or --config-id SESSION/SERVICE (network CAS)"
         )
+    # The network client (HTTP, TLS, pins) and the LAS client are imported here: `veil run
+    # --policy` uses neither (docs/benchmarks.md, "CLI start-up").
+    from veil.client.config import ClientConfig  # noqa: PLC0415
+    from veil.client.http import HttpCasClient  # noqa: PLC0415
+    from veil.las.client import LasClient  # noqa: PLC0415
+
     config = ClientConfig.load()
     url = config.resolve_url(cas_url)
     pinned_ca = os.environ.get("VEIL_CAS_CA")

@@ -79,6 +79,10 @@ def configurable(prefix: str) -> Callable[[click.Command], click.Command]:
             "flags and variables override it.",
         )
         command.params.insert(0, config)
+        # Contexts are made for this command outside the CLI tree (`veil cas config check`),
+        # and click caches a command's help option the first time it is built: give it the
+        # CLI's names here, or a help text rendered later would lose `-h`.
+        command.context_settings.setdefault("help_option_names", ["-h", "--help"])
         return command
 
     return decorate

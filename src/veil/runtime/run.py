@@ -5,12 +5,12 @@ Measure the program, attest, receive the bundle, mount volumes, start shields, s
 the program, push volume tags. Both paths use the same client interface.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from veil.client.http import HttpCasClient
 from veil.client.interface import CasClient
 from veil.crypto import PlatformSigningKey
 from veil.protocol import AttestationRefused, EvidenceSource, LaunchDescriptor
@@ -20,13 +20,13 @@ from veil.runtime.evidence_sources import evidence_source
 from veil.runtime.explain import remember_accepted, what_changed
 from veil.runtime.network import start_shields
 from veil.runtime.supervisor import LaunchSpec, supervise
-from veil.runtime.volumes import mount_volumes, unmount_volumes
 from veil.tee import measure_command
 from veil.tee.image_measure import ImageMeasurement, measure_image, resolve_after_mount
 from veil.tee.measure import Measurement, MeasurementError
 
 if TYPE_CHECKING:
     from veil.cas import Cas
+    from veil.client.http import HttpCasClient
     from veil.policy import Session
 
 # The embedded CAS and the session model are imported where they are used: a runtime
@@ -138,7 +138,7 @@ def run_with_policy(
 
 
 def run_from_cas(
-    client: HttpCasClient,
+    client: "HttpCasClient",
     config_id: str,
     evidence: EvidenceSource,
     extra_args: list[str],
@@ -179,7 +179,7 @@ def run_provisioned(
     program that lives in a volume is found once the volumes are mounted."""
     bundle = provisioned.bundle
     report(f"attested {bundle.session}/{bundle.service} ({measurement.value[:19]}…); starting program")
-    active = mount_volumes(client, provisioned, report)
+    unmount = _mount(client, provisioned, report)
     shields = None
     try:
         executable = measurement.executable
@@ -202,4 +202,15 @@ def run_provisioned(
     finally:
         if shields is not None:
             shields.stop()
-        unmount_volumes(client, provisioned, active, report)
+        unmount()
+
+
+def _mount(client: CasClient, provisioned: Provisioned, report: Callable[[str], None]) -> Callable[[], None]:
+    """Mount the bundle's volumes; the function returned unmounts them and pushes their tags.
+    The volume code is imported only for a bundle that has volumes (~10 ms of every run)."""
+    if not provisioned.bundle.volumes:
+        return lambda: None
+    from veil.runtime.volumes import mount_volumes, unmount_volumes  # noqa: PLC0415
+
+    active = mount_volumes(client, provisioned, report)
+    return functools.partial(unmount_volumes, client, provisioned, active, report)
