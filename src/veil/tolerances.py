@@ -1,7 +1,7 @@
 """The weaknesses a session (or a CLI flag) may tolerate: one list, light to import."""
 
-#: Tolerances a session may grant. Only ``sim`` has an effect before hardware verifiers land;
-#: the others are accepted so that sessions can be written for hardware now.
+#: Tolerances a session (or `veil evidence verify`, `veil cas attest`) may grant;
+#: docs/policy.md says what each accepts.
 TOLERANCES = (
     "sim",
     "debug-mode",
@@ -9,4 +9,5 @@ TOLERANCES = (
     "sw-hardening-needed",
     "configuration-needed",
     "smt",
+    "no-tcb-check",
 )

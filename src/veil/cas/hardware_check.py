@@ -17,12 +17,11 @@ from veil.crypto.certs import load_pem_chain
 from veil.errors import VeilError
 from veil.policy.model import ConcreteAttestation, Security
 from veil.protocol import Evidence
-from veil.tee import EvidenceError
 from veil.tee.hardware_evidence import HardwareEvidence
 from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import CollateralStore
 from veil.tee.intel.verify import pck_extensions
-from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
+from veil.tee.verdict import HARDWARE_PLATFORMS, appraise
 
 
 @dataclass(frozen=True)
@@ -50,26 +49,30 @@ def check_hardware(
         return HardwareCheck(f"unknown platform '{platform}'")
     try:
         parts = HardwareEvidence.from_evidence(evidence)
-        verdict = verify_hardware_evidence(
-            platform,
-            parts.primary,
-            endorsement_key=parts.endorsement_key,
-            collateral=_collateral_for(collateral_dir, platform, parts.primary),
-            at=at,
-            event_log=parts.event_log,
-        )
-    except (EvidenceError, VeilError) as exc:
+        collateral = _collateral_for(collateral_dir, platform, parts.primary)
+    except VeilError as exc:
         return HardwareCheck(f"{platform} evidence does not verify: {exc}")
+    appraisal = appraise(
+        platform,
+        parts.primary,
+        security.tolerate,
+        endorsement_key=parts.endorsement_key,
+        collateral=collateral,
+        at=at,
+        event_log=parts.event_log,
+        check_smt=True,
+        allowed_advisories=security.allowed_advisories,
+    )
+    verdict = appraisal.verdict
+    if verdict is None:
+        return HardwareCheck(f"{platform} evidence does not verify: {appraisal.reason}")
     facts: dict[str, object] = {
         "measurement": verdict.measurement.hex(),
         "workload": workload,
         "tcb_status": verdict.status,
     }
-    reason = refusal(
-        verdict, security.tolerate, check_smt=True, allowed_advisories=security.allowed_advisories
-    )
-    if reason:
-        return HardwareCheck(reason, facts)
+    if appraisal.reason is not None:
+        return HardwareCheck(appraisal.reason, facts)
     listed = list(entries())
     mismatches = [mismatch(e, verdict, workload) for e in listed]
     relevant = [m for e, m in zip(listed, mismatches, strict=True) if e.platform == platform]

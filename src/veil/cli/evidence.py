@@ -15,18 +15,29 @@ from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import find_collateral
 from veil.tee.intel.pck import PckExtensions
 from veil.tee.snp import SnpProduct
-from veil.tee.verdict import HARDWARE_PLATFORMS, HardwareVerdict, refusal, verify_hardware_evidence
+from veil.tee.verdict import HARDWARE_PLATFORMS, NO_TCB_CHECK, Appraisal, appraise
 
-CLI_TOLERANCES = ("debug-mode", "outdated-tcb", "sw-hardening-needed", "configuration-needed")
+CLI_TOLERANCES = ("debug-mode", "outdated-tcb", "sw-hardening-needed", "configuration-needed", NO_TCB_CHECK)
 
 
 def read_binary(path: Path) -> bytes:
-    """Evidence as raw bytes, or as hex text (as some tools save reports)."""
+    """Evidence as raw bytes, or as hex text as some tools save it: an optional ``0x``,
+    digits in either case, line breaks and spaces anywhere. Bytes that are not ASCII make
+    it binary."""
     data = path.read_bytes()
-    text = data.strip()
-    if text and len(text) % 2 == 0 and re.fullmatch(rb"[0-9a-fA-F]+", text):
-        return binascii.unhexlify(text)
-    return data
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return data
+    compact = re.sub(r"\s+", "", text)
+    compact = compact[2:] if compact[:2].lower() == "0x" else compact
+    if not compact or not re.fullmatch(r"[0-9a-fA-F]+", compact):
+        return data
+    if len(compact) % 2:
+        raise click.BadParameter(
+            f"{path} looks like hex text with an odd number of digits", param_hint="FILE"
+        )
+    return binascii.unhexlify(compact)
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
@@ -64,8 +75,14 @@ def evidence() -> None:
 @click.option(
     "--collateral",
     type=click.Path(exists=True, path_type=Path),
-    help="Intel: a collateral directory, a LAS cache, or a dcap-qvl JSON bundle. Without it, "
-    "the TCB status is not evaluated.",
+    help="Intel: a collateral directory, a LAS cache, or a dcap-qvl JSON bundle. Without it the "
+    "TCB status cannot be evaluated, and the quote is refused unless --no-tcb-check.",
+)
+@click.option(
+    "--no-tcb-check",
+    is_flag=True,
+    help="Intel: accept a quote without evaluating its TCB status (no collateral); the platform "
+    "may be out of date or revoked. The same as --tolerate no-tcb-check.",
 )
 @click.option(
     "--event-log",
@@ -91,12 +108,15 @@ def verify(
     product: str | None,
     at: str | None,
     tolerate: tuple[str, ...],
+    no_tcb_check: bool,
     as_json: bool,
 ) -> None:
     """Verify FILE: signatures, certificate chain to the vendor root, TCB status.
 
-    Exit 0 when FILE verifies and its status is acceptable under the tolerances given,
-    1 otherwise (with the reason), 2 on usage errors. SMT is reported, not judged: sessions
+    Exit 0 when FILE verifies and is acceptable under the tolerances given, 1 otherwise
+    (with the reason), 2 on usage errors. With --json, `accepted` is that decision;
+    `signature_valid` and `chain_valid` say only that the evidence is authentic (a debug
+    TD has valid signatures and is not accepted). SMT is reported, not judged: sessions
     decide about it.
     """
     if platform == "sev-snp" and cert is None:
@@ -107,32 +127,33 @@ def verify(
         found = (
             _collateral_for(collateral, data) if collateral is not None and platform != "sev-snp" else None
         )
-        verdict = verify_hardware_evidence(
-            platform,
-            data,
-            endorsement_key=cert.read_bytes() if cert else None,
-            collateral=found,
-            at=when,
-            product=SnpProduct(product) if product else None,
-            event_log=event_log.read_bytes() if event_log else None,
-        )
     except (EvidenceError, VeilError) as exc:
-        if as_json:
-            emit_json({"verified": False, "platform": platform, "reason": str(exc)})
-            raise SystemExit(1) from None
-        raise EvidenceError(f"not verified: {exc}") from None
-    reason = refusal(verdict, tolerate)
-    _report(verdict, reason, as_json)
-    if reason:
+        _report(Appraisal(platform, False, str(exc), None), as_json)
+        raise SystemExit(1) from None
+    appraisal = appraise(
+        platform,
+        data,
+        (*tolerate, NO_TCB_CHECK) if no_tcb_check else tolerate,
+        endorsement_key=cert.read_bytes() if cert else None,
+        collateral=found,
+        at=when,
+        product=SnpProduct(product) if product else None,
+        event_log=event_log.read_bytes() if event_log else None,
+    )
+    _report(appraisal, as_json)
+    if not appraisal.accepted:
         raise SystemExit(1)
 
 
-def _report(verdict: HardwareVerdict, reason: str | None, as_json: bool) -> None:
+def _report(appraisal: Appraisal, as_json: bool) -> None:
     if as_json:
-        emit_json(verdict.to_json() | ({"reason": reason} if reason else {}))
+        emit_json(appraisal.to_json())
         return
+    verdict = appraisal.verdict
+    if verdict is None:
+        raise EvidenceError(f"not verified: {appraisal.reason}")
     claims = verdict.claims
-    click.echo(f"verified: {verdict.platform} evidence, signatures and certificate chain valid")
+    click.echo(f"authentic: {verdict.platform} evidence, signatures and certificate chain valid")
     for key in (
         "product",
         "signing_key",
@@ -154,4 +175,4 @@ def _report(verdict: HardwareVerdict, reason: str | None, as_json: bool) -> None
     )
     for note in verdict.notes:
         click.echo(f"  note: {note}")
-    click.echo(f"refused: {reason}" if reason else "accepted")
+    click.echo(f"refused: {appraisal.reason}" if appraisal.reason else "accepted")

@@ -9,7 +9,7 @@ from veil.protocol import Evidence
 from veil.tee.claims import EvidenceError
 from veil.tee.hardware_evidence import HardwareEvidence
 from veil.tee.sim import verify_sim_evidence
-from veil.tee.verdict import HARDWARE_PLATFORMS, refusal, verify_hardware_evidence
+from veil.tee.verdict import HARDWARE_PLATFORMS, NO_TCB_CHECK, appraise
 
 
 def same_measurement(a: str, b: str) -> bool:
@@ -30,14 +30,16 @@ def verify_peer_evidence(
     if evidence.platform not in HARDWARE_PLATFORMS:
         raise EvidenceError(f"unknown platform '{evidence.platform}'")
     hardware = HardwareEvidence.from_evidence(evidence)
-    verdict = verify_hardware_evidence(
+    # A peer's Intel TCB status is not evaluated: clients and replicas hold no collateral
+    # yet (docs/attestation.md, "Verifying a CAS"). Said here, not silently.
+    appraisal = appraise(
         evidence.platform,
         hardware.primary,
+        {*tolerate, NO_TCB_CHECK},
         endorsement_key=hardware.endorsement_key,
         at=dt.datetime.now(dt.UTC),
         event_log=hardware.event_log,
     )
-    problem = refusal(verdict, tolerate)
-    if problem:
-        raise EvidenceError(problem)
-    return verdict.report_data, verdict.measurement.hex()
+    if appraisal.verdict is None or appraisal.reason is not None:
+        raise EvidenceError(appraisal.reason or "the evidence does not verify")
+    return appraisal.verdict.report_data, appraisal.verdict.measurement.hex()

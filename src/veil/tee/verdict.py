@@ -1,15 +1,20 @@
 """One entry point for hardware evidence: verify it, then judge it under tolerances.
 
-``verify_hardware_evidence`` returns a ``HardwareVerdict`` (typed claims, status) or raises
-``EvidenceError`` with the failed check. ``refusal`` applies tolerances (debug mode, TCB
-status, SMT, advisories) and says why evidence is not acceptable, or returns None. The CLI
-(`veil evidence verify`) and the CAS use both, so they judge alike.
+``appraise`` is what a relying party calls: it verifies the evidence and applies the
+tolerances it is given, and returns an ``Appraisal`` whose ``accepted`` is the decision
+(a debug TD with valid signatures is *not* accepted unless debug mode is tolerated).
+Underneath, ``verify_hardware_evidence`` returns a ``HardwareVerdict`` (typed claims,
+status) or raises ``EvidenceError`` with the failed check, and ``refusal`` applies
+tolerances (debug mode, TCB status and whether it was evaluated at all, SMT, advisories)
+and says why evidence is not acceptable, or returns None. The CLI (`veil evidence
+verify`), the CAS and the client verifying a CAS use them, so they judge alike.
 """
 
 import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from veil.errors import VeilError
 from veil.tee.claims import EvidenceError
 from veil.tee.intel import Collateral, IntelVerified, SgxReportBody, TdReportBody, verify_quote
 from veil.tee.intel.ccel import check_rtmrs
@@ -25,6 +30,9 @@ from veil.tee.intel.tcb import (
 from veil.tee.snp import SnpProduct, SnpVerified, TcbVersion, verify_snp_report
 
 HARDWARE_PLATFORMS = ("sev-snp", "tdx", "sgx")
+
+#: the tolerance that accepts an Intel quote whose TCB status was not evaluated (no collateral)
+NO_TCB_CHECK = "no-tcb-check"
 
 #: which tolerances a TCB status needs; Revoked is never acceptable.
 STATUS_TOLERANCES: dict[str, frozenset[str] | None] = {
@@ -55,8 +63,9 @@ class HardwareVerdict:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
+        """Every claim of the evidence (all of them verified); the decision is an
+        ``Appraisal``'s."""
         return {
-            "verified": True,
             "platform": self.platform,
             "status": self.status,
             "advisories": list(self.advisories),
@@ -77,6 +86,11 @@ def refusal(
     """Why ``verdict`` is not acceptable under ``tolerate``, or None if it is."""
     if verdict.debug and "debug-mode" not in tolerate:
         return f"the {verdict.platform} platform runs in debug mode (tolerate 'debug-mode' to accept)"
+    if verdict.platform in ("tdx", "sgx") and verdict.status is None and NO_TCB_CHECK not in tolerate:
+        return (
+            f"the {verdict.platform} quote's TCB status was not evaluated (no collateral): give Intel "
+            f"collateral, or tolerate '{NO_TCB_CHECK}' to accept a platform whose TCB may be out of date"
+        )
     if verdict.status is not None:
         needed = STATUS_TOLERANCES.get(verdict.status)
         if needed is None:
@@ -93,8 +107,74 @@ def refusal(
     return None
 
 
+@dataclass(frozen=True)
+class Appraisal:
+    """The decision on evidence under tolerances. ``verdict`` is None when the evidence
+    itself did not verify; ``reason`` then names the failed check."""
+
+    platform: str
+    accepted: bool
+    reason: str | None
+    verdict: HardwareVerdict | None
+
+    def to_json(self) -> dict[str, object]:
+        """``accepted`` is the decision. ``signature_valid`` and ``chain_valid`` are true when
+        the evidence verified, null when it did not (``reason`` says which check failed)."""
+        valid = True if self.verdict is not None else None
+        return {
+            "accepted": self.accepted,
+            "reason": self.reason,
+            "evidence_valid": self.verdict is not None,
+            "signature_valid": valid,
+            "chain_valid": valid,
+            **(self.verdict.to_json() if self.verdict is not None else {"platform": self.platform}),
+        }
+
+
+def appraise(
+    platform: str,
+    evidence: bytes,
+    tolerate: Collection[str],
+    *,
+    endorsement_key: bytes | None = None,
+    collateral: Collateral | None = None,
+    at: dt.datetime | None = None,
+    product: SnpProduct | None = None,
+    event_log: bytes | None = None,
+    check_smt: bool = False,
+    allowed_advisories: Collection[str] | None = None,
+) -> Appraisal:
+    """Verify ``evidence`` and decide under ``tolerate``: never raises for bad evidence."""
+    try:
+        verdict = verify_hardware_evidence(
+            platform,
+            evidence,
+            endorsement_key=endorsement_key,
+            collateral=collateral,
+            at=at,
+            product=product,
+            event_log=event_log,
+        )
+    except VeilError as exc:
+        return Appraisal(platform, False, str(exc), None)
+    reason = refusal(verdict, tolerate, check_smt=check_smt, allowed_advisories=allowed_advisories)
+    return Appraisal(platform, reason is None, reason, verdict)
+
+
 def _tcb_json(t: TcbVersion) -> dict[str, object]:
     return {**t.components(), "raw": f"0x{t.raw:016x}"}
+
+
+def _version(v: tuple[int, int, int]) -> str:
+    return ".".join(str(part) for part in v)
+
+
+def _hex_or_none(value: int | None) -> str | None:
+    return None if value is None else f"0x{value:x}"
+
+
+def _hex_bytes_or_none(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
 
 
 def _snp_verdict(v: SnpVerified) -> HardwareVerdict:
@@ -124,6 +204,20 @@ def _snp_verdict(v: SnpVerified) -> HardwareVerdict:
             "current_tcb": _tcb_json(r.tcb("current", v.product)),
             "committed_tcb": _tcb_json(r.tcb("committed", v.product)),
             "launch_tcb": _tcb_json(r.tcb("launch", v.product)),
+            "family_id": r.family_id.hex(),
+            "image_id": r.image_id.hex(),
+            "report_id": r.report_id.hex(),
+            "report_id_ma": r.report_id_ma.hex(),
+            "firmware_version": _version(r.current_version),
+            "committed_firmware_version": _version(r.committed_version),
+            "cpuid_family": r.cpuid_family,
+            "cpuid_model": r.cpuid_model,
+            "cpuid_stepping": r.cpuid_stepping,
+            "launch_mitigation_vector": _hex_or_none(r.launch_mit_vector),
+            "current_mitigation_vector": _hex_or_none(r.current_mit_vector),
+            "signature_algorithm": r.signature_algo,
+            "author_key_enabled": r.author_key_en,
+            "mask_chip_key": r.mask_chip_key,
         },
         notes=("AMD has no TCB status; require a minimum TCB in the session",),
     )
@@ -134,9 +228,17 @@ def _intel_verdict(v: IntelVerified, platform: str) -> HardwareVerdict:
     tcb: dict[str, object] = {
         "sgx_components": list(v.pck.tcb_components),
         "pce_svn": v.pck.pce_svn,
-        "qe_svn": v.quote.signature.qe_report.isv_svn,
     }
-    claims: dict[str, object] = {"fmspc": v.pck.fmspc.hex(), "quote_version": v.quote.header.version}
+    claims: dict[str, object] = {
+        "fmspc": v.pck.fmspc.hex(),
+        "quote_version": v.quote.header.version,
+        "pce_id": v.pck.pce_id.hex(),
+        "cpu_svn": v.pck.cpu_svn.hex(),
+        "sgx_type": v.pck.sgx_type,
+        "platform_instance_id": _hex_bytes_or_none(v.pck.platform_instance_id),
+        "dynamic_platform": v.pck.dynamic_platform,
+        "cached_keys": v.pck.cached_keys,
+    }
     if isinstance(body, TdReportBody):
         tcb["tee_tcb_svn"] = body.tee_tcb_svn.hex()
         measurement = body.mr_td
@@ -150,6 +252,9 @@ def _intel_verdict(v: IntelVerified, platform: str) -> HardwareVerdict:
             "mr_config_id": body.mr_config_id.hex(),
             "mr_owner": body.mr_owner.hex(),
             "mr_owner_config": body.mr_owner_config.hex(),
+            "seam_attributes": body.seam_attributes.hex(),
+            "tee_tcb_svn2": _hex_bytes_or_none(body.tee_tcb_svn2),
+            "mr_servicetd": _hex_bytes_or_none(body.mr_servicetd),
         }
     else:
         assert isinstance(body, SgxReportBody)

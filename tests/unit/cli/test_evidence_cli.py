@@ -30,7 +30,9 @@ def v(path: str) -> str:
 def test_snp_reports_are_accepted(report: str, cert: str, measurement: str) -> None:
     code, out = verify(v(report), "--platform", "sev-snp", "--cert", v(cert))
     assert code == 0
-    assert out["verified"] is True and out["platform"] == "sev-snp" and out["debug"] is False
+    assert out["accepted"] is True and out["reason"] is None
+    assert out["signature_valid"] is True and out["chain_valid"] is True
+    assert out["platform"] == "sev-snp" and out["debug"] is False
     assert out["measurement"].startswith(measurement)
     assert set(out) >= {"status", "advisories", "report_data", "tcb", "chip_id", "policy"}
     assert out["tcb"]["bootloader"] == 3 and out["tcb"]["microcode"] == 115
@@ -45,7 +47,8 @@ def test_a_debug_snp_guest_exits_1_unless_tolerated() -> None:
         v("go-sev-guest/vcek.testcer"),
     )
     code, out = verify(*args)
-    assert code == 1 and out["verified"] is True and out["debug"] is True
+    assert code == 1 and out["accepted"] is False and out["debug"] is True
+    assert out["signature_valid"] is True and "verified" not in out  # authentic, and refused
     assert "debug mode" in out["reason"]
     assert out["policy"] == "0xb0000"
     code, _ = verify(*args, "--tolerate", "debug-mode")
@@ -68,7 +71,7 @@ def test_case_a_needs_its_tolerances() -> None:
     assert out["advisories"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
     assert out["mr_enclave"].startswith("33d8736d") and out["fmspc"] == "00a067110000"
     code, out = verify(*args, "--tolerate", "configuration-needed", "--tolerate", "sw-hardening-needed")
-    assert code == 0 and "reason" not in out
+    assert code == 0 and out["accepted"] is True and out["reason"] is None
 
 
 def test_case_b_is_accepted() -> None:
@@ -127,8 +130,8 @@ def test_case_c_through_the_las_cache(tmp_path: Path) -> None:
         "--at",
         "2023-07-01T01:00:00Z",
     )
-    assert code == 1 and out["verified"] is False
-    assert "TCB level not supported" in out["reason"]
+    assert code == 1 and out["accepted"] is False and out["evidence_valid"] is False
+    assert out["signature_valid"] is None and "TCB level not supported" in out["reason"]
 
 
 def test_case_d_event_log_and_e_without_collateral() -> None:
@@ -140,13 +143,22 @@ def test_case_d_event_log_and_e_without_collateral() -> None:
         v("go-tdx-guest/ccel/ccel_data.dat"),
         "--at",
         "2025-01-01T00:00:00Z",
+        "--no-tcb-check",
     )
     assert code == 0 and out["status"] is None and out["event_log_events"] == 43
     assert out["report_data"] == "00" * 64
     # The Occlum quote comes from a debug enclave: ATTRIBUTES.FLAGS 0x07 = INIT | DEBUG | MODE64.
-    occlum = (v("trustee/occlum_quote.dat"), "--platform", "sgx", "--at", "2025-01-01T00:00:00Z")
+    occlum = (
+        v("trustee/occlum_quote.dat"),
+        "--platform",
+        "sgx",
+        "--at",
+        "2025-01-01T00:00:00Z",
+        "--tolerate",
+        "no-tcb-check",
+    )
     code, out = verify(*occlum)
-    assert code == 1 and out["verified"] is True and out["debug"] is True
+    assert code == 1 and out["accepted"] is False and out["debug"] is True
     assert out["mr_enclave"].startswith("8f173e46")
     code, out = verify(*occlum, "--tolerate", "debug-mode")
     assert code == 0
@@ -172,3 +184,47 @@ def test_human_output_names_the_reason() -> None:
     assert result.returncode == 1
     assert "not verified" in result.stderr and "expired" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_intel_quote_without_collateral_is_not_accepted_unless_said() -> None:
+    """Without collateral the TCB status is unknown: the platform may be out of date."""
+    args = (v("dcap-qvl/tdx_quote"), "--platform", "tdx", "--at", "2025-07-19T10:00:34Z")
+    code, out = verify(*args)
+    assert code == 1 and out["accepted"] is False and out["evidence_valid"] is True
+    assert out["status"] is None and "no-tcb-check" in out["reason"]
+    code, out = verify(*args, "--no-tcb-check")
+    assert code == 0 and out["accepted"] is True
+
+
+def test_every_tdx_and_snp_claim_is_in_the_output() -> None:
+    _, tdx = verify(v("dcap-qvl/tdx_quote"), "--platform", "tdx", "--no-tcb-check")
+    assert {"seam_attributes", "tee_tcb_svn2", "mr_servicetd", "platform_instance_id", "pce_id"} <= set(tdx)
+    _, snp = verify(
+        v("virtee-sev/report_milan.hex"), "--platform", "sev-snp", "--cert", v("virtee-sev/vcek_milan.der")
+    )
+    assert {"firmware_version", "cpuid_family", "image_id", "family_id", "report_id"} <= set(snp)
+    assert {"launch_mitigation_vector", "current_mitigation_vector"} <= set(snp)
+
+
+@pytest.mark.parametrize("form", ["0x-prefix", "lines", "upper"])
+def test_hex_evidence_in_the_forms_tools_write(tmp_path: Path, form: str) -> None:
+    raw = (ROOT / "trustee/snp/test-report.bin").read_bytes()
+    text = {
+        "0x-prefix": "0x" + raw.hex(),
+        "lines": "\n".join(raw.hex()[i : i + 64] for i in range(0, len(raw) * 2, 64)) + "\n",
+        "upper": raw.hex().upper(),
+    }[form]
+    (tmp_path / "report.hex").write_text(text)
+    code, out = verify(
+        str(tmp_path / "report.hex"), "--platform", "sev-snp", "--cert", v("trustee/snp/test-vcek.der")
+    )
+    assert code == 0 and out["measurement"].startswith("a1f3930413247bb3")
+
+
+def test_odd_hex_is_a_usage_error_and_binary_is_read_as_binary(tmp_path: Path) -> None:
+    (tmp_path / "odd.hex").write_text("0x" + "ab" * 100 + "c")
+    odd = veil("evidence", "verify", str(tmp_path / "odd.hex"), "--platform", "tdx")
+    assert odd.returncode == 2 and "odd number of digits" in odd.stderr
+    (tmp_path / "bin").write_bytes(b"\xff" + b"ab" * 100)
+    code, out = verify(str(tmp_path / "bin"), "--platform", "tdx")
+    assert code == 1 and out["evidence_valid"] is False and "Traceback" not in str(out)

@@ -178,6 +178,18 @@ def test_c_fmspc_mismatch_is_refused() -> None:
         check_platform_identity(json.loads(info), verify_quote(vector(SPR), None, T_C).pck)
 
 
+@pytest.mark.parametrize("which", ["tcb_info", "qe_identity"])
+def test_collateral_signed_by_another_intel_certificate_is_refused_by_role(which: str) -> None:
+    """The PCK Platform CA chains to the Intel root too; it must not vouch for a TCB level."""
+    collateral = collateral_a()
+    item = getattr(collateral, which)
+    other = collateral.pck_crl_issuer_chain  # PCK Platform CA -> Intel root: a valid chain
+    assert common_name(other[0].subject) != "Intel SGX TCB Signing"
+    forged = dataclasses.replace(collateral, **{which: SignedCollateral(item.body, item.signature, other)})
+    with pytest.raises(QuoteVerificationError, match="not by the Intel SGX TCB Signing certificate"):
+        verify_quote(vector(SGX), forged, T_A)
+
+
 @pytest.mark.parametrize(
     ("when", "message"),
     [("2025-07-19T10:01:18Z", "QE identity expired"), ("2025-06-19T10:00:00Z", "not valid before")],

@@ -151,11 +151,21 @@ def _verify_raw(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -
     return verify_ecdsa(key, raw_ecdsa_to_der(signature[:32], signature[32:64], "big"), data, "sha256")
 
 
+#: the subject CN of the certificate that signs TCB info and QE identity
+TCB_SIGNING_CN = "Intel SGX TCB Signing"
+
+
 def _verify_signed_collateral(item: SignedCollateral, at: dt.datetime, what: str) -> dict[str, object]:
     if not item.issuer_chain:
         raise QuoteVerificationError(f"{what}: no issuer chain")
     _check_chain_to_root(item.issuer_chain, at, f"{what} issuer chain")
     signer = item.issuer_chain[0]
+    # By role, as Intel's verifier does: any certificate under the Intel root (a PCK
+    # Platform CA, say) must not be able to vouch for a TCB level.
+    if common_name(signer.subject) != TCB_SIGNING_CN:
+        raise QuoteVerificationError(
+            f"{what} is signed by '{common_name(signer.subject)}', not by the {TCB_SIGNING_CN} certificate"
+        )
     key = signer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not _verify_raw(key, item.signature, item.body):
         raise QuoteVerificationError(
