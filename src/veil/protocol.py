@@ -150,6 +150,8 @@ class AttestationGrant:
     instance_certificate_pem: str
     session_ca_pem: str
     sim: bool
+    #: the network CAS's signed attestation result (EAR, a JWT), for relying parties
+    ear: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -157,15 +159,20 @@ class AttestationGrant:
             "instance_certificate": self.instance_certificate_pem,
             "session_ca": self.session_ca_pem,
             "sim": self.sim,
+            **({"ear": self.ear} if self.ear is not None else {}),
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "AttestationGrant":
+        ear = raw.get("ear")
+        if ear is not None and not isinstance(ear, str):
+            raise ProtocolError("'ear' must be a string")
         return cls(
             bundle_ciphertext=unb64(raw.get("bundle"), "bundle"),
             instance_certificate_pem=_field(raw, "instance_certificate", str),
             session_ca_pem=_field(raw, "session_ca", str),
             sim=_field(raw, "sim", bool),
+            ear=ear,
         )
 
 

@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cas_server import (
     CasServer,
@@ -28,6 +30,7 @@ from tests.conftest import PYTHON, SHOW, measurement_of, requires_root, session_
 from tests.net import free_port
 from veil.cas import Cas
 from veil.cas.identity import CasIdentity
+from veil.cas.results import ResultSigner
 from veil.cas.server import CasApp, CasSelf, openapi_document
 from veil.client.http import CasConnection, CasRequestFailed, HttpCasClient
 from veil.crypto import PlatformSigningKey
@@ -234,6 +237,7 @@ def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) 
     secret = report["env"]["APP_PW"]
     assert len(secret) == 24 and "$$" not in secret
     assert "SIM MODE" in result.stderr
+    _check_attestation_result(cas, alice, report["env"]["VEIL_EAR"])
 
     # the same secret again (generated once), and never in the CAS's log
     again = alice.veil("run", "--config-id", "net/app/app", env={"VEIL_HOME": str(home)})
@@ -477,3 +481,26 @@ def test_the_audit_log_is_read_by_administrators_and_auditors_owners_see_their_o
         server.stop()
     bad = veil("cas", "serve", "--data", str(root / "x"), "--auditor", "alice")
     assert bad.returncode == 2 and "is not an owner id" in bad.stderr
+
+
+def _check_attestation_result(cas: CasServer, owner: Owner, token: str) -> None:
+    """The program's VEIL_EAR verifies, with an independent JWT library, against the key
+    set the CAS publishes to anyone; it says sim; a changed byte or another key fails."""
+    status, jwks = raw_request(cas, owner, "GET", "/v1/.well-known/jwks.json")
+    assert status == 200 and jwks["keys"][0]["kid"] == owner.pin(cas.url)["identity"]
+    key = jwt.PyJWKSet.from_dict(jwks).keys[0]
+    claims = jwt.decode(token, key=key, algorithms=["ES256"])
+    assert claims["eat_profile"] == "tag:github.com,2023:veraison/ear" and claims["eat_nonce"]
+    cpu = claims["submods"]["cpu"]
+    assert cpu["ear.status"] == "warning"  # sim evidence proves nothing about the machine
+    assert cpu["ear.veil.claims"]["config_id"] == "net/app/app" and cpu["ear.veil.claims"]["sim"] is True
+    assert cpu["ear.appraisal-policy-id"].startswith("veil:session:net/app@")
+    header, payload, signature = token.split(".")
+    forged = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1]
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(f"{header}.{forged}.{signature}", key=key, algorithms=["ES256"])
+    other = jwt.PyJWK.from_dict(
+        ResultSigner(ec.generate_private_key(ec.SECP256R1()), "other").jwks()["keys"][0]
+    )
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, key=other, algorithms=["ES256"])

@@ -40,6 +40,7 @@ from veil.cas.errors import (
 from veil.cas.namespaces import check_namespace, may
 from veil.cas.nonces import NonceRegistry
 from veil.cas.principals import Principals
+from veil.cas.results import ResultSigner
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
 from veil.cas.sharing import SessionRecord, imported_secret, pin_peers, sharing_warnings, volume_source
@@ -138,6 +139,9 @@ class Cas:
         #: Intel collateral (a collateral store, one directory per TEE and FMSPC)
         self.collateral_dir = collateral_dir
         self._clock = clock
+        #: signs an attestation result (EAR) for each grant: the network CAS's identity key;
+        #: none on the embedded CAS, which has no identity a relying party could pin
+        self.result_signer: ResultSigner | None = None
 
     @classmethod
     def open_embedded(cls, data_dir: Path, collateral_dir: Path | None = None) -> "Cas":
@@ -704,7 +708,10 @@ class Cas:
                 self.audit.append("attest.grant", decision.grant.sim, **details)
         if decision.grant is None:
             raise AttestationRefused(decision.reason)
-        return decision.grant
+        if self.result_signer is None:
+            return decision.grant
+        ear = self.result_signer.issue(details, decision.grant.sim, request.nonce)
+        return dataclasses.replace(decision.grant, ear=ear)
 
     def _decide(self, request: AttestationRequest) -> _Decision:
         session_name, service_name = split_config_id(request.config_id)

@@ -33,6 +33,8 @@ class Provisioned:
     instance_certificate: x509.Certificate
     session_ca: x509.Certificate
     sim: bool
+    #: the CAS's signed attestation result (network CAS only), given to the program as VEIL_EAR
+    ear: str | None = None
 
 
 def provision(
@@ -68,4 +70,5 @@ def provision(
         instance_certificate=certificate,
         session_ca=x509.load_pem_x509_certificate(grant.session_ca_pem.encode()),
         sim=grant.sim,
+        ear=grant.ear,
     )

@@ -193,7 +193,7 @@ def run_provisioned(
             LaunchSpec(
                 executable=executable,
                 argv=[*bundle.argv, *extra_args],
-                environment=bundle.environment,
+                environment=_with_result(bundle.environment, provisioned.ear),
                 pwd=bundle.pwd,
                 files=bundle.files,
                 tmpfs=bundle.tmpfs,
@@ -203,6 +203,13 @@ def run_provisioned(
         if shields is not None:
             shields.stop()
         unmount()
+
+
+def _with_result(environment: dict[str, str], ear: str | None) -> dict[str, str]:
+    """The program's environment, with the CAS's attestation result (docs/attestation.md,
+    "Attestation results") for it to show relying parties; the session's own variable of
+    that name wins."""
+    return environment if ear is None else {"VEIL_EAR": ear, **environment}
 
 
 def _mount(client: CasClient, provisioned: Provisioned, report: Callable[[str], None]) -> Callable[[], None]:

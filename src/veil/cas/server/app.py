@@ -37,6 +37,7 @@ from veil.cas.errors import (
 from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_from_csr, owner_id
 from veil.cas.principals import Principal, PrincipalRefused, Role, check_owner_id
 from veil.cas.replicas import JoinRequest, grant_join
+from veil.cas.results import ResultSigner
 from veil.cas.server.limits import BODY_TIMEOUT, PARSE_TIMEOUT, parse_json_body
 from veil.cas.server.metrics import CasMetrics
 from veil.cas.service import Cas, parse_submitted
@@ -145,6 +146,7 @@ class CasApp:
         self.me = me
         #: anyone may enrol an owner key and becomes an owner (development only)
         self.open_enrolment = open_enrolment
+        cas.result_signer = ResultSigner(me.identity.ca.key, me.identity.digest)
         self.metrics = CasMetrics(lambda: len(cas.records.keys("session")), cas.sim_mode, me.expiry)
         self._owners: dict[bytes, str] = {}
         self._openapi = json.dumps(openapi_document()).encode()
@@ -167,6 +169,7 @@ class CasApp:
             ("GET", "/metrics", self.metrics_page, Access.ANYONE),
             ("GET", "/v1/openapi.json", self.openapi, Access.ANYONE),
             ("GET", "/v1/cas", self.cas_info, Access.ANYONE),
+            ("GET", "/v1/.well-known/jwks.json", self.jwks, Access.ANYONE),
             ("POST", "/v1/cas/evidence", self.cas_evidence, Access.ANYONE),
             ("POST", "/v1/owners", self.enrol, Access.ANYONE),
             ("GET", "/v1/owners", self.owners_list, Access.ADMIN),
@@ -445,6 +448,11 @@ class CasApp:
         request[LOG_FIELDS]["config_id"] = config_id
         launch = self.cas.launch_descriptor(config_id)
         return self._json({"config_id": config_id, **launch.to_json(), "sim": self.cas.sim_mode})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """The key that signs attestation results (EARs): the CAS identity key."""
+        assert self.cas.result_signer is not None
+        return self._json(self.cas.result_signer.jwks())
 
     async def attest(self, request: web.Request) -> web.Response:
         attestation = AttestationRequest.from_json(await self._body(request))
