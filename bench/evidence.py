@@ -5,15 +5,17 @@ verification a report needs (measured in the same run). Run: .venv/bin/python be
 """
 
 import argparse
+import base64
 import datetime as dt
+import json
 import os
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from veil.tee.intel import Collateral
 from veil.tee.verdict import verify_hardware_evidence
@@ -63,6 +65,13 @@ def main() -> None:
         Collateral.load(v / "dcap-qvl/tdx_quote_collateral.json"),
     )
 
+    tpm = (v / "trustee/tpm_evidence.json").read_bytes()
+    tpm_doc = json.loads(tpm)
+    tpm_message = base64.b64decode(tpm_doc["tpm_quote"]["message"])
+    tpm_signature = base64.b64decode(tpm_doc["tpm_quote"]["signature"])[6:]  # after alg, hash, size
+    ak = serialization.load_der_public_key(base64.b64decode(tpm_doc["ak_public"]))
+    assert isinstance(ak, rsa.RSAPublicKey)
+
     key = ec.generate_private_key(ec.SECP384R1())
     signature = key.sign(report[:0x2A0], ec.ECDSA(hashes.SHA384()))
     public = key.public_key()
@@ -82,12 +91,18 @@ def main() -> None:
         "sgx (quote, no collateral)": lambda: verify_hardware_evidence(
             "sgx", sgx, at=t("2025-07-19T10:01:17Z")
         ),
+        "RSA-2048 verify alone (the TPM bound)": lambda: ak.verify(
+            tpm_signature, tpm_message, padding.PKCS1v15(), hashes.SHA256()
+        ),
+        "tpm (quote + PCRs, JSON)": lambda: verify_hardware_evidence("tpm", tpm),
     }
     measured = rates(works, args.seconds * len(works))
     for name, value in measured.items():
         print(f"{name:<44} {value:>8.0f} /s  ({1000 / value:.2f} ms)")
     bound = measured["ECDSA P-384 verify alone (the SNP bound)"]
     print(f"sev-snp / P-384 bound: {measured['sev-snp (report + VCEK chain)'] / bound:.2f}x")
+    tpm_bound = measured["RSA-2048 verify alone (the TPM bound)"]
+    print(f"tpm / RSA-2048 bound: {measured['tpm (quote + PCRs, JSON)'] / tpm_bound:.2f}x")
 
 
 if __name__ == "__main__":

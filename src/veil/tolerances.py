@@ -10,4 +10,5 @@ TOLERANCES = (
     "configuration-needed",
     "smt",
     "no-tcb-check",
+    "uncertified-ak",
 )

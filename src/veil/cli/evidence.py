@@ -15,9 +15,16 @@ from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import find_collateral
 from veil.tee.intel.pck import PckExtensions
 from veil.tee.snp import SnpProduct
-from veil.tee.verdict import HARDWARE_PLATFORMS, NO_TCB_CHECK, Appraisal, appraise
+from veil.tee.verdict import EVIDENCE_PLATFORMS, NO_TCB_CHECK, UNCERTIFIED_AK, Appraisal, appraise
 
-CLI_TOLERANCES = ("debug-mode", "outdated-tcb", "sw-hardening-needed", "configuration-needed", NO_TCB_CHECK)
+CLI_TOLERANCES = (
+    "debug-mode",
+    "outdated-tcb",
+    "sw-hardening-needed",
+    "configuration-needed",
+    NO_TCB_CHECK,
+    UNCERTIFIED_AK,
+)
 
 
 def read_binary(path: Path) -> bytes:
@@ -38,6 +45,18 @@ def read_binary(path: Path) -> bytes:
             f"{path} looks like hex text with an odd number of digits", param_hint="FILE"
         )
     return binascii.unhexlify(compact)
+
+
+def parse_nonce(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        nonce = bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not hex", param_hint="--nonce") from None
+    if not nonce:
+        raise click.BadParameter("an empty nonce proves nothing", param_hint="--nonce")
+    return nonce
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
@@ -66,7 +85,12 @@ def evidence() -> None:
 
 @evidence.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--platform", type=click.Choice(HARDWARE_PLATFORMS), required=True, help="What produced FILE.")
+@click.option(
+    "--platform",
+    type=click.Choice(EVIDENCE_PLATFORMS),
+    required=True,
+    help="What produced FILE (tpm: a JSON document with ak_public and tpm_quote).",
+)
 @click.option(
     "--cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -94,6 +118,11 @@ def evidence() -> None:
     type=click.Choice([p.value for p in SnpProduct]),
     help="SEV-SNP: the product generation, when the report does not say.",
 )
+@click.option(
+    "--nonce",
+    metavar="HEX",
+    help="The evidence's report data (TPM: extraData) must be this nonce, or it followed by zero bytes.",
+)
 @click.option("--at", "at", metavar="RFC3339", help="Verify as of this time (default: now).")
 @click.option(
     "--tolerate", multiple=True, type=click.Choice(CLI_TOLERANCES), help="Accept this condition (repeatable)."
@@ -106,6 +135,7 @@ def verify(
     collateral: Path | None,
     event_log: Path | None,
     product: str | None,
+    nonce: str | None,
     at: str | None,
     tolerate: tuple[str, ...],
     no_tcb_check: bool,
@@ -122,7 +152,8 @@ def verify(
     if platform == "sev-snp" and cert is None:
         raise click.UsageError("SEV-SNP evidence needs --cert VCEK_OR_VLEK")
     when = parse_time(at)
-    data = read_binary(file)
+    expected = parse_nonce(nonce)
+    data = file.read_bytes() if platform == "tpm" else read_binary(file)
     try:
         found = (
             _collateral_for(collateral, data) if collateral is not None and platform != "sev-snp" else None
@@ -139,6 +170,7 @@ def verify(
         at=when,
         product=SnpProduct(product) if product else None,
         event_log=event_log.read_bytes() if event_log else None,
+        nonce=expected,
     )
     _report(appraisal, as_json)
     if not appraisal.accepted:
@@ -153,7 +185,12 @@ def _report(appraisal: Appraisal, as_json: bool) -> None:
     if verdict is None:
         raise EvidenceError(f"not verified: {appraisal.reason}")
     claims = verdict.claims
-    click.echo(f"authentic: {verdict.platform} evidence, signatures and certificate chain valid")
+    checked = (
+        "signature valid (no certificate chain: the key is taken from the evidence)"
+        if verdict.platform == "tpm"
+        else "signatures and certificate chain valid"
+    )
+    click.echo(f"authentic: {verdict.platform} evidence, {checked}")
     for key in (
         "product",
         "signing_key",
@@ -163,6 +200,8 @@ def _report(appraisal: Appraisal, as_json: bool) -> None:
         "mr_td",
         "mr_seam",
         "fmspc",
+        "pcr_digest",
+        "ak_fingerprint",
     ):
         if key in claims:
             click.echo(f"  {key}: {claims[key]}")

@@ -28,11 +28,18 @@ from veil.tee.intel.tcb import (
     UP_TO_DATE,
 )
 from veil.tee.snp import SnpProduct, SnpVerified, TcbVersion, verify_snp_report
+from veil.tee.tpm import TpmVerified, nonce_matches, verify_tpm_quote
+from veil.tee.tpm import claims as tpm_claims
 
 HARDWARE_PLATFORMS = ("sev-snp", "tdx", "sgx")
 
+#: what `veil evidence verify` reads: the hardware platforms, and TPM 2.0 quotes
+EVIDENCE_PLATFORMS = (*HARDWARE_PLATFORMS, "tpm")
+
 #: the tolerance that accepts an Intel quote whose TCB status was not evaluated (no collateral)
 NO_TCB_CHECK = "no-tcb-check"
+#: the tolerance that accepts a TPM quote by an attestation key no certificate vouches for
+UNCERTIFIED_AK = "uncertified-ak"
 
 #: which tolerances a TCB status needs; Revoked is never acceptable.
 STATUS_TOLERANCES: dict[str, frozenset[str] | None] = {
@@ -91,6 +98,15 @@ def refusal(
             f"the {verdict.platform} quote's TCB status was not evaluated (no collateral): give Intel "
             f"collateral, or tolerate '{NO_TCB_CHECK}' to accept a platform whose TCB may be out of date"
         )
+    if (
+        verdict.platform == "tpm"
+        and verdict.claims.get("ak_certified") is not True
+        and UNCERTIFIED_AK not in tolerate
+    ):
+        return (
+            "the TPM quote's attestation key is not tied to a manufacturer (no EK or AK certificate): "
+            f"tolerate '{UNCERTIFIED_AK}' to accept a key that may not live in a real TPM"
+        )
     if verdict.status is not None:
         needed = STATUS_TOLERANCES.get(verdict.status)
         if needed is None:
@@ -119,14 +135,16 @@ class Appraisal:
 
     def to_json(self) -> dict[str, object]:
         """``accepted`` is the decision. ``signature_valid`` and ``chain_valid`` are true when
-        the evidence verified, null when it did not (``reason`` says which check failed)."""
+        the evidence verified, null when it did not (``reason`` says which check failed) or,
+        for ``chain_valid``, when the evidence has no chain (TPM)."""
         valid = True if self.verdict is not None else None
         return {
             "accepted": self.accepted,
             "reason": self.reason,
             "evidence_valid": self.verdict is not None,
             "signature_valid": valid,
-            "chain_valid": valid,
+            # a TPM quote comes with its key, not a chain (see ak_certified)
+            "chain_valid": None if self.platform == "tpm" else valid,
             **(self.verdict.to_json() if self.verdict is not None else {"platform": self.platform}),
         }
 
@@ -143,8 +161,10 @@ def appraise(
     event_log: bytes | None = None,
     check_smt: bool = False,
     allowed_advisories: Collection[str] | None = None,
+    nonce: bytes | None = None,
 ) -> Appraisal:
-    """Verify ``evidence`` and decide under ``tolerate``: never raises for bad evidence."""
+    """Verify ``evidence`` and decide under ``tolerate``: never raises for bad evidence.
+    With ``nonce``, the report data must be the nonce, or it followed by zero bytes."""
     try:
         verdict = verify_hardware_evidence(
             platform,
@@ -158,6 +178,10 @@ def appraise(
     except VeilError as exc:
         return Appraisal(platform, False, str(exc), None)
     reason = refusal(verdict, tolerate, check_smt=check_smt, allowed_advisories=allowed_advisories)
+    if reason is None and nonce is not None and not nonce_matches(verdict.report_data, nonce):
+        reason = (
+            f"the evidence's report data {verdict.report_data.hex()} does not carry the nonce {nonce.hex()}"
+        )
     return Appraisal(platform, reason is None, reason, verdict)
 
 
@@ -282,6 +306,23 @@ def _intel_verdict(v: IntelVerified, platform: str) -> HardwareVerdict:
     )
 
 
+def _tpm_verdict(v: TpmVerified) -> HardwareVerdict:
+    return HardwareVerdict(
+        platform="tpm",
+        status=None,
+        advisories=(),
+        report_data=v.quote.extra_data,
+        debug=False,
+        smt=None,
+        measurement=v.quote.pcr_digest,
+        tcb={},
+        claims=tpm_claims(v),
+        notes=(
+            "the attestation key is not tied to a manufacturer: the evidence has no EK or AK certificate",
+        ),
+    )
+
+
 def verify_hardware_evidence(
     platform: str,
     evidence: bytes,
@@ -292,12 +333,14 @@ def verify_hardware_evidence(
     product: SnpProduct | None = None,
     event_log: bytes | None = None,
 ) -> HardwareVerdict:
+    if platform == "tpm":
+        return _tpm_verdict(verify_tpm_quote(evidence))
     if platform == "sev-snp":
         if endorsement_key is None:
             raise EvidenceError("SEV-SNP evidence needs its VCEK or VLEK certificate")
         return _snp_verdict(verify_snp_report(evidence, endorsement_key, at, product))
     if platform not in ("tdx", "sgx"):
-        raise EvidenceError(f"unknown platform '{platform}' (known: {', '.join(HARDWARE_PLATFORMS)})")
+        raise EvidenceError(f"unknown platform '{platform}' (known: {', '.join(EVIDENCE_PLATFORMS)})")
     verified = verify_quote(evidence, collateral, at)
     kind = "tdx" if verified.quote.is_tdx else "sgx"
     if kind != platform:

@@ -228,3 +228,25 @@ def test_odd_hex_is_a_usage_error_and_binary_is_read_as_binary(tmp_path: Path) -
     (tmp_path / "bin").write_bytes(b"\xff" + b"ab" * 100)
     code, out = verify(str(tmp_path / "bin"), "--platform", "tdx")
     assert code == 1 and out["evidence_valid"] is False and "Traceback" not in str(out)
+
+
+def test_a_tpm_quote_says_its_key_is_not_tied_to_a_manufacturer() -> None:
+    nonce = "a04182b506878d4f29b91ee606a71a0d3361ccf1b22db20c98adcaa537bea393ef0e41a18b3569ab678f1497fbc5c120"
+    code, out = verify(v("trustee/tpm_evidence.json"), "--platform", "tpm", "--nonce", nonce)
+    assert code == 1 and out["accepted"] is False and out["evidence_valid"] is True
+    assert out["chain_valid"] is None and out["ak_certified"] is False
+    assert "uncertified-ak" in out["reason"] and out["pcr00"] == "00" * 32
+    code, out = verify(
+        v("trustee/tpm_evidence.json"), "--platform", "tpm", "--nonce", nonce, "--tolerate", "uncertified-ak"
+    )
+    assert code == 0 and out["accepted"] is True
+    code, out = verify(
+        v("trustee/tpm_evidence.json"),
+        "--platform",
+        "tpm",
+        "--nonce",
+        "00" + nonce[2:],
+        "--tolerate",
+        "uncertified-ak",
+    )
+    assert code == 1 and "does not carry the nonce" in out["reason"]
