@@ -10,6 +10,7 @@ from cryptography import x509
 
 from veil.cli.output import emit_json
 from veil.errors import VeilError
+from veil.tee.azure import td_quote_of
 from veil.tee.claims import EvidenceError
 from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import find_collateral
@@ -78,6 +79,15 @@ def _collateral_for(location: Path, evidence: bytes) -> Collateral:
     return find_collateral(location, "tdx" if quote.is_tdx else "sgx", fmspc)
 
 
+def _intel_quote(platform: str, data: bytes, td_quote: Path | None) -> bytes | None:
+    """The Intel quote whose FMSPC picks the collateral, if the evidence has one."""
+    if platform in ("tdx", "sgx"):
+        return data
+    if platform == "azure-tdx-vtpm":
+        return td_quote.read_bytes() if td_quote else td_quote_of(data)
+    return None
+
+
 @click.group()
 def evidence() -> None:
     """Verify attestation evidence from real hardware."""
@@ -94,7 +104,7 @@ def evidence() -> None:
 @click.option(
     "--cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="SEV-SNP: the VCEK or VLEK certificate (DER or PEM).",
+    help="SEV-SNP: the VCEK or VLEK certificate (DER or PEM; Azure: the first of a PEM bundle).",
 )
 @click.option(
     "--collateral",
@@ -112,6 +122,16 @@ def evidence() -> None:
     "--event-log",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TDX: a CCEL event log to replay against the RTMRs.",
+)
+@click.option(
+    "--hcl-report",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Azure: the HCL report, when FILE is only the vTPM quote.",
+)
+@click.option(
+    "--td-quote",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Azure TDX: the TD quote, when FILE does not carry it.",
 )
 @click.option(
     "--product",
@@ -134,6 +154,8 @@ def verify(
     cert: Path | None,
     collateral: Path | None,
     event_log: Path | None,
+    hcl_report: Path | None,
+    td_quote: Path | None,
     product: str | None,
     nonce: str | None,
     at: str | None,
@@ -149,15 +171,15 @@ def verify(
     TD has valid signatures and is not accepted). SMT is reported, not judged: sessions
     decide about it.
     """
+    azure = platform.startswith("azure-")
     if platform == "sev-snp" and cert is None:
         raise click.UsageError("SEV-SNP evidence needs --cert VCEK_OR_VLEK")
     when = parse_time(at)
     expected = parse_nonce(nonce)
-    data = file.read_bytes() if platform == "tpm" else read_binary(file)
+    data = file.read_bytes() if platform == "tpm" or azure else read_binary(file)
     try:
-        found = (
-            _collateral_for(collateral, data) if collateral is not None and platform != "sev-snp" else None
-        )
+        quote = _intel_quote(platform, data, td_quote)
+        found = _collateral_for(collateral, quote) if collateral is not None and quote is not None else None
     except (EvidenceError, VeilError) as exc:
         _report(Appraisal(platform, False, str(exc), None), as_json)
         raise SystemExit(1) from None
@@ -171,6 +193,8 @@ def verify(
         product=SnpProduct(product) if product else None,
         event_log=event_log.read_bytes() if event_log else None,
         nonce=expected,
+        hcl_report=hcl_report.read_bytes() if hcl_report else None,
+        td_quote=td_quote.read_bytes() if td_quote else None,
     )
     _report(appraisal, as_json)
     if not appraisal.accepted:

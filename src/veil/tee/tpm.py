@@ -161,6 +161,8 @@ def verify_tpm_quote(evidence: bytes) -> TpmVerified:
         ak = serialization.load_der_public_key(_b64(document.get("ak_public"), "ak_public"))
     except ValueError:
         raise EvidenceError("ak_public is not a DER SubjectPublicKeyInfo") from None
+    if not isinstance(ak, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise EvidenceError("ak_public is neither an RSA nor an EC key")
     quote_document = document.get("tpm_quote")
     if not isinstance(quote_document, dict):
         raise EvidenceError("the evidence has no tpm_quote object")
@@ -169,22 +171,37 @@ def verify_tpm_quote(evidence: bytes) -> TpmVerified:
     signature = TpmSignature.parse(_b64(quote_document.get("signature"), "tpm_quote.signature"))
     _check_signature(ak, signature, message)
     pcrs = _pcr_values(quote_document.get("pcrs"))
+    return TpmVerified(quote, signature, key_fingerprint(ak), selected_pcrs(quote, pcrs))
+
+
+def selected_pcrs(quote: QuoteInfo, given: list[bytes]) -> dict[int, bytes]:
+    """The PCR values the quote selects (SHA-256 bank only), checked against its digest."""
     banks = [algorithm for algorithm, _ in quote.selection]
     if banks != [TPM_ALG_SHA256]:
         raise EvidenceError(
             f"the quote selects banks {[f'0x{a:04x}' for a in banks]}: only the SHA-256 bank is supported"
         )
     selected = quote.selection[0][1]
-    missing = [i for i in selected if i >= len(pcrs)]
+    missing = [i for i in selected if i >= len(given)]
     if missing:
         raise EvidenceError(
-            f"the quote selects PCR {missing[0]}, but the evidence gives only {len(pcrs)} PCRs"
+            f"the quote selects PCR {missing[0]}, but the evidence gives only {len(given)} PCRs"
         )
-    recomputed = hashlib.sha256(b"".join(pcrs[i] for i in selected)).digest()
-    if recomputed != quote.pcr_digest:
+    if any(len(given[i]) != hashlib.sha256().digest_size for i in selected):
+        raise EvidenceError("a quoted PCR's value is not 32 bytes")
+    if hashlib.sha256(b"".join(given[i] for i in selected)).digest() != quote.pcr_digest:
         raise EvidenceError("the PCR values do not match the quoted PCR digest")
-    spki = ak.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return TpmVerified(quote, signature, hashlib.sha256(spki).hexdigest(), {i: pcrs[i] for i in selected})
+    return {i: given[i] for i in selected}
+
+
+def key_fingerprint(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo (hex)."""
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
+def pcr_claims(pcrs: dict[int, bytes]) -> dict[str, object]:
+    return {f"pcr{index:02d}": value.hex() for index, value in pcrs.items()}
 
 
 def nonce_matches(extra_data: bytes, nonce: bytes) -> bool:
@@ -203,7 +220,7 @@ def claims(verified: TpmVerified) -> dict[str, object]:
         "firmware_version": f"0x{q.firmware_version:016x}",
         "pcr_selection": {"sha256": list(q.selection[0][1])},
         "pcr_digest": q.pcr_digest.hex(),
-        **{f"pcr{index:02d}": value.hex() for index, value in verified.pcrs.items()},
+        **pcr_claims(verified.pcrs),
         "signature_algorithm": {TPM_ALG_RSASSA: "RSASSA", TPM_ALG_RSAPSS: "RSAPSS", TPM_ALG_ECDSA: "ECDSA"}[
             verified.signature.algorithm
         ],

@@ -10,11 +10,13 @@ and says why evidence is not acceptable, or returns None. The CLI (`veil evidenc
 verify`), the CAS and the client verifying a CAS use them, so they judge alike.
 """
 
+import dataclasses
 import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from veil.errors import VeilError
+from veil.tee.azure import REPORT_TYPES, AzureVerified, azure_claims, read_parts, verify_azure
 from veil.tee.claims import EvidenceError
 from veil.tee.intel import Collateral, IntelVerified, SgxReportBody, TdReportBody, verify_quote
 from veil.tee.intel.ccel import check_rtmrs
@@ -33,8 +35,10 @@ from veil.tee.tpm import claims as tpm_claims
 
 HARDWARE_PLATFORMS = ("sev-snp", "tdx", "sgx")
 
-#: what `veil evidence verify` reads: the hardware platforms, and TPM 2.0 quotes
-EVIDENCE_PLATFORMS = (*HARDWARE_PLATFORMS, "tpm")
+#: what `veil evidence verify` reads: the hardware platforms, TPM 2.0 quotes, Azure CVMs
+EVIDENCE_PLATFORMS = (*HARDWARE_PLATFORMS, "tpm", "azure-snp-vtpm", "azure-tdx-vtpm")
+#: evidence whose TCB status comes from Intel collateral
+INTEL_PLATFORMS = ("tdx", "sgx", "azure-tdx-vtpm")
 
 #: the tolerance that accepts an Intel quote whose TCB status was not evaluated (no collateral)
 NO_TCB_CHECK = "no-tcb-check"
@@ -93,7 +97,7 @@ def refusal(
     """Why ``verdict`` is not acceptable under ``tolerate``, or None if it is."""
     if verdict.debug and "debug-mode" not in tolerate:
         return f"the {verdict.platform} platform runs in debug mode (tolerate 'debug-mode' to accept)"
-    if verdict.platform in ("tdx", "sgx") and verdict.status is None and NO_TCB_CHECK not in tolerate:
+    if verdict.platform in INTEL_PLATFORMS and verdict.status is None and NO_TCB_CHECK not in tolerate:
         return (
             f"the {verdict.platform} quote's TCB status was not evaluated (no collateral): give Intel "
             f"collateral, or tolerate '{NO_TCB_CHECK}' to accept a platform whose TCB may be out of date"
@@ -162,6 +166,8 @@ def appraise(
     check_smt: bool = False,
     allowed_advisories: Collection[str] | None = None,
     nonce: bytes | None = None,
+    hcl_report: bytes | None = None,
+    td_quote: bytes | None = None,
 ) -> Appraisal:
     """Verify ``evidence`` and decide under ``tolerate``: never raises for bad evidence.
     With ``nonce``, the report data must be the nonce, or it followed by zero bytes."""
@@ -174,6 +180,8 @@ def appraise(
             at=at,
             product=product,
             event_log=event_log,
+            hcl_report=hcl_report,
+            td_quote=td_quote,
         )
     except VeilError as exc:
         return Appraisal(platform, False, str(exc), None)
@@ -306,6 +314,22 @@ def _intel_verdict(v: IntelVerified, platform: str) -> HardwareVerdict:
     )
 
 
+def _azure_verdict(v: AzureVerified) -> HardwareVerdict:
+    """The hardware report's verdict, with the vTPM quote's extraData as the report data
+    (where Azure binds a relying party's nonce) and the vTPM's claims added."""
+    if v.snp is not None:
+        inner = _snp_verdict(v.snp)
+    else:
+        assert v.tdx is not None
+        inner = _intel_verdict(v.tdx, "tdx")
+    return dataclasses.replace(
+        inner,
+        platform=v.platform,
+        report_data=v.quote.extra_data,
+        claims={**inner.claims, "hardware_report_data": inner.report_data.hex(), **azure_claims(v)},
+    )
+
+
 def _tpm_verdict(v: TpmVerified) -> HardwareVerdict:
     return HardwareVerdict(
         platform="tpm",
@@ -332,9 +356,14 @@ def verify_hardware_evidence(
     at: dt.datetime | None = None,
     product: SnpProduct | None = None,
     event_log: bytes | None = None,
+    hcl_report: bytes | None = None,
+    td_quote: bytes | None = None,
 ) -> HardwareVerdict:
     if platform == "tpm":
         return _tpm_verdict(verify_tpm_quote(evidence))
+    if platform in REPORT_TYPES:
+        parts = read_parts(evidence, hcl_report, endorsement_key, td_quote)
+        return _azure_verdict(verify_azure(platform, parts, collateral=collateral, at=at, product=product))
     if platform == "sev-snp":
         if endorsement_key is None:
             raise EvidenceError("SEV-SNP evidence needs its VCEK or VLEK certificate")

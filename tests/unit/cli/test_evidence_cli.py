@@ -250,3 +250,19 @@ def test_a_tpm_quote_says_its_key_is_not_tied_to_a_manufacturer() -> None:
         "uncertified-ak",
     )
     assert code == 1 and "does not carry the nonce" in out["reason"]
+
+
+def test_azure_evidence_from_separate_files() -> None:
+    d = "trustee/az-snp-vtpm/"
+    args = (
+        v(d + "tpm-quote-v1.json"),
+        "--platform",
+        "azure-snp-vtpm",
+        "--hcl-report",
+        v(d + "hcl-report.bin"),
+    )
+    code, out = verify(*args, "--cert", v(d + "vcek.pem"), "--nonce", b"challenge".hex())
+    assert code == 0 and out["accepted"] is True and out["ak_certified"] is True
+    assert out["measurement"].startswith("9ac48fca") and out["report_data"] == b"challenge".hex()
+    code, out = verify(*args, "--nonce", b"challenge".hex())
+    assert code == 1 and "needs the VCEK" in out["reason"]
