@@ -120,6 +120,14 @@ def cas() -> None:
     "encrypted to it in the database.",
 )
 @click.option(
+    "--collateral",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Intel collateral store (`veil las collateral import --cache DIR`): the TCB status of "
+    "TDX and SGX evidence is evaluated with it; without it such evidence is accepted only by "
+    "sessions that tolerate no-tcb-check.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 256),
     default=1,
@@ -157,6 +165,7 @@ def serve_command(
     open_enrolment: bool,
     join_url: str | None,
     recovery_key: Path | None,
+    collateral: Path | None,
     workers: int,
     mode: str | None,
     log_format: str,
@@ -283,7 +292,7 @@ def serve_command(
     me = CasSelf(identity, measurement, evidence, platform_public, recoverable, expiry)
 
     def build() -> CasApp:
-        return CasApp(Cas(open_store(), master, sim_mode=sim), me, open_enrolment)
+        return CasApp(Cas(open_store(), master, sim_mode=sim, collateral_dir=collateral), me, open_enrolment)
 
     serve(build, identity.server_context(hosts), host, port, ready, workers)
 
