@@ -11,4 +11,5 @@ TOLERANCES = (
     "smt",
     "no-tcb-check",
     "uncertified-ak",
+    "no-rim-check",
 )

@@ -16,7 +16,14 @@ from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import find_collateral
 from veil.tee.intel.pck import PckExtensions
 from veil.tee.snp import SnpProduct
-from veil.tee.verdict import EVIDENCE_PLATFORMS, NO_TCB_CHECK, UNCERTIFIED_AK, Appraisal, appraise
+from veil.tee.verdict import (
+    EVIDENCE_PLATFORMS,
+    NO_RIM_CHECK,
+    NO_TCB_CHECK,
+    UNCERTIFIED_AK,
+    Appraisal,
+    appraise,
+)
 
 CLI_TOLERANCES = (
     "debug-mode",
@@ -25,6 +32,7 @@ CLI_TOLERANCES = (
     "configuration-needed",
     NO_TCB_CHECK,
     UNCERTIFIED_AK,
+    NO_RIM_CHECK,
 )
 
 
@@ -104,7 +112,8 @@ def evidence() -> None:
 @click.option(
     "--cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="SEV-SNP: the VCEK or VLEK certificate (DER or PEM; Azure: the first of a PEM bundle).",
+    help="SEV-SNP: the VCEK or VLEK certificate (DER or PEM; Azure: the first of a PEM bundle). "
+    "NVIDIA GPU: the device certificate chain (PEM, leaf first).",
 )
 @click.option(
     "--collateral",
@@ -174,6 +183,8 @@ def verify(
     azure = platform.startswith("azure-")
     if platform == "sev-snp" and cert is None:
         raise click.UsageError("SEV-SNP evidence needs --cert VCEK_OR_VLEK")
+    if platform == "nvidia-gpu" and cert is None:
+        raise click.UsageError("NVIDIA GPU evidence needs --cert CHAIN.pem (the device certificate chain)")
     when = parse_time(at)
     expected = parse_nonce(nonce)
     data = file.read_bytes() if platform == "tpm" or azure else read_binary(file)
@@ -226,6 +237,9 @@ def _report(appraisal: Appraisal, as_json: bool) -> None:
         "fmspc",
         "pcr_digest",
         "ak_fingerprint",
+        "driver_version",
+        "vbios_version",
+        "fwid",
     ):
         if key in claims:
             click.echo(f"  {key}: {claims[key]}")

@@ -29,6 +29,7 @@ from veil.tee.intel.tcb import (
     SW_HARDENING_NEEDED,
     UP_TO_DATE,
 )
+from veil.tee.nvidia import GpuVerified, gpu_claims, verify_gpu_report
 from veil.tee.snp import SnpProduct, SnpVerified, TcbVersion, verify_snp_report
 from veil.tee.tpm import TpmVerified, nonce_matches, verify_tpm_quote
 from veil.tee.tpm import claims as tpm_claims
@@ -36,7 +37,7 @@ from veil.tee.tpm import claims as tpm_claims
 HARDWARE_PLATFORMS = ("sev-snp", "tdx", "sgx")
 
 #: what `veil evidence verify` reads: the hardware platforms, TPM 2.0 quotes, Azure CVMs
-EVIDENCE_PLATFORMS = (*HARDWARE_PLATFORMS, "tpm", "azure-snp-vtpm", "azure-tdx-vtpm")
+EVIDENCE_PLATFORMS = (*HARDWARE_PLATFORMS, "tpm", "azure-snp-vtpm", "azure-tdx-vtpm", "nvidia-gpu")
 #: evidence whose TCB status comes from Intel collateral
 INTEL_PLATFORMS = ("tdx", "sgx", "azure-tdx-vtpm")
 
@@ -44,6 +45,8 @@ INTEL_PLATFORMS = ("tdx", "sgx", "azure-tdx-vtpm")
 NO_TCB_CHECK = "no-tcb-check"
 #: the tolerance that accepts a TPM quote by an attestation key no certificate vouches for
 UNCERTIFIED_AK = "uncertified-ak"
+#: the tolerance that accepts GPU evidence whose measurements no reference manifest checked
+NO_RIM_CHECK = "no-rim-check"
 
 #: which tolerances a TCB status needs; Revoked is never acceptable.
 STATUS_TOLERANCES: dict[str, frozenset[str] | None] = {
@@ -110,6 +113,11 @@ def refusal(
         return (
             "the TPM quote's attestation key is not tied to a manufacturer (no EK or AK certificate): "
             f"tolerate '{UNCERTIFIED_AK}' to accept a key that may not live in a real TPM"
+        )
+    if verdict.claims.get("measurements_compared") is False and NO_RIM_CHECK not in tolerate:
+        return (
+            "the GPU's measurements were not compared with NVIDIA's reference manifests: tolerate "
+            f"'{NO_RIM_CHECK}' to accept firmware and a driver nothing checked"
         )
     if verdict.status is not None:
         needed = STATUS_TOLERANCES.get(verdict.status)
@@ -330,6 +338,21 @@ def _azure_verdict(v: AzureVerified) -> HardwareVerdict:
     )
 
 
+def _gpu_verdict(v: GpuVerified) -> HardwareVerdict:
+    return HardwareVerdict(
+        platform="nvidia-gpu",
+        status=None,
+        advisories=(),
+        report_data=v.report.request_nonce,
+        debug=False,
+        smt=None,
+        measurement=v.fwid,
+        tcb={},
+        claims=gpu_claims(v),
+        notes=("measurements not compared: no reference integrity manifests (RIMs)",),
+    )
+
+
 def _tpm_verdict(v: TpmVerified) -> HardwareVerdict:
     return HardwareVerdict(
         platform="tpm",
@@ -361,6 +384,10 @@ def verify_hardware_evidence(
 ) -> HardwareVerdict:
     if platform == "tpm":
         return _tpm_verdict(verify_tpm_quote(evidence))
+    if platform == "nvidia-gpu":
+        if endorsement_key is None:
+            raise EvidenceError("NVIDIA GPU evidence needs its device certificate chain")
+        return _gpu_verdict(verify_gpu_report(evidence, endorsement_key, at))
     if platform in REPORT_TYPES:
         parts = read_parts(evidence, hcl_report, endorsement_key, td_quote)
         return _azure_verdict(verify_azure(platform, parts, collateral=collateral, at=at, product=product))

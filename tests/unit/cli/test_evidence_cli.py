@@ -266,3 +266,15 @@ def test_azure_evidence_from_separate_files() -> None:
     assert out["measurement"].startswith("9ac48fca") and out["report_data"] == b"challenge".hex()
     code, out = verify(*args, "--nonce", b"challenge".hex())
     assert code == 1 and "needs the VCEK" in out["reason"]
+
+
+def test_an_nvidia_gpu_report_needs_its_chain_and_says_measurements_were_not_compared() -> None:
+    d = "trustee/nvidia/"
+    nonce = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
+    report = v(d + "hopperAttestationReport.txt")
+    code, out = verify(
+        report, "--platform", "nvidia-gpu", "--cert", v(d + "hopper_cert_chain_case1.txt"), "--nonce", nonce
+    )
+    assert code == 1 and out["evidence_valid"] is True and out["measurements_compared"] is False
+    assert out["driver_version"] == "550.90.07" and "no-rim-check" in out["reason"]
+    assert veil("evidence", "verify", report, "--platform", "nvidia-gpu").returncode == 2
