@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from veil.crypto import constant_time_equal
 from veil.crypto.certs import check_valid_at
 from veil.tee.claims import EvidenceError
+from veil.tee.reader import ByteReader
 
 #: SHA-256 of the NVIDIA Device Identity CA certificate (DER)
 NVIDIA_ROOT_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
@@ -100,21 +101,6 @@ def _u24(data: bytes) -> int:
     return data[0] | data[1] << 8 | data[2] << 16
 
 
-class _Cursor:
-    def __init__(self, data: bytes, start: int) -> None:
-        self.data, self.at = data, start
-
-    def take(self, size: int, field: str) -> bytes:
-        if size > len(self.data) - self.at:
-            raise EvidenceError(f"SPDM response: {field} runs past the end of the report")
-        chunk = self.data[self.at : self.at + size]
-        self.at += size
-        return chunk
-
-    def u16(self, field: str) -> int:
-        return int(struct.unpack("<H", self.take(2, field))[0])
-
-
 def parse_report(data: bytes) -> GpuReport:
     if len(data) < _REQUEST_SIZE:
         raise EvidenceError(
@@ -128,47 +114,51 @@ def parse_report(data: bytes) -> GpuReport:
     if not param1 & 1:
         raise EvidenceError("the request did not ask for a signature")
     request_nonce = data[4:36]
-    c = _Cursor(data, _REQUEST_SIZE)
+    c = ByteReader(data, "SPDM response", "little", _REQUEST_SIZE)
     head = c.take(8, "header")
     if (head[0], head[1]) != (SPDM_VERSION, MEASUREMENTS):
         raise EvidenceError(
             f"the response is not an SPDM 1.1 MEASUREMENTS response ({head[0]:#x} {head[1]:#x})"
         )
     blocks, record_length = head[4], _u24(head[5:8])
-    record = _Cursor(c.take(record_length, "measurement record"), 0)
+    record = ByteReader(c.take(record_length, "measurement record"), "measurement record", "little")
     measurements: dict[int, bytes] = {}
     for _ in range(blocks):
-        index, specification = record.take(1, "block index")[0], record.take(1, "block specification")[0]
+        index, specification = record.u8("block index"), record.u8("block specification")
         if specification != _DMTF:
             raise EvidenceError(f"measurement block {index} is not in the DMTF format")
-        block = _Cursor(record.take(record.u16("block size"), f"measurement block {index}"), 0)
-        block.take(1, "DMTF type")
-        value = block.take(block.u16("DMTF size"), f"measurement {index}")
-        if block.at != len(block.data):
-            raise EvidenceError(f"measurement block {index} has bytes after its value")
+        block = ByteReader(record.sized(f"measurement block {index}"), f"measurement block {index}", "little")
+        block.u8("DMTF type")
+        value = block.sized(f"measurement {index}")
+        block.end()
         if index in measurements:
             raise EvidenceError(f"measurement index {index} appears twice")
         measurements[index] = value
-    if record.at != record_length:
-        raise EvidenceError("the measurement record has bytes after its last block")
+    record.end()
     responder_nonce = c.take(_NONCE, "nonce")
-    opaque = _opaque(c.take(c.u16("opaque length"), "opaque data"))
-    signed_end = c.at
+    opaque = _opaque(c.sized("opaque data"))
+    signed_end = c.offset
     signature = c.take(_SIGNATURE, "signature")
     return GpuReport(
-        request_nonce, responder_nonce, measurements, opaque, data[:signed_end], signature, len(data) - c.at
+        request_nonce,
+        responder_nonce,
+        measurements,
+        opaque,
+        data[:signed_end],
+        signature,
+        len(data) - c.offset,
     )
 
 
 def _opaque(data: bytes) -> dict[str, object]:
-    c = _Cursor(data, 0)
+    c = ByteReader(data, "opaque data", "little")
     items: dict[str, object] = {}
-    while c.at < len(data):
+    while not c.done:
         kind = c.u16("opaque item type")
         name = OPAQUE_TYPES.get(kind)
         if name is None:
             raise EvidenceError(f"opaque data item type {kind} is not one NVIDIA defines")
-        value = c.take(c.u16(f"{name} size"), name)
+        value = c.sized(name)
         if name in items:
             raise EvidenceError(f"opaque data item {name} appears twice")
         items[name] = _opaque_value(name, value)

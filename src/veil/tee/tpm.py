@@ -9,7 +9,6 @@ import base64
 import binascii
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from veil.tee.claims import EvidenceError
+from veil.tee.reader import ByteReader
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -32,40 +32,6 @@ _HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     TPM_ALG_SHA384: hashes.SHA384,
 }
 _PCR_COUNT = 24
-
-
-class _Reader:
-    """Big-endian fields of a TPM structure; every read checks what is left."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.offset, self.what = data, 0, what
-
-    def take(self, size: int, field: str) -> bytes:
-        if size > len(self.data) - self.offset:
-            raise EvidenceError(f"{self.what}: {field} runs past the end ({len(self.data)} bytes)")
-        chunk = self.data[self.offset : self.offset + size]
-        self.offset += size
-        return chunk
-
-    def u8(self, field: str) -> int:
-        return self.take(1, field)[0]
-
-    def u16(self, field: str) -> int:
-        return int(struct.unpack(">H", self.take(2, field))[0])
-
-    def u32(self, field: str) -> int:
-        return int(struct.unpack(">I", self.take(4, field))[0])
-
-    def u64(self, field: str) -> int:
-        return int(struct.unpack(">Q", self.take(8, field))[0])
-
-    def sized(self, field: str) -> bytes:
-        """A TPM2B: a 16-bit size, then that many bytes."""
-        return self.take(self.u16(f"{field} size"), field)
-
-    def end(self) -> None:
-        if self.offset != len(self.data):
-            raise EvidenceError(f"{self.what}: {len(self.data) - self.offset} bytes after its end")
 
 
 @dataclass(frozen=True)
@@ -86,7 +52,7 @@ class QuoteInfo:
 
     @classmethod
     def parse(cls, data: bytes) -> "QuoteInfo":
-        r = _Reader(data, "TPMS_ATTEST")
+        r = ByteReader(data, "TPMS_ATTEST", "big")
         magic = r.u32("magic")
         if magic != TPM_GENERATED_VALUE:
             raise EvidenceError(f"TPMS_ATTEST: magic 0x{magic:08x}, not TPM_GENERATED_VALUE (0xff544347)")
@@ -128,7 +94,7 @@ class TpmSignature:
 
     @classmethod
     def parse(cls, data: bytes) -> "TpmSignature":
-        r = _Reader(data, "TPMT_SIGNATURE")
+        r = ByteReader(data, "TPMT_SIGNATURE", "big")
         algorithm, hash_algorithm = r.u16("sigAlg"), r.u16("hash")
         if hash_algorithm not in _HASHES:
             raise EvidenceError(
