@@ -30,13 +30,13 @@ from tests.conftest import PYTHON, SHOW, measurement_of, requires_root, session_
 from tests.net import free_port
 from veil.cas import Cas
 from veil.cas.identity import CasIdentity
-from veil.cas.results import ResultSigner
 from veil.cas.server import CasApp, CasSelf, openapi_document
 from veil.client.http import CasConnection, CasRequestFailed, HttpCasClient
 from veil.crypto import PlatformSigningKey
 from veil.protocol import AttestationRefused, AttestationRequest, Evidence, VolumeTagUpdate
 from veil.runtime.attest import provision
 from veil.tee import SimEvidenceSource
+from veil.tee.ear import ResultSigner
 
 
 @pytest.fixture

@@ -40,7 +40,6 @@ from veil.cas.errors import (
 from veil.cas.namespaces import check_namespace, may
 from veil.cas.nonces import NonceRegistry
 from veil.cas.principals import Principals
-from veil.cas.results import ResultSigner
 from veil.cas.sealing import SealedRecords, load_or_create_master_key
 from veil.cas.secret_values import definition_fingerprint, make_secret_value
 from veil.cas.sharing import SessionRecord, imported_secret, pin_peers, sharing_warnings, volume_source
@@ -74,6 +73,7 @@ from veil.protocol import (
     split_config_id,
 )
 from veil.tee import EvidenceError, verify_sim_evidence
+from veil.tee.ear import ResultSigner
 
 _SESSION = "session"
 _VERSION = "session-version"

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from veil.cli.output import emit_json
+from veil.crypto.files import load_private_ec_key_file
+from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 from veil.tee.azure import td_quote_of
 from veil.tee.claims import EvidenceError
+from veil.tee.ear import ResultSigner
 from veil.tee.intel import Collateral, Quote
 from veil.tee.intel.collateral_store import find_collateral
 from veil.tee.intel.pck import PckExtensions
@@ -87,6 +91,15 @@ def _collateral_for(location: Path, evidence: bytes) -> Collateral:
     return find_collateral(location, "tdx" if quote.is_tdx else "sgx", fmspc)
 
 
+def _signer(path: Path) -> ResultSigner:
+    key = load_private_ec_key_file(path)
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise click.BadParameter(
+            f"{path} holds a {key.curve.name} key; an EAR is signed ES256 (P-256)", param_hint="--ear"
+        )
+    return ResultSigner(key, spki_sha256(key.public_key()))
+
+
 def _intel_quote(platform: str, data: bytes, td_quote: Path | None) -> bytes | None:
     """The Intel quote whose FMSPC picks the collateral, if the evidence has one."""
     if platform in ("tdx", "sgx"):
@@ -157,6 +170,13 @@ def evidence() -> None:
     "--tolerate", multiple=True, type=click.Choice(CLI_TOLERANCES), help="Accept this condition (repeatable)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--ear",
+    "ear_key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Print an attestation result (EAR, a JWT) signed ES256 with this P-256 key (PEM, 0600) "
+    "instead of the report: for a relying party (docs/attestation.md, 'Attestation results').",
+)
 def verify(
     file: Path,
     platform: str,
@@ -171,6 +191,7 @@ def verify(
     tolerate: tuple[str, ...],
     no_tcb_check: bool,
     as_json: bool,
+    ear_key: Path | None,
 ) -> None:
     """Verify FILE: signatures, certificate chain to the vendor root, TCB status.
 
@@ -207,7 +228,11 @@ def verify(
         hcl_report=hcl_report.read_bytes() if hcl_report else None,
         td_quote=td_quote.read_bytes() if td_quote else None,
     )
-    _report(appraisal, as_json)
+    if ear_key is not None:
+        tolerated = sorted({*tolerate, *((NO_TCB_CHECK,) if no_tcb_check else ())})
+        click.echo(_signer(ear_key).issue_appraisal(appraisal, tolerated, expected))
+    else:
+        _report(appraisal, as_json)
     if not appraisal.accepted:
         raise SystemExit(1)
 

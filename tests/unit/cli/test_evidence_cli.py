@@ -3,7 +3,10 @@
 import json
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from tests.conftest import veil
 from tests.vectors import ROOT, requires_vectors
@@ -278,3 +281,58 @@ def test_an_nvidia_gpu_report_needs_its_chain_and_says_measurements_were_not_com
     assert code == 1 and out["evidence_valid"] is True and out["measurements_compared"] is False
     assert out["driver_version"] == "550.90.07" and "no-rim-check" in out["reason"]
     assert veil("evidence", "verify", report, "--platform", "nvidia-gpu").returncode == 2
+
+
+def test_an_ear_for_a_relying_party(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "ear.key"
+    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    key_file.chmod(0o600)
+    snp = (
+        v("trustee/snp/test-report.bin"),
+        "--platform",
+        "sev-snp",
+        "--cert",
+        v("trustee/snp/test-vcek.der"),
+    )
+    accepted = veil("evidence", "verify", *snp, "--ear", str(key_file))
+    assert accepted.returncode == 0, accepted.stderr
+    claims = jwt.decode(accepted.stdout.strip(), key=key.public_key(), algorithms=["ES256"])
+    assert claims["submods"]["cpu"]["ear.status"] == "affirming" and "eat_nonce" not in claims
+    assert claims["submods"]["cpu"]["ear.veil.claims"]["measurement"].startswith("a1f3930413247bb3")
+
+    debug = (
+        v("go-sev-guest/attestation.bin"),
+        "--platform",
+        "sev-snp",
+        "--cert",
+        v("go-sev-guest/vcek.testcer"),
+    )
+    refused = veil("evidence", "verify", *debug, "--ear", str(key_file))
+    assert refused.returncode == 1
+    cpu = jwt.decode(refused.stdout.strip(), key=key.public_key(), algorithms=["ES256"])["submods"]["cpu"]
+    assert cpu["ear.status"] == "contraindicated" and "debug mode" in cpu["ear.veil.claims"]["reason"]
+
+    d = "trustee/nvidia/"
+    gpu = veil(
+        "evidence",
+        "verify",
+        v(d + "hopperAttestationReport.txt"),
+        "--platform",
+        "nvidia-gpu",
+        "--cert",
+        v(d + "hopper_cert_chain_case1.txt"),
+        "--tolerate",
+        "no-rim-check",
+        "--ear",
+        str(key_file),
+        "--nonce",
+        "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb",
+    )
+    assert gpu.returncode == 0, gpu.stderr
+    result = jwt.decode(gpu.stdout.strip(), key=key.public_key(), algorithms=["ES256"])
+    assert list(result["submods"]) == ["gpu"] and result["submods"]["gpu"]["ear.status"] == "warning"
+    assert result["eat_nonce"] == "kx2N0K3SA6w9i0-9514RUnju_Nzqxbh2cadI8yNk38s"
+
+    key_file.chmod(0o644)
+    assert veil("evidence", "verify", *snp, "--ear", str(key_file)).returncode != 0

@@ -37,7 +37,6 @@ from veil.cas.errors import (
 from veil.cas.identity import CasIdentity, EnrolmentRefused, owner_from_csr, owner_id
 from veil.cas.principals import Principal, PrincipalRefused, Role, check_owner_id
 from veil.cas.replicas import JoinRequest, grant_join
-from veil.cas.results import ResultSigner
 from veil.cas.server.limits import BODY_TIMEOUT, PARSE_TIMEOUT, parse_json_body
 from veil.cas.server.metrics import CasMetrics
 from veil.cas.service import Cas, parse_submitted
@@ -56,6 +55,7 @@ from veil.protocol import (
     cas_report_data,
     unb64,
 )
+from veil.tee.ear import ResultSigner
 
 log = logging.getLogger(__name__)
 

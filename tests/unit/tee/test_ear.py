@@ -6,7 +6,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from veil.cas.results import EAR_VALIDITY, ResultSigner, ear_status
+from veil.tee.ear import EAR_VALIDITY, ResultSigner, ear_status
 
 FACTS = {
     "config_id": "team/app/web",

@@ -1,4 +1,4 @@
-"""Attestation results for relying parties (docs/attestation.md, "Attestation results").
+"""Attestation results for relying parties (docs/attestation.md, "Attestation results (EAR)").
 
 A network CAS that grants an attestation also issues an EAR (EAT Attestation Result,
 draft-fv-rats-ear): a JWT signed with the CAS identity key (ES256), which another service
@@ -11,13 +11,16 @@ import base64
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from veil import __version__
+
+if TYPE_CHECKING:
+    from veil.tee.verdict import Appraisal
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 #: how long a relying party may take an EAR as current (seconds)
@@ -65,7 +68,6 @@ class ResultSigner:
 
     def issue(self, facts: dict[str, object], sim: bool, nonce: bytes, now: float | None = None) -> str:
         """The EAR of one granted attestation (``facts``: what the CAS audited about it)."""
-        issued = int(time.time() if now is None else now)
         platform = str(facts.get("platform", ""))
         session_hash = facts.get("session_hash")
         config_id = str(facts.get("config_id", ""))
@@ -74,14 +76,38 @@ class ResultSigner:
             "ear.appraisal-policy-id": f"veil:session:{config_id.rsplit('/', 1)[0]}@{session_hash}",
             "ear.veil.claims": {**facts, "sim": sim},
         }
+        return self._token({"cpu": cpu}, f"veil CAS {self.kid}", nonce, now)
+
+    def issue_appraisal(
+        self, appraisal: "Appraisal", tolerated: list[str], nonce: bytes | None, now: float | None = None
+    ) -> str:
+        """The EAR of an offline appraisal (`veil evidence verify --ear`): the GPU's in the
+        ``gpu`` submod, every other kind in ``cpu``; ``contraindicated`` when refused."""
+        verdict = appraisal.verdict
+        if not appraisal.accepted or verdict is None:
+            status = "contraindicated"
+        else:
+            status = ear_status(appraisal.platform, False, verdict.status)
+            if tolerated:
+                status = "warning"
+        submod = {
+            "ear.status": status,
+            "ear.appraisal-policy-id": "veil:tolerate:" + ",".join(sorted(tolerated)),
+            "ear.veil.claims": appraisal.to_json(),
+        }
+        name = "gpu" if appraisal.platform == "nvidia-gpu" else "cpu"
+        return self._token({name: submod}, f"veil evidence verify {self.kid}", nonce, now)
+
+    def _token(self, submods: dict[str, Any], issuer: str, nonce: bytes | None, now: float | None) -> str:
+        issued = int(time.time() if now is None else now)
         payload = {
             "eat_profile": EAR_PROFILE,
             "iat": issued,
             "exp": issued + EAR_VALIDITY,
-            "iss": f"veil CAS {self.kid}",
-            "eat_nonce": b64url(nonce),
+            "iss": issuer,
+            **({"eat_nonce": b64url(nonce)} if nonce is not None else {}),
             "ear.verifier-id": {"developer": "veil", "build": f"veil {__version__}"},
-            "submods": {"cpu": cpu},
+            "submods": submods,
         }
         return self._sign(payload)
 
