@@ -4,6 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed
 STAMP_DEV := $(VENV)/.installed-dev
+# checkov (Kubernetes manifest checks) pins dependencies the project's own would conflict
+# with: it gets a virtual environment of its own, used by tests/integration/test_kubernetes_manifests.py
+TOOLS  := .venv-tools
+CHECKOV_VERSION := 3.3.30
+STAMP_TOOLS := $(TOOLS)/.installed-checkov-$(CHECKOV_VERSION)
 
 .PHONY: demo install test lint unit os-packages clean help bench-volume bench-evidence bench-shield bench-cas
 
@@ -22,6 +27,11 @@ $(STAMP_RUN): pyproject.toml
 
 $(STAMP_DEV): $(STAMP_RUN)
 	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+$(STAMP_TOOLS):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q checkov==$(CHECKOV_VERSION)
 	@touch $@
 
 PREFIX ?= /usr/local
@@ -48,7 +58,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy src
 
-test: $(STAMP_DEV) os-packages lint
+test: $(STAMP_DEV) $(STAMP_TOOLS) os-packages lint
 	$(BIN)/pytest
 
 bench-evidence: $(STAMP_DEV)
@@ -67,4 +77,4 @@ bench-shield: $(STAMP_DEV)
 	$(BIN)/python bench/shield.py
 
 clean:
-	rm -rf $(VENV) .veil-demo .veil-demo-network .veil-demo-multi-party .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .veil-demo .veil-demo-network .veil-demo-multi-party .pytest_cache .mypy_cache .ruff_cache

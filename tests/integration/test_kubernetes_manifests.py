@@ -84,3 +84,44 @@ def test_the_validation_would_refuse_a_misspelt_field() -> None:
     service["spec"]["prots"] = service["spec"].pop("ports")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(service, "1.30", strict=True)
+
+
+CHECKOV = DEPLOY.parents[1] / ".venv-tools" / "bin" / "checkov"
+CONFIG = DEPLOY / "checkov.yaml"
+
+
+def test_checkov_passes_on_every_overlay_and_every_skip_is_justified(tmp_path: Path) -> None:
+    assert CHECKOV.exists(), "make test installs checkov into .venv-tools (make .venv-tools/...)"
+    lines = CONFIG.read_text().splitlines()
+    skips = [i for i, line in enumerate(lines) if line.strip().startswith("- CKV")]
+    assert skips
+    for index in skips:  # a comment right above it, or above the run of skips it belongs to
+        above = index - 1
+        while lines[above].strip().startswith("- CKV"):
+            above -= 1
+        assert lines[above].strip().startswith("#"), f"{lines[index].strip()} has no justification"
+    for overlay in OVERLAYS:
+        built = subprocess.run(
+            [shutil.which("kubectl") or "kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (tmp_path / f"{overlay}.yaml").write_text(built.stdout)
+    result = subprocess.run(
+        [
+            str(CHECKOV),
+            "-d",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "--config-file",
+            str(CONFIG),
+            "--compact",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Failed checks: 0" in result.stdout
