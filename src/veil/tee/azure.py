@@ -7,7 +7,6 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import json
 import re
 import struct
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from veil.crypto import constant_time_equal
-from veil.tee.claims import EvidenceError
+from veil.tee.claims import EvidenceError, json_object
 from veil.tee.intel import Collateral, IntelVerified, TdReportBody, verify_quote
 from veil.tee.snp import SnpProduct, SnpVerified, verify_snp_report
 from veil.tee.tpm import QuoteInfo, key_fingerprint, pcr_claims, selected_pcrs
@@ -88,12 +87,7 @@ class HclReport:
             if any(data[start:end]):
                 raise EvidenceError(f"the HCL report's bytes 0x{start:x}-0x{end - 1:x} must be zero")
         variable = data[_VARIABLE_AT : _VARIABLE_AT + size]
-        try:
-            runtime = json.loads(variable)
-        except (ValueError, UnicodeDecodeError):
-            raise EvidenceError("the HCL report's variable data is not JSON") from None
-        if not isinstance(runtime, dict):
-            raise EvidenceError("the HCL report's variable data is not a JSON object")
+        runtime = json_object(variable, "the HCL report's variable data")
         return cls(data, report_type, data[_HARDWARE_AT : _HARDWARE_AT + _HARDWARE_SIZE], variable, runtime)
 
     def attestation_key(self) -> rsa.RSAPublicKey:
@@ -139,12 +133,7 @@ def read_parts(
     evidence: bytes, hcl_report: bytes | None = None, vcek: bytes | None = None, td_quote: bytes | None = None
 ) -> AzureParts:
     """The parts from any of the encodings met in the wild (docs/attestation.md)."""
-    try:
-        document = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError):
-        raise EvidenceError("Azure vTPM evidence is a JSON document; this is not JSON") from None
-    if not isinstance(document, dict):
-        raise EvidenceError("Azure vTPM evidence is a JSON object")
+    document = json_object(evidence, "Azure vTPM evidence")
     quote = document.get("tpm_quote", document.get("quote", document))
     if not isinstance(quote, dict) or "message" not in quote:
         raise EvidenceError(
@@ -167,10 +156,10 @@ def read_parts(
 def td_quote_of(evidence: bytes) -> bytes | None:
     """The TD quote an Azure TDX evidence document carries (to pick its collateral)."""
     try:
-        document = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError):
+        document = json_object(evidence, "Azure vTPM evidence")
+    except EvidenceError:
         return None
-    return _optional(document.get("td_quote"), "td_quote") if isinstance(document, dict) else None
+    return _optional(document.get("td_quote"), "td_quote")
 
 
 def verify_azure(

@@ -1,12 +1,25 @@
 """What a verifier learns from evidence, independent of the platform that produced it."""
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from veil.errors import VeilError
 
 
 class EvidenceError(VeilError):
     """Evidence is malformed, not signed by a trusted key, or otherwise unacceptable."""
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, or an EvidenceError saying that ``what`` is not one."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise EvidenceError(f"{what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise EvidenceError(f"{what} is not a JSON object")
+    return document
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,14 @@ certificate nothing ties the AK to a manufacturer, and the verdict says so.
 import base64
 import binascii
 import hashlib
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from veil.tee.claims import EvidenceError
+from veil.tee.claims import EvidenceError, json_object
 from veil.tee.reader import ByteReader
 
 TPM_GENERATED_VALUE = 0xFF544347
@@ -122,7 +120,7 @@ class TpmVerified:
 
 def verify_tpm_quote(evidence: bytes) -> TpmVerified:
     """Verify the TPM evidence document (JSON): signature by its AK and PCR digest."""
-    document = _document(evidence)
+    document = json_object(evidence, "TPM evidence (a JSON document with ak_public and tpm_quote)")
     try:
         ak = serialization.load_der_public_key(_b64(document.get("ak_public"), "ak_public"))
     except ValueError:
@@ -193,18 +191,6 @@ def claims(verified: TpmVerified) -> dict[str, object]:
         "ak_fingerprint": verified.ak_fingerprint,
         "ak_certified": False,
     }
-
-
-def _document(evidence: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError):
-        raise EvidenceError(
-            "TPM evidence is a JSON document (ak_public, tpm_quote); this is not JSON"
-        ) from None
-    if not isinstance(document, dict):
-        raise EvidenceError("TPM evidence is a JSON object")
-    return document
 
 
 def _b64(value: object, field: str) -> bytes:

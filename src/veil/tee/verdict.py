@@ -338,35 +338,41 @@ def _azure_verdict(v: AzureVerified) -> HardwareVerdict:
     )
 
 
-def _gpu_verdict(v: GpuVerified) -> HardwareVerdict:
+def _keyed_verdict(
+    platform: str, report_data: bytes, measurement: bytes, claims: dict[str, object], note: str
+) -> HardwareVerdict:
+    """Evidence signed by a key rather than a TEE's report: no TCB status, debug or SMT."""
     return HardwareVerdict(
-        platform="nvidia-gpu",
+        platform=platform,
         status=None,
         advisories=(),
-        report_data=v.report.request_nonce,
+        report_data=report_data,
         debug=False,
         smt=None,
-        measurement=v.fwid,
+        measurement=measurement,
         tcb={},
-        claims=gpu_claims(v),
-        notes=("measurements not compared: no reference integrity manifests (RIMs)",),
+        claims=claims,
+        notes=(note,),
+    )
+
+
+def _gpu_verdict(v: GpuVerified) -> HardwareVerdict:
+    return _keyed_verdict(
+        "nvidia-gpu",
+        v.report.request_nonce,
+        v.fwid,
+        gpu_claims(v),
+        "measurements not compared: no reference integrity manifests (RIMs)",
     )
 
 
 def _tpm_verdict(v: TpmVerified) -> HardwareVerdict:
-    return HardwareVerdict(
-        platform="tpm",
-        status=None,
-        advisories=(),
-        report_data=v.quote.extra_data,
-        debug=False,
-        smt=None,
-        measurement=v.quote.pcr_digest,
-        tcb={},
-        claims=tpm_claims(v),
-        notes=(
-            "the attestation key is not tied to a manufacturer: the evidence has no EK or AK certificate",
-        ),
+    return _keyed_verdict(
+        "tpm",
+        v.quote.extra_data,
+        v.quote.pcr_digest,
+        tpm_claims(v),
+        "the attestation key is not tied to a manufacturer: the evidence has no EK or AK certificate",
     )
 
 
