@@ -140,6 +140,7 @@ def test_a_closed_cas_refuses_the_stranger_at_every_step(closed: Scene) -> None:
     assert mallory.request("POST", "/v1/platforms", platform)[0] == 401
     assert mallory.request("GET", "/v1/audit")[0] == 401
     assert mallory.request("GET", "/v1/sessions?name=alice/demo")[0] == 401
+    assert mallory.request("GET", "/v1/volume-tags?session=alice/demo&volume=data")[0] == 401
 
     # a client certificate she signed herself does not pass the TLS handshake
     own = mallory.self_signed_certificate("veil://mallory")
@@ -168,6 +169,8 @@ def test_open_enrolment_gives_a_stranger_nothing_of_another_owner(open_enrolment
     assert MEASUREMENT.removeprefix("sha256:") not in str(view)
 
     assert mallory.request("GET", "/v1/sessions?name=alice/demo")[0] == 403
+    status, answer = mallory.request("GET", "/v1/volume-tags?session=alice/demo&volume=data")
+    assert status == 403 and scene.tag not in str(answer)  # a job's output tag: its owner's only
     assert mallory.request("GET", "/v1/sessions")[1]["sessions"] == []
     for name in ("alice", "alice/evil"):  # the parent over alice/demo, a child beside it
         text = yaml.safe_dump(session_dict(name=name))

@@ -481,6 +481,14 @@ class Cas:
         tag = found[1]["tag"]
         return None if tag is None else str(tag)
 
+    def volume_tag_for_reader(self, session_name: str, volume: str, caller: str) -> str | None:
+        """The tag the CAS holds for a volume of a session, for whoever may read the session
+        (``veil remote fetch`` checks a job's output against it)."""
+        self.get_session(session_name, caller)
+        if self.records.get(_VOLUME, f"{session_name}#{volume}") is None:
+            raise NotFound(f"session '{session_name}' has no volume '{volume}'")
+        return self.volume_tag(session_name, volume)
+
     def volume_key_for_owner(self, session_name: str, volume: str, caller: str) -> bytes:
         """The key of a volume, for an owner who may update the session (recovery only)."""
         record = self.get_session(session_name, caller)

@@ -29,6 +29,10 @@ _COMMANDS = {
         "Print the measurement of the program COMMAND would run, or of a whole image.",
     ),
     "owner": ("veil.cli.owner", "Your owner key (under $XDG_CONFIG_HOME/veil, created on first use)."),
+    "remote": (
+        "veil.cli.remote",
+        "Run a program on an untrusted host: code, input and output encrypted (docs/remote.md).",
+    ),
     "run": (
         "veil.cli.run",
         "Attest and run a service: SERVICE of POLICY on the embedded CAS (sim mode), or "

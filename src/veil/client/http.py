@@ -234,6 +234,12 @@ class OwnerClient:
         result: dict[str, Any] = self.connection.call("GET", f"/v1/sessions?name={quote(name, safe='')}")
         return result
 
+    def volume_tag(self, session: str, volume: str) -> str | None:
+        """The tag the CAS holds for a volume of a session you may read (None: none yet)."""
+        query = f"session={quote(session, safe='')}&volume={quote(volume, safe='')}"
+        tag = self.connection.call("GET", f"/v1/volume-tags?{query}").get("tag")
+        return None if tag is None else str(tag)
+
     def list_sessions(self) -> list[str]:
         return [str(n) for n in self.connection.call("GET", "/v1/sessions")["sessions"]]
 

@@ -128,19 +128,40 @@ def _close(sock: socket.socket | None) -> None:
 def unmount_volumes(
     client: CasClient, provisioned: Provisioned, active: list[ActiveVolume], report: Callable[[str], None]
 ) -> None:
-    """Unmount every volume and push its new tag; the first failure is raised at the end."""
+    """Unmount every volume, then push each new tag; the first failure is raised at the end.
+
+    A run in which any volume refused data that failed authentication (the program read
+    tampered data, and may have acted on what it did not get) records no new tag at all:
+    what it wrote is not accepted, and the next run refuses those volumes."""
     failures: list[str] = []
+    stopped: list[tuple[ActiveVolume, str]] = []
+    tampered: list[str] = []
     for volume in reversed(active):
         try:
-            tag = daemon.stop(volume.path, wait=_UNMOUNT_WAIT)
+            tag, integrity_errors = daemon.stop_counting(volume.path, wait=_UNMOUNT_WAIT)
             if volume.reports is not None:
                 volume.reports.close()
+            if integrity_errors:
+                tampered.append(
+                    f"volume '{volume.spec.name}' refused {integrity_errors} tampered reads or writes"
+                )
+            stopped.append((volume, tag))
+        except Exception as exc:  # keep going: the other volumes still need their tags
+            failures.append(f"volume '{volume.spec.name}': {exc}")
+    if tampered:
+        raise RuntimeFailure(
+            "integrity error: " + "; ".join(tampered) + ": the stored data was modified outside veil; "
+            "no volume's new tag is recorded, so nothing this run wrote is accepted"
+            + ("" if not failures else "; " + "; ".join(failures))
+        )
+    for volume, tag in stopped:
+        try:
             if volume.spec.readonly and tag != volume.tag:
                 raise RuntimeFailure(f"the read-only volume moved to {tag[:16]}…")
             if tag != volume.tag:
                 _push(client, provisioned, volume.spec.name, volume.tag, tag)
             report(f"volume '{volume.spec.name}' unmounted, tag {tag[:16]}…")
-        except Exception as exc:  # keep going: the other volumes still need their tags
+        except Exception as exc:
             failures.append(f"volume '{volume.spec.name}': {exc}")
     if failures:
         raise RuntimeFailure("; ".join(failures) + " (the next run will refuse these volumes)")

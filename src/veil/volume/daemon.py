@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from veil.volume.errors import StaleVolume, VolumeError
 from veil.volume.reporting import TagReporter
@@ -138,18 +139,25 @@ class VolumeInUse(VolumeError):
 def stop(mountpoint: Path, wait: float = 0.0) -> str:
     """Flush, unmount, wait for the daemon; return the final tag. A mount in use is
     refused at once (VolumeInUse), or retried for ``wait`` seconds."""
+    return stop_counting(mountpoint, wait)[0]
+
+
+def stop_counting(mountpoint: Path, wait: float = 0.0) -> tuple[str, int]:
+    """``stop``, and how many reads or writes met data that failed authentication while
+    it was mounted (a run that met one read tampered data)."""
     final = _stop(mountpoint, wait, lazy=False)
     assert final is not None
-    return final
+    return str(final["tag"]), int(final.get("integrity_errors", 0))
 
 
 def detach(mountpoint: Path) -> str | None:
     """Lazy unmount: detach the mount now, in use or not; the daemon flushes and records
     the final tag when the last file there is closed. The final tag, or None while in use."""
-    return _stop(mountpoint, 0.0, lazy=True)
+    final = _stop(mountpoint, 0.0, lazy=True)
+    return None if final is None else str(final["tag"])
 
 
-def _stop(mountpoint: Path, wait: float, lazy: bool) -> str | None:
+def _stop(mountpoint: Path, wait: float, lazy: bool) -> dict[str, Any] | None:
     status = state_file(mountpoint)
     if not status.exists():
         raise VolumeError(f"{mountpoint} is not a mounted veil volume")
@@ -185,7 +193,7 @@ def _stop(mountpoint: Path, wait: float, lazy: bool) -> str | None:
             + (f"; its log ends with:\n{reason}" if reason else "")
         )
     status.unlink()
-    return str(final["tag"])
+    return dict(final)
 
 
 def _finished(status: Path, seconds: float = 5.0) -> bool:

@@ -68,6 +68,9 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
         self.next_handle = 1
         self.flush_interval = flush_interval
         self.final_tag: str | None = None
+        #: reads and writes refused because the stored data failed authentication: a run
+        #: that met one has read tampered data (the runtime then records no new tag)
+        self.integrity_errors = 0
         # Computed now: inside the daemon, touching the mountpoint would call into this very
         # filesystem before it answers, and deadlock.
         self.state_path = state_file(mountpoint)
@@ -164,6 +167,7 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
                     "tag": tag,
                     "final": final,
                     "mountpoint": str(self.mountpoint),
+                    "integrity_errors": self.integrity_errors,
                 }
             )
         )
@@ -176,7 +180,12 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
             try:
                 return work(*args, **kwargs)
             except (IntegrityError, OSError) as exc:
-                raise _fuse_error(exc) from None
+                raise self._refuse(exc) from None
+
+    def _refuse(self, exc: IntegrityError | OSError) -> Exception:
+        if isinstance(exc, IntegrityError):
+            self.integrity_errors += 1
+        return _fuse_error(exc)
 
     def _changed(self, path: str | None, inode: Any = None) -> None:
         """A file with several names changed through ``path``: the kernel caches each name
@@ -281,7 +290,7 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
                 handle = self.handles[fh]
                 at, count = handle.pread_shared(size, offset)
             except (IntegrityError, OSError) as exc:
-                raise _fuse_error(exc) from None
+                raise self._refuse(exc) from None
             self.volume.touch_atime(handle.inode)
         ctypes.c_void_p.from_address(ctypes.addressof(bufpp.contents)).value = _bufvec(helper.fd, at, count)
         return 0

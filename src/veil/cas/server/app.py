@@ -179,6 +179,7 @@ class CasApp:
             ("GET", "/v1/launch", self.launch, Access.RUNTIME),
             ("POST", "/v1/attest", self.attest, Access.RUNTIME),
             ("POST", "/v1/volume-tags", self.volume_tag, Access.RUNTIME),
+            ("GET", "/v1/volume-tags", self.volume_tag_get, Access.OWNER),
             ("POST", "/v1/replicas/join", self.replica_join, Access.RUNTIME),
             ("GET", "/v1/sessions", self.sessions_get, Access.OWNER),
             ("POST", "/v1/sessions", self.session_create, Access.OWNER),
@@ -482,6 +483,14 @@ class CasApp:
         return web.Response(status=204)
 
     # -- owners --------------------------------------------------------------------------
+
+    async def volume_tag_get(self, request: web.Request) -> web.Response:
+        session, volume = request.query.get("session"), request.query.get("volume")
+        if not session or not volume:
+            raise _Fail(400, {"error": "query parameters session=SESSION and volume=VOLUME are required"})
+        request[LOG_FIELDS].update(session=session, volume=volume)
+        tag = self.cas.volume_tag_for_reader(session, volume, self._caller(request))
+        return self._json({"session": session, "volume": volume, "tag": tag, "sim": self.cas.sim_mode})
 
     def _session_info(self, record: SessionRecord) -> dict[str, Any]:
         return {

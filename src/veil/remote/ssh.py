@@ -1,0 +1,200 @@
+"""The host of a remote job, reached with the system's OpenSSH client.
+
+Every connection checks the host key against known_hosts (``StrictHostKeyChecking=yes``:
+an unknown or changed key is refused, never learnt) and forwards nothing (no agent, no X11,
+no ports). Files travel as a tar stream over the connection, so nothing is staged in the
+clear anywhere: what is sent is volume ciphertext and the CAS's public certificate.
+"""
+
+import shlex
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, cast
+from urllib.parse import urlsplit
+
+from veil.errors import VeilError
+
+
+class RemoteError(VeilError):
+    """The host, the transfer or the job failed; the message says which and what to do."""
+
+
+class HostKeyRefused(RemoteError):
+    """The host's SSH key is unknown or not the one on record: nothing was sent."""
+
+
+#: what the OpenSSH client says when it refuses a host key
+_HOST_KEY_SIGNS = ("host key verification failed", "remote host identification has changed")
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """``ssh://USER@HOST[:PORT]`` and how to reach it."""
+
+    user: str | None
+    host: str
+    port: int | None
+    known_hosts: Path | None = None
+    identity: Path | None = None
+    config: Path | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        url: str,
+        known_hosts: Path | None = None,
+        identity: Path | None = None,
+        config: Path | None = None,
+    ) -> "SshHost":
+        parts = urlsplit(url if "://" in url else f"ssh://{url}")
+        if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/"):
+            raise RemoteError(f"'{url}' is not ssh://[USER@]HOST[:PORT]")
+        try:
+            port = parts.port
+        except ValueError:
+            raise RemoteError(f"'{url}': the port is not a number") from None
+        return cls(parts.username, parts.hostname, port, known_hosts, identity, config)
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{user}{self.host}{port}"
+
+    def argv(self, command: str) -> list[str]:
+        """The ssh command line that runs ``command`` (a POSIX shell command) on the host."""
+        options = [
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "ForwardAgent=no",
+            "-o", "ForwardX11=no",
+            "-o", "ClearAllForwardings=yes",
+            "-o", "PermitLocalCommand=no",
+            "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        if self.config is not None:
+            options += ["-F", str(self.config)]
+        if self.known_hosts is not None:
+            options += [
+                "-o",
+                f"UserKnownHostsFile={self.known_hosts}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+            ]
+        if self.identity is not None:
+            options += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        if self.port:
+            options += ["-p", str(self.port)]
+        if self.user:
+            options += ["-l", self.user]
+        return ["ssh", *options, "--", self.host, command]
+
+    def run(self, command: str, check: bool = True) -> str:
+        """Run ``command`` on the host; its stdout. A refused host key or a failure raises."""
+        result = subprocess.run(self.argv(command), capture_output=True, text=True, check=False)
+        self._check_connection(result.returncode, result.stderr)
+        if check and result.returncode != 0:
+            raise RemoteError(f"{self}: `{command}` failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout
+
+    def stream(self, command: str) -> int:
+        """Run ``command`` with its stdout and stderr on ours; its exit status."""
+        process = subprocess.Popen(self.argv(command), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        tail = b""
+        for line in process.stderr:  # passed on as it comes; the last lines kept for ssh's own errors
+            tail = (tail + line)[-4096:]
+            _write_err(line)
+        status = process.wait()
+        self._check_connection(status, tail.decode(errors="replace"))
+        return status
+
+    def send_tree(
+        self, local: Path, names: Iterable[str], remote: str, progress: Callable[[int], None]
+    ) -> None:
+        """Copy ``local/NAME`` for each name into the host's directory ``remote`` (a tar
+        stream over the connection); ``progress`` gets the bytes of each file sent."""
+        command = f"tar -C {shlex.quote(remote)} -xf -"
+        process = subprocess.Popen(self.argv(command), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdin is not None and process.stderr is not None
+        try:
+            with tarfile.open(
+                fileobj=cast(IO[bytes], _Counting(process.stdin, progress)),
+                mode="w|",
+                format=tarfile.PAX_FORMAT,
+            ) as tar:
+                for name in names:
+                    tar.add(local / name, arcname=name)
+        except BrokenPipeError:
+            pass  # the host went away: its status and stderr below say why
+        finally:
+            process.stdin.close()
+        errors = process.stderr.read().decode(errors="replace")
+        status = process.wait()
+        self._check_connection(status, errors)
+        if status != 0:
+            raise RemoteError(f"{self}: sending to {remote} failed ({status}): {errors.strip()}")
+
+    def fetch_tree(self, remote: str, name: str, local: Path) -> None:
+        """Copy the host's ``remote/NAME`` into ``local`` (a tar stream). Only directories
+        and regular files under NAME are taken: the host is not trusted with our paths."""
+        command = f"tar -C {shlex.quote(remote)} -cf - {shlex.quote(name)}"
+        process = subprocess.Popen(self.argv(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdout is not None and process.stderr is not None
+        try:
+            with tarfile.open(fileobj=process.stdout, mode="r|") as tar:
+                for member in tar:
+                    if not (member.isdir() or member.isfile()) or not _under(member.name, name):
+                        raise RemoteError(f"{self}: the host sent '{member.name}', which no volume holds")
+                    tar.extract(member, local, filter="data")
+        except tarfile.TarError as exc:
+            process.kill()
+            errors = process.stderr.read().decode(errors="replace")
+            self._check_connection(process.wait(), errors)
+            raise RemoteError(f"{self}: fetching {remote}/{name} failed: {errors.strip() or exc}") from None
+        errors = process.stderr.read().decode(errors="replace")
+        status = process.wait()
+        self._check_connection(status, errors)
+        if status != 0:
+            raise RemoteError(f"{self}: fetching {remote}/{name} failed ({status}): {errors.strip()}")
+
+    def _check_connection(self, status: int, errors: str) -> None:
+        """ssh exits 255 for its own failures: a refused host key says so plainly."""
+        if status != 255:
+            return
+        if any(sign in errors.lower() for sign in _HOST_KEY_SIGNS):
+            raise HostKeyRefused(
+                f"{self}: the host's SSH key is not the one on record in known_hosts (changed, or "
+                "never recorded); refused before anything was sent. Check the key with the host's "
+                "operator, then update known_hosts (ssh-keygen -R HOST; ssh-keyscan)"
+            )
+        raise RemoteError(f"{self}: ssh failed: {errors.strip() or 'no reason given'}")
+
+
+def _under(member: str, top: str) -> bool:
+    parts = Path(member).parts
+    return bool(parts) and parts[0] == top and ".." not in parts and not Path(member).is_absolute()
+
+
+def _write_err(line: bytes) -> None:
+    sys.stderr.buffer.write(line)
+    sys.stderr.buffer.flush()
+
+
+class _Counting:
+    """A write-only file that counts what passes through it."""
+
+    def __init__(self, sink: IO[bytes], progress: Callable[[int], None]) -> None:
+        self.sink = sink
+        self.progress = progress
+
+    def write(self, data: bytes) -> int:
+        written = self.sink.write(data)
+        self.progress(len(data))
+        return written
+
+    def close(self) -> None:
+        self.sink.flush()

@@ -1,0 +1,348 @@
+"""`veil remote`: submit a job to an untrusted host, run it attested, fetch its output.
+
+The steps (docs/remote.md): encrypt code and input here into volumes with fresh keys;
+create a session that hands those keys and a fresh output key to exactly the attested
+program; send the ciphertext over SSH; run ``veil run --config-id`` there; fetch the output
+volume, refuse it unless its tag is the one the CAS recorded at the end of the run, decrypt
+it here; remove the job's files on the host.
+"""
+
+import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veil.client.http import OwnerClient
+from veil.crypto import constant_time_equal
+from veil.remote.job import SERVICE, Job, JobSession, JobStore, session_name, substitute
+from veil.remote.ssh import RemoteError, SshHost
+from veil.tee.measure import measure_command
+from veil.volume import Volume, VolumeError
+from veil.volume.copy import copy_in, copy_out, tree_size
+
+#: the PATH the job's program runs with (the session's environment; the host's is not used)
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: a progress bar: (label, total bytes) -> a context whose value takes byte counts
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], Any]]]
+
+
+@dataclass
+class Submission:
+    host: SshHost
+    cas: str
+    command: list[str]
+    code: Path
+    input: Path | None
+    output: Path
+    name: str
+    program: Path | None = None
+    tolerate: list[str] = field(default_factory=list)
+    sim_platforms: list[str] = field(default_factory=list)
+    attestation: list[dict[str, Any]] = field(default_factory=list)
+    remote_base: str = ".veil-remote"
+    remote_veil: str = "veil"
+    remote_cas: str | None = None
+    las: str | None = None
+    mode: str | None = None
+
+
+class Remote:
+    """The submitter's side of remote jobs."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        owner: Callable[[str], OwnerClient],
+        say: Callable[[str], None],
+        progress: Progress,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.say = say
+        self.progress = progress
+
+    # -- submit ---------------------------------------------------------------------------
+
+    def submit(self, submission: Submission, ca_pem: str, owner_id: str, detach: bool) -> Job:
+        """Everything up to a running job: checks, the host's job directory, encryption,
+        the session, the upload, the start (detached or not: ``run`` streams it)."""
+        self._check_local(submission)
+        host = submission.host
+        remote_dir = self._prepare_host(submission)  # the host key is checked here, before anything is sent
+        volumes = ["code", *(["input"] if submission.input is not None else []), "output"]
+        job = Job(
+            name=submission.name,
+            host=str(host),
+            cas=submission.cas,
+            session=session_name(owner_id, submission.name),
+            remote_dir=remote_dir,
+            output=str(submission.output.absolute()),
+            command=substitute(submission.command, remote_dir),
+            volumes=volumes,
+            detached=detach,
+            ssh={
+                "known_hosts": _text(host.known_hosts),
+                "identity": _text(host.identity),
+                "config": _text(host.config),
+                "remote_veil": submission.remote_veil,
+                "remote_cas": submission.remote_cas,
+                "las": submission.las,
+                "mode": submission.mode,
+            },
+        )
+        local = self.store.create(job)
+        created = False
+        try:
+            keys = {name: self.store.new_key(job.name, name) for name in volumes}
+            sources = {"code": submission.code, "input": submission.input}
+            for name in volumes[:-1]:
+                source = sources[name]
+                assert source is not None
+                job.tags[name] = self._encrypt(source, local / name, keys[name], name)
+            self.store.save(job)
+            client = self.owner(submission.cas)
+            session = JobSession(
+                name=job.session,
+                command=job.command,
+                remote_dir=remote_dir,
+                attestation=self._attestation(submission, job, client),
+                keys=keys,
+                tags=job.tags,
+                tolerate=submission.tolerate,
+                sim_platforms=submission.sim_platforms,
+            )
+            client.create_session(session.text())
+            created = True
+            self.say(f"created session {job.session} on {submission.cas}")
+            (local / "cas-ca.pem").write_text(ca_pem)
+            sent = ["cas-ca.pem", *volumes[:-1]]
+            total = sum(tree_size(local / name) for name in volumes[:-1])
+            with self.progress(f"sending to {host.host}", total) as update:
+                host.send_tree(local, sent, remote_dir, update)
+            for name in volumes[:-1]:
+                shutil.rmtree(local / name)  # sent; the keys stay here
+        except BaseException:
+            self._cleanup_host(job, quiet=True)
+            if not created:  # nothing on the CAS refers to the job: forget it here too
+                shutil.rmtree(local, ignore_errors=True)
+            raise
+        if detach:
+            host.run(self._start_command(job, detached=True))
+            self.say(f"job {job.name} started on {host.host}; `veil remote status {job.name}`, then fetch")
+        return job
+
+    def run_attached(self, job: Job) -> int:
+        """Run the submitted job with its stdout and stderr here; the runtime's exit status."""
+        self.say(f"running {job.config_id} on {job.host}")
+        return self._host(job).stream(self._start_command(job, detached=False))
+
+    def _check_local(self, submission: Submission) -> None:
+        for name, directory in (("code", submission.code), ("input", submission.input)):
+            if directory is not None and not directory.is_dir():
+                raise RemoteError(f"--{name} {directory}: not a directory")
+        if self.store.directory(submission.name).exists():
+            raise RemoteError(f"a job named '{submission.name}' exists already; choose another --name")
+        output = submission.output
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            raise RemoteError(f"--output {output}: must be a new or empty directory")
+        if not submission.tolerate and not submission.attestation:
+            raise RemoteError(
+                "no platform is acceptable: give --attestation FILE with the host's hardware entries, "
+                "or --tolerate sim for a development host (which protects nothing)"
+            )
+
+    def _prepare_host(self, submission: Submission) -> str:
+        """Make the job's directory on the host (new, 0700) and check veil is there; its
+        absolute path. The first connection: a refused host key stops everything here."""
+        base, name = submission.remote_base, submission.name
+        script = (
+            f"umask 077 && mkdir -p -- {_shell_path(base)} && cd -- {_shell_path(base)} && "
+            f"mkdir -- {shlex.quote(name)} && cd -- {shlex.quote(name)} && mkdir output scratch && pwd -P && "
+            f"{submission.remote_veil} --version >/dev/null"
+        )
+        try:
+            answer = submission.host.run(script)
+        except RemoteError as exc:
+            if "File exists" in str(exc):
+                raise RemoteError(f"{submission.host}: a job named '{name}' exists there already") from None
+            raise
+        return answer.strip().splitlines()[0]
+
+    def _encrypt(self, source: Path, target: Path, key: bytes, name: str) -> str:
+        with Volume.create(target, key, "encrypted") as volume:
+            with self.progress(f"encrypting {name}", tree_size(source)) as update:
+                copy_in(source, volume, update)
+            return volume.close()
+
+    def _attestation(self, submission: Submission, job: Job, client: OwnerClient) -> list[dict[str, Any]]:
+        """The session's attestation entries: the given hardware ones, and with sim
+        tolerated the program's measurement as computed here from ``--program`` (or the
+        command's program as found here)."""
+        entries = [dict(e) for e in submission.attestation]
+        program = str(submission.program) if submission.program is not None else job.command[0]
+        measurement = measure_command([program, *job.command[1:]], f"{job.remote_dir}/scratch", JOB_PATH)
+        for entry in entries:
+            if entry.get("platform") in ("sev-snp", "tdx") and "workload" not in entry:
+                entry["workload"] = measurement.value
+        if "sim" in submission.tolerate:
+            entries.append({"platform": "sim", "measurement": measurement.value})
+            if not submission.sim_platforms:
+                submission.sim_platforms = [
+                    p["platform_id"] for p in client.list_platforms() if p.get("kind") == "sim"
+                ]
+            self.say(
+                "warning: the job's session tolerates sim: its host's operator can read the code, "
+                f"the input and the output (development only); sim platforms: {len(submission.sim_platforms)}"
+            )
+        self.say(f"the job's program measures {measurement.value[:23]}…")
+        return entries
+
+    def _start_command(self, job: Job, detached: bool) -> str:
+        d = shlex.quote(job.remote_dir)
+        settings = job.ssh
+        variables = {
+            "VEIL_CAS_ADDR": settings.get("remote_cas") or job.cas,
+            "VEIL_CAS_CA": f"{job.remote_dir}/cas-ca.pem",
+            "VEIL_CONFIG_ID": job.config_id,
+            "VEIL_LAS_ADDR": settings.get("las"),
+            "VEIL_MODE": settings.get("mode"),
+        }
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items() if v)
+        veil = settings.get("remote_veil") or "veil"
+        run = f"env {assignments} {veil} run"
+        if not detached:
+            return f"cd {d}/scratch && {run}; s=$?; echo $s > {d}/exit; exit $s"
+        inner = f"cd {d}/scratch && {run}; echo $? > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit"
+        # not `cd && nohup ... &`: that backgrounds the whole list, which holds ssh's output open
+        return (
+            f"cd {d} || exit 1; nohup setsid sh -c {shlex.quote(inner)} "
+            f"> {d}/stdout 2> {d}/stderr < /dev/null & echo $! > {d}/pid"
+        )
+
+    # -- status, fetch, cancel ------------------------------------------------------------
+
+    def status(self, job: Job) -> dict[str, Any]:
+        d = shlex.quote(job.remote_dir)
+        answer = (
+            self._host(job)
+            .run(
+                f"if [ -f {d}/exit ]; then echo finished $(cat {d}/exit); "
+                f"elif [ -f {d}/pid ] && kill -0 $(cat {d}/pid) 2>/dev/null; then echo running; "
+                f"elif [ -d {d} ]; then echo stopped; else echo gone; fi"
+            )
+            .split()
+        )
+        state = answer[0] if answer else "unknown"
+        result: dict[str, Any] = {"job": job.name, "host": job.host, "session": job.session, "state": state}
+        if state == "finished" and len(answer) > 1:
+            result["exit_code"] = int(answer[1])
+        return result
+
+    def fetch(self, job: Job, output: Path | None = None, keep: bool = False) -> Path:
+        """Fetch the output volume, refuse it unless its tag is the one the CAS recorded,
+        decrypt it into the job's output directory; then remove the job's files on the
+        host unless ``keep``."""
+        target = output or Path(job.output)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise RemoteError(f"{target}: must be a new or empty directory")
+        key = self.store.key(job.name, "output")
+        expected = self.owner(job.cas).volume_tag(job.session, "output")
+        if expected is None:
+            raise RemoteError(
+                f"job {job.name}: the CAS holds no tag for its output: the program never started "
+                "(attestation refused, or the job was cancelled); nothing to fetch"
+            )
+        local = self.store.directory(job.name)
+        ciphertext = local / "output"
+        shutil.rmtree(ciphertext, ignore_errors=True)
+        host = self._host(job)
+        if job.detached:
+            self._show_logs(job, host)
+        try:
+            host.fetch_tree(job.remote_dir, "output", local)
+            try:
+                volume = Volume.open(ciphertext, key, readonly=True)
+            except VolumeError as exc:
+                raise RemoteError(f"job {job.name}: the output from the host is refused: {exc}") from None
+            with volume:
+                if not constant_time_equal(volume.tag, expected):
+                    raise RemoteError(
+                        f"job {job.name}: the output's tag is {volume.tag[:16]}…, but the CAS recorded "
+                        f"{expected[:16]}… at the end of the run: an older or substituted output, or a run "
+                        "that did not finish cleanly; refused, nothing decrypted"
+                    )
+                target.mkdir(parents=True, exist_ok=True)
+                total = sum(e.size for e in volume.walk() if e.type == "file")
+                with self.progress("decrypting output", total) as update:
+                    copy_out(volume, target, update)
+        finally:
+            shutil.rmtree(ciphertext, ignore_errors=True)
+        self.say(f"output of job {job.name} (tag {expected[:16]}…, as the CAS recorded) is in {target}")
+        if not keep:
+            self._cleanup_host(job)
+        return target
+
+    def cancel(self, job: Job, keep: bool = False) -> None:
+        """Stop the job on the host (TERM to its process group; the runtime unmounts its
+        volumes) and remove its files there unless ``keep``."""
+        d = shlex.quote(job.remote_dir)
+        self._host(job).run(
+            f"if [ -f {d}/pid ] && kill -0 $(cat {d}/pid) 2>/dev/null; then kill -TERM -- -$(cat {d}/pid); "
+            f"for i in $(seq 100); do kill -0 $(cat {d}/pid) 2>/dev/null || break; sleep 0.1; done; fi"
+        )
+        self.say(f"job {job.name} stopped on {job.host}")
+        if not keep:
+            self._cleanup_host(job)
+
+    def _show_logs(self, job: Job, host: SshHost) -> None:
+        d = shlex.quote(job.remote_dir)
+        sys.stdout.write(host.run(f"cat {d}/stdout 2>/dev/null", check=False))
+        sys.stderr.write(host.run(f"cat {d}/stderr 2>/dev/null", check=False))
+
+    def _cleanup_host(self, job: Job, quiet: bool = False) -> None:
+        """Remove the job's directory on the host: only when none of its volumes is mounted
+        (a running job's mount is left alone, and the caller told)."""
+        d = shlex.quote(job.remote_dir)
+        mounted = shlex.quote(f" {job.remote_dir}/")
+        try:
+            self._host(job).run(
+                f"if [ -d {d} ]; then if grep -qF -- {mounted} /proc/self/mountinfo; "
+                f"then echo 'still mounted' >&2; exit 3; fi; rm -rf -- {d}; fi"
+            )
+            if not quiet:
+                self.say(f"removed the job's files on {job.host}")
+        except RemoteError as exc:
+            if not quiet:
+                self.say(f"warning: the job's files on the host are left: {exc}")
+
+    def _host(self, job: Job) -> SshHost:
+        settings = job.ssh
+        return SshHost.parse(
+            job.host,
+            _path(settings.get("known_hosts")),
+            _path(settings.get("identity")),
+            _path(settings.get("config")),
+        )
+
+
+def _shell_path(path: str) -> str:
+    """A host path for the shell: ``~/`` and relative paths are under the user's home."""
+    if path.startswith("~/"):
+        path = path[2:]
+    return shlex.quote(path) if path.startswith("/") else f'"$HOME"/{shlex.quote(path)}'
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path.absolute())
+
+
+def _path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
+
+
+__all__ = ["SERVICE", "Remote", "Submission"]

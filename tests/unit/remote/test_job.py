@@ -1,0 +1,82 @@
+"""The parts of `veil remote` that need no host: SSH addresses, ssh's command line, job
+names, placeholders, and the session a job creates (valid, closed, read-only code)."""
+
+from pathlib import Path
+
+import pytest
+
+from veil.policy.loader import check_session
+from veil.remote.job import JobSession, JobStore, check_job_name, session_name, substitute
+from veil.remote.ssh import RemoteError, SshHost
+
+
+def test_host_addresses_parse_and_bad_ones_are_refused() -> None:
+    host = SshHost.parse("ssh://render@farm.example:2222")
+    assert (host.user, host.host, host.port) == ("render", "farm.example", 2222)
+    assert str(host) == "ssh://render@farm.example:2222"
+    assert SshHost.parse("farm").host == "farm"
+    for bad in ("http://farm", "ssh://farm/path", "ssh://farm:port", "ssh://"):
+        with pytest.raises(RemoteError):
+            SshHost.parse(bad)
+
+
+def test_ssh_checks_host_keys_strictly_and_forwards_nothing(tmp_path: Path) -> None:
+    argv = SshHost.parse("ssh://u@h:1", known_hosts=tmp_path / "kh", identity=tmp_path / "id").argv("true")
+    text = " ".join(argv)
+    for option in (
+        "StrictHostKeyChecking=yes",
+        "BatchMode=yes",
+        "ForwardAgent=no",
+        "ClearAllForwardings=yes",
+    ):
+        assert option in text
+    assert f"UserKnownHostsFile={tmp_path / 'kh'}" in text and "GlobalKnownHostsFile=/dev/null" in text
+    assert argv[-3:] == ["--", "h", "true"]  # a host name never read as an option
+
+
+def test_job_names_and_placeholders() -> None:
+    assert check_job_name("render-1") == "render-1"
+    for bad in ("Render", "-x", "a/b", "x" * 64, ""):
+        with pytest.raises(RemoteError):
+            check_job_name(bad)
+    assert session_name("ab" * 32, "render") == "remote-abababababab/render"
+    assert substitute(["/bin/b", "{code}/s.blend", "-o", "{output}/f_", "{{code}}x"], "/j") == [
+        "/bin/b",
+        "/j/code/s.blend",
+        "-o",
+        "/j/output/f_",
+        "{/j/code}x",
+    ]
+
+
+def test_the_session_of_a_job_is_valid_closed_and_its_code_read_only() -> None:
+    text = JobSession(
+        name="remote-abababababab/render",
+        command=["/usr/bin/blender", "-b", "/j/code/s.blend"],
+        remote_dir="/j",
+        attestation=[{"platform": "sim", "measurement": "sha256:" + "0" * 64}],
+        keys={"code": b"\x01" * 32, "output": b"\x02" * 32},
+        tags={"code": "a" * 64},
+        tolerate=["sim"],
+        sim_platforms=["b" * 64],
+    ).text()
+    session, problems = check_session(text)
+    assert not problems, problems
+    assert session.access_policy.read == ["CREATOR"] and session.access_policy.update == ["CREATOR"]
+    volumes = {v.name: v for v in session.volumes}
+    assert volumes["code"].readonly and volumes["code"].initial_tag == "a" * 64
+    assert volumes["output"].accept_fresh and not volumes["output"].readonly
+    service = session.services[0]
+    assert service.tmpfs == ["/j/scratch"] and service.environment["HOME"] == "/j/scratch"
+
+
+def test_keys_are_private_and_only_the_submitter_has_them(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "remote")
+    (store.root / "j").mkdir(parents=True)
+    key = store.new_key("j", "output")
+    assert store.key("j", "output") == key
+    assert store.key_file("j", "output").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(RemoteError, match="only the submitter"):
+        store.key("j", "code")
+    with pytest.raises(RemoteError, match="no job named"):
+        store.load("other")
