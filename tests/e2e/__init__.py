@@ -22,6 +22,7 @@ def run_example(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
             "VEIL": str(Path(sys.executable).parent / "veil"),
             "VEIL_DEMO_DIR": str(tmp_path / "demo"),
             "VEIL_DEMO_PORT": str(free_port()),
+            "VEIL_DEMO_SSH_PORT": str(free_port()),
         },
         check=False,
     )
