@@ -104,6 +104,10 @@ class EvidenceSource(Protocol):
     def collect(self, report_data: bytes, measurement: str) -> Evidence: ...
 
 
+#: devices (GPUs) one attestation may carry evidence of
+MAX_DEVICES = 16
+
+
 @dataclass(frozen=True)
 class AttestationRequest:
     config_id: str
@@ -114,6 +118,8 @@ class AttestationRequest:
     #: hardware platforms: the runtime's measurement of the program ("sha256:..."), bound
     #: into report_data; sim evidence carries it inside the signed statement instead.
     workload: str = ""
+    #: evidence of devices beside the CPU TEE (``nvidia-gpu``), each bound to ``nonce``
+    devices: tuple[Evidence, ...] = ()
 
     @property
     def key_digest(self) -> bytes:
@@ -127,6 +133,11 @@ class AttestationRequest:
             "instance_public_key": b64(self.instance_public_key_der),
             "bundle_public_key": b64(self.bundle_public_key),
             "workload": self.workload,
+            **(
+                {"devices": [{"platform": d.platform, "data": b64(d.data)} for d in self.devices]}
+                if self.devices
+                else {}
+            ),
         }
 
     @classmethod
@@ -141,7 +152,19 @@ class AttestationRequest:
             instance_public_key_der=unb64(raw.get("instance_public_key"), "instance_public_key"),
             bundle_public_key=unb64(raw.get("bundle_public_key"), "bundle_public_key"),
             workload=str(raw.get("workload", "")),
+            devices=_devices(raw.get("devices", [])),
         )
+
+
+def _devices(raw: object) -> tuple[Evidence, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_DEVICES:
+        raise ProtocolError(f"field 'devices' must be a list of at most {MAX_DEVICES} evidence objects")
+    devices = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ProtocolError("each of 'devices' must be an object with 'platform' and 'data'")
+        devices.append(Evidence(_field(item, "platform", str), unb64(item.get("data"), "devices.data")))
+    return tuple(devices)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ def test_every_bundle_field_round_trips() -> None:
 def test_wire_forms_round_trip_and_reject_bad_fields() -> None:
     request = AttestationRequest("s/a", b"n" * 32, Evidence("sim", b"{}"), b"k", b"b" * 32, "sha256:00")
     assert AttestationRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    gpu = Evidence("nvidia-gpu", b'{"report": ""}')
+    with_gpu = AttestationRequest("s/a", b"n" * 32, Evidence("sim", b"{}"), b"k", b"b" * 32, "", (gpu, gpu))
+    assert AttestationRequest.from_json(json.loads(json.dumps(with_gpu.to_json()))) == with_gpu
+    assert "devices" not in request.to_json()  # what runtimes without GPUs send is unchanged
     grant = AttestationGrant(b"ct", "cert", "ca", sim=True)
     assert AttestationGrant.from_json(grant.to_json()) == grant
     update = VolumeTagUpdate("s/a", "data", None, "t", "pem", b"sig")
@@ -45,6 +49,9 @@ def test_wire_forms_round_trip_and_reject_bad_fields() -> None:
         {**request.to_json(), "config_id": 7},
         {k: v for k, v in request.to_json().items() if k != "evidence"},
         {**request.to_json(), "evidence": {"platform": "sim"}},
+        {**request.to_json(), "devices": {"platform": "nvidia-gpu"}},
+        {**request.to_json(), "devices": [{"platform": "nvidia-gpu"}]},
+        {**request.to_json(), "devices": [gpu.__dict__] * 17},
     ):
         with pytest.raises(ProtocolError):
             AttestationRequest.from_json(broken)

@@ -32,6 +32,8 @@ class HardwareCheck:
     reason: str | None
     facts: dict[str, object] = field(default_factory=dict)
     report_data: bytes = b""
+    #: the attestation entries the evidence matched (their GPU requirements come next)
+    matched: list[ConcreteAttestation] = field(default_factory=list)
 
 
 def check_hardware(
@@ -81,7 +83,8 @@ def check_hardware(
         return HardwareCheck(
             f"{platform} evidence matches no attestation entry of service '{service_name}'{detail}", facts
         )
-    return HardwareCheck(None, facts, verdict.report_data)
+    matched = [e for e, m in zip(listed, mismatches, strict=True) if m is None]
+    return HardwareCheck(None, facts, verdict.report_data, matched)
 
 
 def _collateral_for(collateral_dir: Path | None, platform: str, primary: bytes) -> Collateral | None:

@@ -760,15 +760,20 @@ class Cas:
                 "(an owner of the session names it under security.sim_platforms)",
                 facts,
             )
-        if not any(
-            isinstance(e, SimAttestation) and constant_time_equal(e.measurement, claims.measurement)
+        matched = [
+            e
             for e in self._attestation_entries(record, service)
-        ):
+            if isinstance(e, SimAttestation) and constant_time_equal(e.measurement, claims.measurement)
+        ]
+        if not matched:
             return _Decision(
                 None,
                 f"measurement {claims.measurement} matches no attestation entry of service '{service.name}'",
                 facts,
             )
+        problem = self._device_problem(request, matched, facts)
+        if problem is not None:
+            return _Decision(None, problem, facts)
         return self._bind_and_grant(
             request, record, service, facts, claims.report_data, claims.measurement, sim=True
         )
@@ -790,9 +795,27 @@ class Cas:
         facts = {"session_hash": record.hash, **checked.facts} if checked.facts else {}
         if checked.reason is not None:
             return _Decision(None, checked.reason, facts)
+        problem = self._device_problem(request, checked.matched, facts)
+        if problem is not None:
+            return _Decision(None, problem, facts)
         return self._bind_and_grant(
             request, record, service, facts, checked.report_data, request.workload, sim=False
         )
+
+    def _device_problem(
+        self, request: AttestationRequest, matched: Sequence[ConcreteAttestation], facts: dict[str, object]
+    ) -> str | None:
+        """The GPUs beside the CPU TEE: every device sent verified and bound to the nonce,
+        and the GPUs of one matched entry present (docs/attestation.md)."""
+        required = [entry.gpus for entry in matched]
+        if not request.devices and not any(required):
+            return None
+        from veil.cas.device_check import check_devices  # noqa: PLC0415 (imported for GPU attestations only)
+
+        checked = check_devices(request.devices, request.nonce, required, self._clock())
+        if checked.facts:
+            facts["gpus"] = checked.facts
+        return checked.reason
 
     def _attestation_entries(self, record: SessionRecord, service: Service) -> list[ConcreteAttestation]:
         """The service's entries, those with placeholders filled in from the session's

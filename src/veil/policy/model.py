@@ -72,7 +72,31 @@ Hex32 = Annotated[str, BeforeValidator(_hex(32))]
 Hex48 = Annotated[str, BeforeValidator(_hex(48))]
 
 
-class _HardwareEntry(StrictModel):
+class GpuAttestation(StrictModel):
+    """An NVIDIA H100 GPU beside the CPU TEE (docs/attestation.md, "A GPU beside the CPU"):
+    its SPDM measurement report must verify to NVIDIA's Device Identity CA and carry the
+    attestation's nonce; the values given here must match."""
+
+    platform: Literal["nvidia-gpu"]
+    driver_version: str | None = None
+    vbios_version: str | None = None
+    #: the FWID of the GPU's attestation certificate
+    fwid: Hex48 | None = None
+    #: measurement index -> expected value (48 bytes); the others are not compared
+    measurements: dict[int, Hex48] = Field(default_factory=dict)
+
+
+def _no_gpus(value: list[GpuAttestation]) -> bool:
+    return not value
+
+
+class _GpuRequirement(StrictModel):
+    #: GPUs that must attest beside the CPU TEE, with the same nonce (absent: none). Left
+    #: out of the canonical form while empty, so sessions written before keep their hash.
+    gpus: list[GpuAttestation] = Field(default_factory=list, exclude_if=_no_gpus)
+
+
+class _HardwareEntry(_GpuRequirement):
     #: the program the runtime inside the TEE measured (bound into report_data), if pinned.
     workload: str | None = None
 
@@ -84,7 +108,7 @@ class _HardwareEntry(StrictModel):
         return value
 
 
-class SimAttestation(StrictModel):
+class SimAttestation(_GpuRequirement):
     """A program measured by the runtime and vouched for by a sim platform key."""
 
     platform: Literal["sim"]

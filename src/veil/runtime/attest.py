@@ -5,6 +5,7 @@ The runtime makes two ephemeral keys that live only in its memory: a P-256 insta
 are bound into the evidence's report_data together with the nonce and the workload digest.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -16,6 +17,7 @@ from veil.crypto.x509ca import public_key_der
 from veil.protocol import (
     AttestationRequest,
     ConfigurationBundle,
+    Evidence,
     EvidenceSource,
     ProtocolError,
     bundle_info,
@@ -38,9 +40,14 @@ class Provisioned:
 
 
 def provision(
-    client: CasClient, evidence_source: EvidenceSource, config_id: str, measurement: str
+    client: CasClient,
+    evidence_source: EvidenceSource,
+    config_id: str,
+    measurement: str,
+    devices: Callable[[bytes], Sequence[Evidence]] | None = None,
 ) -> Provisioned:
-    """Attest to the CAS and receive the configuration for ``config_id``.
+    """Attest to the CAS and receive the configuration for ``config_id``. ``devices``
+    gives the evidence of devices beside the CPU TEE (GPUs) for the attestation's nonce.
 
     Raises AttestationRefused with the CAS's reason when the CAS says no.
     """
@@ -53,8 +60,11 @@ def provision(
         nonce, runtime_key_digest(instance_der, bundle_keys.public_bytes), workload_digest
     )
     evidence = evidence_source.collect(report_data, measurement)
+    device_evidence = tuple(devices(nonce)) if devices is not None else ()
     grant = client.attest(
-        AttestationRequest(config_id, nonce, evidence, instance_der, bundle_keys.public_bytes, measurement)
+        AttestationRequest(
+            config_id, nonce, evidence, instance_der, bundle_keys.public_bytes, measurement, device_evidence
+        )
     )
     bundle = ConfigurationBundle.from_bytes(
         open_to_key(grant.bundle_ciphertext, bundle_keys, bundle_info(nonce, config_id))

@@ -71,12 +71,21 @@ class ResultSigner:
         platform = str(facts.get("platform", ""))
         session_hash = facts.get("session_hash")
         config_id = str(facts.get("config_id", ""))
+        policy = f"veil:session:{config_id.rsplit('/', 1)[0]}@{session_hash}"
+        gpus = facts.get("gpus")
         cpu = {
             "ear.status": ear_status(platform, sim, facts.get("tcb_status")),
-            "ear.appraisal-policy-id": f"veil:session:{config_id.rsplit('/', 1)[0]}@{session_hash}",
-            "ear.veil.claims": {**facts, "sim": sim},
+            "ear.appraisal-policy-id": policy,
+            "ear.veil.claims": {**{k: v for k, v in facts.items() if k != "gpus"}, "sim": sim},
         }
-        return self._token({"cpu": cpu}, f"veil CAS {self.kid}", nonce, now)
+        submods: dict[str, Any] = {"cpu": cpu}
+        if gpus:  # verified, bound to the same nonce, and what the session's entry requires
+            submods["gpu"] = {
+                "ear.status": ear_status("nvidia-gpu", sim, None),
+                "ear.appraisal-policy-id": policy,
+                "ear.veil.claims": {"gpus": gpus},
+            }
+        return self._token(submods, f"veil CAS {self.kid}", nonce, now)
 
     def issue_appraisal(
         self, appraisal: "Appraisal", tolerated: list[str], nonce: bytes | None, now: float | None = None
