@@ -108,6 +108,7 @@ def main() -> None:
     )
     parser.add_argument("--input-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=2, help="runs of each; the best is kept")
+    parser.add_argument("--cases", default="render,input", help="which of render,input to run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("blender") is None:
@@ -143,10 +144,11 @@ def main() -> None:
             small.mkdir()
             (small / "README").write_text("the program is /usr/bin/sha256sum\n")
             rows: dict[str, Any] = {}
-            for label, code_dir, input_dir, command in (
-                ("render", code, None, render),
-                (f"input {args.input_mib} MiB", small, data, scan),
-            ):
+            cases = {
+                "render": ("render", code, None, render),
+                "input": (f"input {args.input_mib} MiB", small, data, scan),
+            }
+            for label, code_dir, input_dir, command in (cases[c] for c in args.cases.split(",")):
                 rows[label] = compare(args.runs, len(rows), server, alice, cas.url, las_socket, work,
                                       code_dir, input_dir, command)  # fmt: skip
         finally:
