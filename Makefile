@@ -10,13 +10,14 @@ TOOLS  := .venv-tools
 CHECKOV_VERSION := 3.3.30
 STAMP_TOOLS := $(TOOLS)/.installed-checkov-$(CHECKOV_VERSION)
 
-.PHONY: demo install test lint unit os-packages clean help bench-volume bench-evidence bench-shield bench-cas
+.PHONY: demo install test lint unit os-packages clean help images bench-volume bench-evidence bench-shield bench-cas
 
 help:
 	@echo "make demo   - install into .venv and run examples/quickstart on the embedded CAS (sim mode)"
 	@echo "make install [PREFIX=/usr/local] - put veil on PATH: a link PREFIX/bin/veil to .venv/bin/veil"
 	@echo "make test   - install dev dependencies and OS packages (as root), lint, run the whole suite"
 	@echo "make lint   - ruff and mypy --strict"
+	@echo "make images - the veil-cas and veil-las container images (OCI layouts, docker-archive tars) in build/images"
 	@echo "make clean  - remove .venv and demo state"
 
 $(STAMP_RUN): pyproject.toml
@@ -61,6 +62,9 @@ lint: $(STAMP_DEV)
 test: $(STAMP_DEV) $(STAMP_TOOLS) os-packages lint
 	$(BIN)/pytest
 
+images: $(STAMP_RUN) os-packages
+	$(BIN)/python scripts/build_images.py --out build/images
+
 bench-evidence: $(STAMP_DEV)
 	$(BIN)/python bench/evidence.py
 
@@ -77,4 +81,4 @@ bench-shield: $(STAMP_DEV)
 	$(BIN)/python bench/shield.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .veil-demo .veil-demo-network .veil-demo-multi-party .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) build/images .veil-demo .veil-demo-network .veil-demo-multi-party .veil-demo-remote .pytest_cache .mypy_cache .ruff_cache

@@ -34,6 +34,8 @@ ENTRYPOINT = [f"/{PREFIX}/bin/{PYTHON}", "-I", "-B", "-m", "veil", "run"]
 #: Distributions only the CAS server uses; `veil run` never imports them.
 SERVER_ONLY = {"aiohttp", "uvloop", "prometheus-client", "psycopg", "psycopg-binary"}
 _STDLIB_SKIPPED = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages"}
+#: the standard library's own test suites (unittest/test, ctypes/test, distutils/tests, ...)
+_TEST_DIRS = {"test", "tests", "idle_test"}
 _DYNLOAD_SKIPPED = re.compile(r"^(_tkinter|_curses|_curses_panel|readline|nis|_test\w*|xx\w*)\.")
 _FUSE_CANDIDATES = [Path(f"{d}/x86_64-linux-gnu/libfuse3.so.3") for d in ("/lib", "/usr/lib")]
 _SCRATCH_DIRS = (("dev", 0o755), ("proc", 0o755), ("sys", 0o755), ("tmp", 0o1777))
@@ -61,13 +63,14 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _distributions() -> list[importlib.metadata.Distribution]:
-    """veil's run-time requirements, transitively, without the server-only ones."""
-    wanted = ["veil"]
+def _distributions(server: bool = False) -> list[importlib.metadata.Distribution]:
+    """veil's run-time requirements, transitively, without the server-only ones (with them
+    for the images of veil's own services)."""
+    wanted = ["veil", *(sorted(SERVER_ONLY) if server else [])]
     seen: dict[str, importlib.metadata.Distribution] = {}
     while wanted:
         name = _normal(wanted.pop())
-        if name in seen or name in SERVER_ONLY:
+        if name in seen or (name in SERVER_ONLY and not server):
             continue
         try:
             dist = importlib.metadata.distribution(name)
@@ -92,7 +95,7 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(current, name)
 
 
-def _files() -> list[_File]:
+def _files(server: bool = False) -> list[_File]:
     base = Path(sys.base_prefix)
     executable = Path(os.path.realpath(sys.executable))
     stdlib = Path(sysconfig.get_paths(vars={"installed_base": str(base), "base": str(base)})["stdlib"])
@@ -101,7 +104,7 @@ def _files() -> list[_File]:
     for path in _walk(stdlib):
         relative = path.relative_to(stdlib)
         top = relative.parts[0]
-        if top in _STDLIB_SKIPPED or top.startswith("config-"):
+        if top in _STDLIB_SKIPPED or top.startswith("config-") or _TEST_DIRS & set(relative.parts[:-1]):
             continue
         if top == "lib-dynload" and _DYNLOAD_SKIPPED.match(path.name):
             continue
@@ -120,7 +123,7 @@ def _files() -> list[_File]:
     package = Path(veil.__file__).parent
     for path in _walk(package):
         files.append(_File(f"{site}/veil/{path.relative_to(package)}", path, 0o644))
-    for dist in _distributions():
+    for dist in _distributions(server):
         for record in dist.files or []:
             if record.parts[0] == ".." or "__pycache__" in record.parts or record.suffix == ".pyc":
                 continue
@@ -224,7 +227,7 @@ def _compiled(file: _File, work: Path) -> Path | None:
 
 
 def _fingerprint(files: list[_File]) -> str:
-    digest = hashlib.sha256(b"veil-runtime-layer-v2\n")
+    digest = hashlib.sha256(b"veil-runtime-layer-v2\n")  # the file list says which packages
     digest.update(b"stripped\n" if shutil.which("strip") else b"not stripped\n")
     for file in files:
         info = file.source.stat()
@@ -249,12 +252,13 @@ class CachedLayer:
     diff_id: str
 
 
-def runtime_layer() -> CachedLayer:
+def runtime_layer(server: bool = False) -> CachedLayer:
     """The runtime layer, built once per content (sources, veil, Python) and cached under
-    $XDG_CACHE_HOME/veil/runtime-layer."""
+    $XDG_CACHE_HOME/veil/runtime-layer. ``server``: with the packages of the CAS server too
+    (the images of veil's own services, docs/kubernetes.md)."""
     if sys.platform != "linux" or os.uname().machine != "x86_64":
         raise ImageError("the runtime layer is built on x86-64 Linux only")
-    files = _files()
+    files = _files(server)
     cache = _cache_dir()
     name = _fingerprint(files)
     index = cache / f"{name}.json"
@@ -287,7 +291,7 @@ def runtime_layer() -> CachedLayer:
         }
         (Path(work) / "index.json").write_text(json.dumps(known))
         os.replace(Path(work) / "index.json", index)
-    _prune(cache, keep=3)
+    _prune(cache, keep=4)  # the runtime and the server layer, and one older build of each
     return CachedLayer(cache / f"{name}.tar.gz", known["digest"], known["size"], known["diff_id"])
 
 
