@@ -7,6 +7,7 @@ the result from the output layers themselves; write config, manifest and tag.
 """
 
 import copy
+import io
 import os
 import shutil
 import tarfile
@@ -297,6 +298,38 @@ def _data_layer(out: Layout, directories: list[tuple[str, int, int, int]]) -> Wr
         return writer.finish()
 
 
+#: files a container engine writes into an image that lacks them (podman, CRI-O: the user
+#: database and the mount table link); the converter adds them so the measured tree is
+#: the same in every engine. /etc/hosts, /etc/hostname, /etc/resolv.conf are not measured.
+ENGINE_FILES: dict[str, bytes] = {
+    "/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
+    "/etc/group": b"root:x:0:\n",
+}
+_MTAB = "/etc/mtab"
+
+
+def _engine_layer(out: Layout, tree: MergedTree) -> WrittenLayer | None:
+    """The engine files the image lacks (ENGINE_FILES, and /etc/mtab -> /proc/mounts), or
+    None when it has them all."""
+    missing = [path for path in (*ENGINE_FILES, _MTAB) if path not in tree.nodes]
+    if not missing:
+        return None
+    with new_layer(out) as writer:
+        if "/etc" not in tree.nodes:
+            writer.add(fixed_info("etc", tarfile.DIRTYPE, 0o755))
+        for path in missing:
+            if path == _MTAB:
+                link = fixed_info(path.lstrip("/"), tarfile.SYMTYPE, 0o777)
+                link.linkname = "/proc/mounts"
+                writer.add(link)
+            else:
+                content = ENGINE_FILES[path]
+                writer.add(
+                    fixed_info(path.lstrip("/"), tarfile.REGTYPE, 0o644, len(content)), io.BytesIO(content)
+                )
+        return writer.finish()
+
+
 def _runtime_layer(out: Layout) -> WrittenLayer:
     cached = runtime_layer()
     descriptor = Descriptor(LAYER_GZIP, cached.digest, cached.size)
@@ -386,6 +419,9 @@ def _convert(options: ConvertOptions, report: Progress) -> ConvertResult:
         if data_dirs:
             progress("writing the data directories")
             layers.append((_data_layer(out, data_dirs), "data directories", "veil data directories"))
+        engine = _engine_layer(out, tree)
+        if engine is not None:
+            layers.append((engine, "engine files", "veil: /etc files container engines write when absent"))
         progress("writing the runtime layer")
         layers.append((_runtime_layer(out), "runtime", "veil runtime"))
 
