@@ -207,9 +207,10 @@ def test_without_keep_the_hosts_files_are_removed(world: World, tmp_path: Path) 
 
 
 #: the host's veil, as a host operator may replace it: it flips a byte in the middle of the
-#: smallest stored object of the code volume (the script), then runs the real veil
+#: smallest stored object of the code volume (the script's chunks; not a tag table), then
+#: runs the real veil
 TAMPERING_VEIL = """#!/bin/sh
-target=$(find ../code/objects -type f -printf '%s %p\\n' | sort -n | head -1 | cut -d' ' -f2)
+target=$(find ../code/objects -type f ! -name '*.tags' -printf '%s %p\\n' | sort -n | head -1 | cut -d' ' -f2)
 {python} - "$target" <<'EOF'
 import sys
 data = bytearray(open(sys.argv[1], "rb").read())

@@ -194,7 +194,7 @@ def run(
         mode=mode,
     )
     work = _remote()
-    job = work.submit(submission, config.pin(url).ca_certificate, config.owner_id(), detach)
+    job = work.submit(submission, config.pin(url).ca_certificate, config.owner_id(), detach, keep)
     if detach:
         click.echo(job.name)
         return

@@ -61,6 +61,8 @@ class Job:
     #: the tags the read-only volumes were sent with
     tags: dict[str, str] = field(default_factory=dict)
     detached: bool = False
+    #: leave the job's files on the host (`--keep`)
+    keep: bool = False
     created: float = field(default_factory=time.time)
     ssh: dict[str, str | None] = field(default_factory=dict)
 

@@ -27,6 +27,10 @@ from veil.volume.copy import copy_in, copy_out, tree_size
 #: the PATH the job's program runs with (the session's environment; the host's is not used)
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+#: bytes per chunk of a job's volumes: written once, read through (larger than a volume's
+#: default, which suits small random writes)
+JOB_CHUNK = 65536
+
 #: a progress bar: (label, total bytes) -> a context whose value takes byte counts
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], Any]]]
 
@@ -68,7 +72,9 @@ class Remote:
 
     # -- submit ---------------------------------------------------------------------------
 
-    def submit(self, submission: Submission, ca_pem: str, owner_id: str, detach: bool) -> Job:
+    def submit(
+        self, submission: Submission, ca_pem: str, owner_id: str, detach: bool, keep: bool = False
+    ) -> Job:
         """Everything up to a running job: checks, the host's job directory, encryption,
         the session, the upload, the start (detached or not: ``run`` streams it)."""
         self._check_local(submission)
@@ -85,6 +91,7 @@ class Remote:
             command=substitute(submission.command, remote_dir),
             volumes=volumes,
             detached=detach,
+            keep=keep,
             ssh={
                 "known_hosts": _text(host.known_hosts),
                 "identity": _text(host.identity),
@@ -174,7 +181,7 @@ class Remote:
         return answer.strip().splitlines()[0]
 
     def _encrypt(self, source: Path, target: Path, key: bytes, name: str) -> str:
-        with Volume.create(target, key, "encrypted") as volume:
+        with Volume.create(target, key, "encrypted", JOB_CHUNK) as volume:
             with self.progress(f"encrypting {name}", tree_size(source)) as update:
                 copy_in(source, volume, update)
             return volume.close()
@@ -216,7 +223,15 @@ class Remote:
         veil = settings.get("remote_veil") or "veil"
         run = f"env {assignments} {veil} run"
         if not detached:
-            return f"cd {d}/scratch && {run}; s=$?; echo $s > {d}/exit; exit $s"
+            # code and input are not needed once the program ended: removed while the output
+            # travels (unless --keep; never while a volume is still mounted there)
+            mounted = shlex.quote(f" {job.remote_dir}/")
+            tidy = (
+                ""
+                if job.keep
+                else (f"grep -qF -- {mounted} /proc/self/mountinfo || (rm -rf -- {d}/code {d}/input &); ")
+            )
+            return f"cd {d}/scratch && {run}; s=$?; echo $s > {d}/exit; {tidy}exit $s"
         inner = f"cd {d}/scratch && {run}; echo $? > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit"
         # not `cd && nohup ... &`: that backgrounds the whole list, which holds ssh's output open
         return (
@@ -277,7 +292,10 @@ class Remote:
                         "that did not finish cleanly; refused, nothing decrypted"
                     )
                 target.mkdir(parents=True, exist_ok=True)
-                total = sum(e.size for e in volume.walk() if e.type == "file")
+                files = [e for e in volume.walk() if e.type == "file"]
+                if not files:
+                    self.say(f"warning: job {job.name} wrote no output (its program failed, or never ran)")
+                total = sum(e.size for e in files)
                 with self.progress("decrypting output", total) as update:
                     copy_out(volume, target, update)
         finally:
