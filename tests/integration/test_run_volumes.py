@@ -259,3 +259,67 @@ def test_a_read_only_volume_starts_any_number_of_times_and_refuses_writes(tmp_pa
     )
     assert result.returncode != 0
     assert "read-only volume must be at the tag the CAS holds" in result.stderr
+
+
+def test_a_run_that_read_tampered_data_records_no_tag(tmp_path: Path) -> None:
+    """A program may carry on after EIO (and write an output from what it could read): a
+    run in which a volume refused tampered data records no new tag for any volume, and
+    `veil run` fails with an integrity error."""
+    code, out = tmp_path / "code", tmp_path / "out"
+    key = os.urandom(32)
+    with Volume.create(code, key) as volume, volume.open_file("/input.txt", "w") as handle:
+        handle.write(b"the input\n" * 100)
+    with Volume.open(code, key, None, readonly=True) as shipped:
+        tag = shipped.tag
+    objects = sorted(p for p in (code / "objects").rglob("*") if p.is_file() and not p.name.endswith(".tags"))
+    data = bytearray(objects[0].read_bytes())
+    data[len(data) // 2] ^= 1  # the host flips one bit of the stored input
+    objects[0].write_bytes(bytes(data))
+    script = f"cat {code}/input.txt > /dev/null 2>&1; echo written > {out}/result; echo carried on"
+    command = ["/bin/sh", "-c", script]
+    session = {
+        "name": "test/tampered",
+        "version": "1",
+        "security": {"tolerate": ["sim"]},
+        "secrets": [
+            {"name": "k", "kind": "binary", "value": base64.b64encode(key).decode(), "encoding": "base64"}
+        ],
+        "volumes": [
+            {"name": "code", "key": "k", "initial_tag": tag, "readonly": True},
+            {"name": "out", "accept_fresh": True},
+        ],
+        "services": [
+            {
+                "name": "app",
+                "attestation": [{"platform": "sim", "measurement": measurement_of(command)}],
+                "command": command,
+                "volumes": [{"name": "code", "path": str(code)}, {"name": "out", "path": str(out)}],
+            }
+        ],
+    }
+    policy = tmp_path / "session.yaml"
+    policy.write_text(yaml.safe_dump(session))
+    home = tmp_path / "home"
+    result = veil("run", "--policy", str(policy), "--service", "app", env={"VEIL_HOME": str(home)})
+    assert result.stdout == "carried on\n"  # the program did not notice
+    assert result.returncode != 0
+    assert "integrity error: volume 'code' refused" in result.stderr, result.stderr
+    cas = Cas.open_embedded(home / "cas")
+    try:
+        recorded = cas.volume_tag("test/tampered", "out")
+    finally:
+        cas.close()
+    out_key = base64.b64decode(_volume_key(home, "test/tampered", "out"))
+    with Volume.open(out, out_key, None, readonly=True) as written:
+        assert written.tag != recorded  # what the run wrote is not the state the CAS holds
+        assert any(e.path == "/result" for e in written.walk())
+
+
+def _volume_key(home: Path, session: str, volume: str) -> str:
+    cas = Cas.open_embedded(home / "cas")
+    try:
+        found = cas.records.get("volume", f"{session}#{volume}")
+        assert found is not None
+        return str(found[1]["key"])
+    finally:
+        cas.close()
