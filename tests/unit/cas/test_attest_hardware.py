@@ -216,3 +216,16 @@ def test_a_hardware_grant_issues_the_bundle_and_is_audited_without_sim(
     assert grant.sim is False and "BEGIN CERTIFICATE" in grant.instance_certificate_pem
     last = cas.audit.entries()[-1].event
     assert last["event"] == "attest.grant" and last["tcb_status"] == "UpToDate"
+
+
+def test_a_cas_without_collateral_accepts_intel_only_with_no_tcb_check(tmp_path: Path) -> None:
+    """No collateral store at all: the TCB status of an Intel quote is unknown, so the
+    session must say it accepts that (`no-tcb-check`), else the quote is refused."""
+    cas = Cas.open_embedded(tmp_path / "cas")
+    cas._clock = lambda: T_A
+    session(cas, [SGX_ENTRY], SGX_TOLERATE)
+    assert "tolerate 'no-tcb-check'" in attest(cas, sgx())
+    other = Cas.open_embedded(tmp_path / "cas2")
+    other._clock = lambda: T_A
+    session(other, [SGX_ENTRY], [*SGX_TOLERATE, "no-tcb-check"])
+    assert attest(other, sgx()) == BINDING
