@@ -7,6 +7,7 @@ clear anywhere: what is sent is volume ciphertext and the CAS's public certifica
 """
 
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -68,6 +69,8 @@ class SshHost:
 
     def argv(self, command: str) -> list[str]:
         """The ssh command line that runs ``command`` (a POSIX shell command) on the host."""
+        if shutil.which("ssh") is None:
+            raise RemoteError("the OpenSSH client `ssh` is not installed (Debian package openssh-client)")
         options = [
             "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes",

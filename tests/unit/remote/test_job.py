@@ -80,3 +80,9 @@ def test_keys_are_private_and_only_the_submitter_has_them(tmp_path: Path) -> Non
         store.key("j", "code")
     with pytest.raises(RemoteError, match="no job named"):
         store.load("other")
+
+
+def test_a_missing_ssh_client_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RemoteError, match="openssh-client"):
+        SshHost.parse("ssh://u@h").argv("true")
