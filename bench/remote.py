@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.cas_server import Owner, pinned_owner, start_cas
+from tests.cas_server import Owner, las_on_socket, pinned_owner, start_cas
 from tests.sshd import SshServer, start_sshd
 
 TOP = Path(__file__).resolve().parents[1]
@@ -116,45 +116,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="veil-bench-remote-") as temporary:
         work = Path(temporary)
         cas = start_cas(work)
-        las_socket = work / "las.sock"
-        las = subprocess.Popen([sys.executable, "-m", "veil", "las", "serve", "--socket", str(las_socket),
-                                "--home", str(work / "node")], stderr=subprocess.DEVNULL)  # fmt: skip
         server = start_sshd(work / "sshd")
         try:
-            while not las_socket.exists():
-                time.sleep(0.05)
-            added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", f"unix:{las_socket}")
-            assert added.returncode == 0, added.stderr
-            alice = pinned_owner(work, cas, "alice")
-            code = work / "code"
-            code.mkdir()
-            shutil.copy(EXAMPLE / "scene.blend", code)
-            (code / "render.py").write_text(
-                (EXAMPLE / "render.py").read_text() + HEAVY.format(samples=args.samples)
-            )
-            render = ["/usr/bin/blender", "-b", "{code}/scene.blend", "--python", "{code}/render.py",
-                      "-o", "{output}/frame_", "-F", "PNG", "-f", "1"]  # fmt: skip
-            data = work / "data"
-            data.mkdir()
-            with open(data / "big.bin", "wb") as out:
-                for _ in range(args.input_mib):
-                    out.write(os.urandom(1 << 20))
-            scan = ["/bin/sh", "-c", "sha256sum {input}/big.bin > {output}/sum"]
-            small = work / "small-code"
-            small.mkdir()
-            (small / "README").write_text("the program is /usr/bin/sha256sum\n")
-            rows: dict[str, Any] = {}
-            cases = {
-                "render": ("render", code, None, render),
-                "input": (f"input {args.input_mib} MiB", small, data, scan),
-            }
-            for label, code_dir, input_dir, command in (cases[c] for c in args.cases.split(",")):
-                rows[label] = compare(args.runs, len(rows), server, alice, cas.url, las_socket, work,
-                                      code_dir, input_dir, command)  # fmt: skip
+            with las_on_socket(work / "las.sock", work / "node") as las_socket:
+                added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", f"unix:{las_socket}")
+                assert added.returncode == 0, added.stderr
+                alice = pinned_owner(work, cas, "alice")
+                code = work / "code"
+                code.mkdir()
+                shutil.copy(EXAMPLE / "scene.blend", code)
+                (code / "render.py").write_text(
+                    (EXAMPLE / "render.py").read_text() + HEAVY.format(samples=args.samples)
+                )
+                render = ["/usr/bin/blender", "-b", "{code}/scene.blend", "--python", "{code}/render.py",
+                          "-o", "{output}/frame_", "-F", "PNG", "-f", "1"]  # fmt: skip
+                data = work / "data"
+                data.mkdir()
+                with open(data / "big.bin", "wb") as out:
+                    for _ in range(args.input_mib):
+                        out.write(os.urandom(1 << 20))
+                scan = ["/bin/sh", "-c", "sha256sum {input}/big.bin > {output}/sum"]
+                small = work / "small-code"
+                small.mkdir()
+                (small / "README").write_text("the program is /usr/bin/sha256sum\n")
+                rows: dict[str, Any] = {}
+                cases = {
+                    "render": ("render", code, None, render),
+                    "input": (f"input {args.input_mib} MiB", small, data, scan),
+                }
+                for label, code_dir, input_dir, command in (cases[c] for c in args.cases.split(",")):
+                    rows[label] = compare(args.runs, len(rows), server, alice, cas.url, las_socket, work,
+                                          code_dir, input_dir, command)  # fmt: skip
         finally:
             server.stop()
-            las.terminate()
-            las.wait(timeout=30)
             cas.stop()
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -6,12 +6,14 @@ beside the data directory, passed with ``--admin``), who admits the other owners
 (``pinned_owner``) and registers node platforms (``register_platform``)."""
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,25 @@ def node_platform(tmp_path: Path, name: str = "node") -> tuple[Path, str]:
     """A node's VEIL_HOME with its sim platform key, and the platform id (not registered)."""
     key = PlatformSigningKey.load_or_create(tmp_path / name / "las" / "platform.key")
     return tmp_path / name, key.key_id
+
+
+@contextlib.contextmanager
+def las_on_socket(socket_path: Path, home: Path) -> Iterator[Path]:
+    """A `veil las serve` on the Unix socket ``socket_path`` (its platform key under
+    ``home``), until the block ends; the socket."""
+    las = subprocess.Popen(
+        [sys.executable, "-m", "veil", "las", "serve", "--socket", str(socket_path), "--home", str(home)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 30
+        while not socket_path.exists():
+            assert las.poll() is None and time.time() < deadline, "the LAS did not start"
+            time.sleep(0.05)
+        yield socket_path
+    finally:
+        las.terminate()
+        las.wait(timeout=30)
 
 
 def register_platform(tmp_path: Path, cas: CasServer, name: str = "node") -> Path:

@@ -13,6 +13,7 @@ change of the manifests' meaning):
   pod template is played as a Pod, the rest has no meaning on one host.
 """
 
+import base64
 import copy
 import json
 import os
@@ -120,8 +121,6 @@ def for_podman(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decoded(value: str) -> str:
-    import base64  # noqa: PLC0415 - only for Secrets
-
     return base64.b64decode(value).decode()
 
 

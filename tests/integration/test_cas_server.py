@@ -5,9 +5,6 @@ import dataclasses
 import http.client
 import json
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.cas_server import (
     CasServer,
     Owner,
+    las_on_socket,
     node_platform,
     pinned_owner,
     register_platform,
@@ -293,26 +291,7 @@ def test_run_from_the_network_cas(tmp_path: Path, cas: CasServer, alice: Owner) 
 
 @requires_root
 def test_run_with_a_las(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
-    socket_path = tmp_path / "las.sock"
-    las = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "veil",
-            "las",
-            "serve",
-            "--socket",
-            str(socket_path),
-            "--home",
-            str(tmp_path / "n"),
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.time() + 30
-        while not socket_path.exists():
-            assert las.poll() is None and time.time() < deadline, "the LAS did not start"
-            time.sleep(0.05)
+    with las_on_socket(tmp_path / "las.sock", tmp_path / "n") as socket_path:
         refused = alice.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
         assert refused.returncode == 1 and "needs the role 'admin'" in refused.stderr
         added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
@@ -323,9 +302,6 @@ def test_run_with_a_las(tmp_path: Path, cas: CasServer, alice: Owner) -> None:
         result = alice.veil("run", "--config-id", "net/app/app", env={"VEIL_LAS_ADDR": f"unix:{socket_path}"})
         assert result.returncode == 0, result.stderr
         assert len(json.loads(result.stdout.splitlines()[0])["env"]["APP_PW"]) == 24
-    finally:
-        las.terminate()
-        las.wait(timeout=30)
     assert not socket_path.exists()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cas_server import CasServer, Owner, pinned_owner, start_cas
+from tests.cas_server import CasServer, Owner, las_on_socket, pinned_owner, start_cas
 from tests.conftest import requires_root
 from tests.png import SIGNATURE, pixels
 from tests.sshd import SshServer, start_sshd
@@ -48,7 +48,7 @@ class World:
     def env(self, owner: Owner) -> dict[str, str]:
         return {**owner.env, "VEIL_HOME": str(owner.home / "data")}
 
-    def remote(self, owner: Owner, *args: str, **kwargs: str) -> subprocess.CompletedProcess[str]:
+    def remote(self, owner: Owner, *args: str) -> subprocess.CompletedProcess[str]:
         return owner.veil("remote", *args, env=self.env(owner))
 
     def run_job(
@@ -78,34 +78,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("remote")
     cas = start_cas(root)
     alice, bob = pinned_owner(root, cas, "alice"), pinned_owner(root, cas, "bob")
-    socket_path = root / "las.sock"
-    las = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "veil",
-            "las",
-            "serve",
-            "--socket",
-            str(socket_path),
-            "--home",
-            str(root / "node"),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
     ssh = start_sshd(root / "sshd")
     try:
-        deadline = time.time() + 30
-        while not socket_path.exists():
-            assert las.poll() is None and time.time() < deadline, "the LAS did not start"
-            time.sleep(0.05)
-        added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
-        assert added.returncode == 0, added.stderr
-        yield World(root, cas, alice, bob, socket_path, ssh)
+        with las_on_socket(root / "las.sock", root / "node") as socket_path:
+            added = cas.admin.veil("cas", "platform", "add", cas.url, "--las", f"unix:{socket_path}")
+            assert added.returncode == 0, added.stderr
+            yield World(root, cas, alice, bob, socket_path, ssh)
     finally:
         ssh.stop()
-        las.terminate()
-        las.wait(timeout=30)
         cas.stop()
 
 
