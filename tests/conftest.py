@@ -18,6 +18,11 @@ from veil.tee import measure_command
 
 pytest_plugins = ["tests.postgres"]
 
+# `veil run --policy` leaves an embedded CAS server behind for later runs (120 s); hundreds of
+# tests in their own homes would leave hundreds. The suite runs in-process unless a test
+# asks for the server (tests/integration/test_embedded_server.py).
+os.environ.setdefault("VEIL_EMBEDDED_SERVER", "off")
+
 TESTS = Path(__file__).parent
 SHOW = TESTS / "programs" / "show.py"
 PYTHON = os.path.realpath(sys.executable)

@@ -70,7 +70,10 @@ def run(
     """Attest and run a service: SERVICE of POLICY on the embedded CAS (sim mode), or
     --config-id SESSION/SERVICE from a network CAS.
 
-    Embedded: the session is registered (or updated) in the embedded CAS under --home.
+    Embedded: the session is registered (or updated) in the embedded CAS under --home. The
+    first run starts the home's embedded CAS server in the background, which later runs use
+    (about half the start-up time); VEIL_EMBEDDED_SERVER sets its idle seconds (default 120)
+    or turns it off (docs/sim-mode.md).
     Network: the CAS must be pinned (`veil cas attest URL`, or VEIL_CAS_CA=FILE holding its
     CA certificate); the runtime measures the command the CAS names for the service.
 

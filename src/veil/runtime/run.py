@@ -12,8 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from veil.client.interface import CasClient
+from veil.client.local import (
+    LocalCasClient,
+    Prepared,
+    ServerUnavailable,
+    code_fingerprint,
+    idle_seconds,
+    start_server,
+)
 from veil.crypto import PlatformSigningKey
-from veil.protocol import AttestationRefused, EvidenceSource, LaunchDescriptor
+from veil.protocol import AttestationRefused, EvidenceSource, LaunchDescriptor, VolumeTagUpdate
 from veil.runtime.attest import Provisioned, provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
@@ -50,6 +58,11 @@ class EmbeddedHome:
     @property
     def platform_key_file(self) -> Path:
         return self.root / "las" / "platform.key"
+
+    @property
+    def socket(self) -> Path:
+        """Where the home's embedded CAS server listens (veil.runtime.embedded_server)."""
+        return self.root / "cas.sock"
 
     @property
     def collateral_dir(self) -> Path:
@@ -92,6 +105,30 @@ def register_or_update(cas: "Cas", session: "Session", text: str, source: str) -
     return f"updated session {record.name} to {record.hash[:16]}… (revision {record.revision})"
 
 
+def checked_session(text: str, source: str, service_name: str, extra_args: bool) -> "Session":
+    """The session of a policy file, checked to have the service and, if extra arguments are
+    given, to allow them."""
+    from veil.policy import parse_session  # noqa: PLC0415
+
+    session = parse_session(text, source)
+    service = session.service(service_name)
+    if service is None:
+        raise RuntimeFailure(f"{source}: {session.no_service(service_name)}")
+    if extra_args and not service.allow_extra_args:
+        raise RuntimeFailure(
+            f"service '{service_name}' does not accept extra arguments; they would not be attested "
+            "(set allow_extra_args: true to allow them)"
+        )
+    return session
+
+
+def prepare_policy_run(cas: "Cas", session: "Session", text: str, source: str, service_name: str) -> Prepared:
+    """Bring the embedded CAS to the file's session; what the service runs."""
+    message = register_or_update(cas, session, text, source)
+    config_id = f"{session.name}/{service_name}"
+    return Prepared(message, config_id, cas.launch_descriptor(config_id))
+
+
 def run_with_policy(
     policy: Path,
     service_name: str,
@@ -100,41 +137,85 @@ def run_with_policy(
     report: Callable[[str], None],
     mode: str = "sim",
 ) -> int:
+    """``veil run --policy``: on the home's embedded CAS server if one answers, else
+    in-process (and then a server is started for the next runs, unless it is off)."""
+    idle = idle_seconds()
+    served = _on_server(policy, service_name, extra_args, home) if idle is not None else None
+    if served is not None:
+        client, prepared = served
+        report(prepared.message)
+        key = PlatformSigningKey.load_or_create(home.platform_key_file)
+        return _attest_and_run(client, prepared, home, evidence_source(mode, key), extra_args, report)
     from veil.client.embedded import EmbeddedCasClient  # noqa: PLC0415
-    from veil.policy import load_session_file  # noqa: PLC0415
+    from veil.policy.loader import read_session_file  # noqa: PLC0415
 
-    session, text = load_session_file(policy)
-    service = session.service(service_name)
-    if service is None:
-        raise RuntimeFailure(f"{policy}: {session.no_service(service_name)}")
-    if extra_args and not service.allow_extra_args:
-        raise RuntimeFailure(
-            f"service '{service_name}' does not accept extra arguments; they would not be attested "
-            "(set allow_extra_args: true to allow them)"
-        )
+    text = read_session_file(policy)
+    session = checked_session(text, str(policy), service_name, bool(extra_args))
     cas, platform_key = home.open()
-    client = EmbeddedCasClient(cas)
     try:
-        report(register_or_update(cas, session, text, str(policy)))
-        config_id = f"{session.name}/{service.name}"
-        measurement = measure_workload(cas.launch_descriptor(config_id))
-        try:
-            provisioned = provision(client, evidence_source(mode, platform_key), config_id, measurement.value)
-        except AttestationRefused as refused:
-            changed = (
-                what_changed(home.root, config_id, measurement)
-                if isinstance(measurement, Measurement)
-                else []
+        prepared = prepare_policy_run(cas, session, text, str(policy), service_name)
+        report(prepared.message)
+        if idle is not None:
+            start_server(home.root, idle)
+            report(
+                f"started the embedded CAS server for the next runs (it exits after {idle:.0f} s idle; "
+                "VEIL_EMBEDDED_SERVER=off: none)"
             )
-            if not changed:
-                raise
-            lines = "".join(f"\n  since the last accepted run: {line}" for line in changed)
-            raise AttestationRefused(refused.reason + lines) from None
-        if isinstance(measurement, Measurement):
-            remember_accepted(home.root, config_id, measurement)
-        return run_provisioned(client, provisioned, measurement, extra_args, report)
+        evidence = evidence_source(mode, platform_key)
+        return _attest_and_run(EmbeddedCasClient(cas), prepared, home, evidence, extra_args, report)
     finally:
         cas.close()
+
+
+def _on_server(
+    policy: Path, service_name: str, extra_args: list[str], home: EmbeddedHome
+) -> tuple[LocalCasClient, Prepared] | None:
+    """The run prepared by the home's server; None if none answers (or the file cannot be
+    read: the in-process path reports that)."""
+    if not home.socket.exists():
+        return None
+    try:
+        text = policy.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    client = LocalCasClient(home.socket, code_fingerprint(), functools.partial(_push_in_process, home))
+    try:
+        return client, client.prepare(text, str(policy), service_name, bool(extra_args))
+    except ServerUnavailable:
+        return None
+
+
+def _push_in_process(home: EmbeddedHome, update: VolumeTagUpdate) -> None:
+    cas, _key = home.open()
+    try:
+        cas.push_volume_tag(update)
+    finally:
+        cas.close()
+
+
+def _attest_and_run(
+    client: CasClient,
+    prepared: Prepared,
+    home: EmbeddedHome,
+    evidence: EvidenceSource,
+    extra_args: list[str],
+    report: Callable[[str], None],
+) -> int:
+    config_id = prepared.config_id
+    measurement = measure_workload(prepared.launch)
+    try:
+        provisioned = provision(client, evidence, config_id, measurement.value)
+    except AttestationRefused as refused:
+        changed = (
+            what_changed(home.root, config_id, measurement) if isinstance(measurement, Measurement) else []
+        )
+        if not changed:
+            raise
+        lines = "".join(f"\n  since the last accepted run: {line}" for line in changed)
+        raise AttestationRefused(refused.reason + lines) from None
+    if isinstance(measurement, Measurement):
+        remember_accepted(home.root, config_id, measurement)
+    return run_provisioned(client, provisioned, measurement, extra_args, report)
 
 
 def run_from_cas(
