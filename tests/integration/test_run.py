@@ -175,6 +175,42 @@ def test_a_signal_to_veil_run_reaches_the_program_and_its_exit_code_propagates(
     assert process.wait(timeout=30) == 42  # the program's own SIGTERM handler exits 42
 
 
+def _hostile_parent() -> None:
+    """What a careless parent leaves to veil: signals blocked, SIGINT ignored."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("files", [False, True], ids=["fork-exec", "launcher"])
+@pytest.mark.parametrize("careless_parent", [False, True], ids=["clean-parent", "careless-parent"])
+def test_the_program_starts_with_no_blocked_signal_and_default_forwarded_ones(
+    tmp_path: Path, files: bool, careless_parent: bool
+) -> None:
+    """Whether the program is fork+exec'ed by the supervisor (no injected file) or started
+    through the launcher: no signal blocked, SIGINT and SIGTERM at their defaults."""
+    text = session_yaml(
+        environment={"SHOW_FILES": "/proc/self/status", "PYTHONCOERCECLOCALE": "0"},
+        files=[{"path": CONF, "content": "x\n"}] if files else [],
+    )
+    policy = tmp_path / "session.yaml"
+    policy.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "veil", "run", "--policy", str(policy), "--service", "app"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "VEIL_HOME": str(tmp_path / "home")},
+        preexec_fn=_hostile_parent if careless_parent else None,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout.splitlines()[0])["files"]["/proc/self/status"]["content"]
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert int(fields["SigBlk"], 16) == 0
+    ignored = int(fields["SigIgn"], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGTERM - 1))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
 def test_a_program_killed_by_a_signal_gives_128_plus_n(tmp_path: Path, signum: int) -> None:
     # Without its handler (SHOW_MODE=wait-term installs one only for SIGTERM), the default

@@ -168,7 +168,8 @@ def _spec_bytes(spec: LaunchSpec, staging: str) -> bytes:
 
 def supervise(spec: LaunchSpec) -> int:
     """Run the program described by ``spec`` to its end; return its exit code."""
-    if not spec.files and not spec.tmpfs:
+    if not spec.files and not spec.tmpfs and not signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        # (the launcher also empties a signal mask veil inherited; fork+exec would pass it on)
         return _exec_and_wait(spec)
     placeholders = _Placeholders()
     staging = tempfile.mkdtemp(prefix="veil-files-")
