@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veil.cas.reference_values import mismatch
-from veil.crypto.certs import load_pem_chain
 from veil.errors import VeilError
 from veil.policy.model import ConcreteAttestation, Security
 from veil.protocol import Evidence
 from veil.tee.hardware_evidence import HardwareEvidence
-from veil.tee.intel import Collateral, Quote
-from veil.tee.intel.collateral_store import CollateralStore
-from veil.tee.intel.verify import pck_extensions
+from veil.tee.intel import Collateral
+from veil.tee.intel.collateral_store import collateral_for
 from veil.tee.verdict import HARDWARE_PLATFORMS, appraise
 
 
@@ -90,6 +88,4 @@ def check_hardware(
 def _collateral_for(collateral_dir: Path | None, platform: str, primary: bytes) -> Collateral | None:
     if platform == "sev-snp" or collateral_dir is None:
         return None
-    quote = Quote.from_bytes(primary)
-    fmspc = pck_extensions(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
-    return CollateralStore(collateral_dir).find(platform, fmspc)
+    return collateral_for(collateral_dir, platform, primary)

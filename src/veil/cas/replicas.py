@@ -4,6 +4,7 @@
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from veil.cas.custody import JOIN_DOMAIN, Custody, transfer_info, transfer_report_data
 from veil.cas.errors import MasterKeyError
@@ -41,7 +42,11 @@ class JoinRequest:
         return cls(nonce, public_key, Evidence(str(raw["platform"]), unb64(raw.get("data"), "evidence.data")))
 
 
-def _refusal(cas: Cas, measurement: str, own_platform: bytes | None, request: JoinRequest) -> str | None:
+def _refusal(
+    cas: Cas, measurement: str, own_platform: bytes | None, request: JoinRequest, facts: dict[str, object]
+) -> str | None:
+    """Why the replica is refused (None: it is not); what was learnt goes into ``facts``."""
+
     def platform(platform_id: str) -> bytes | None:
         if own_platform is not None and sha256_hex(own_platform) == platform_id:
             return own_platform
@@ -49,13 +54,15 @@ def _refusal(cas: Cas, measurement: str, own_platform: bytes | None, request: Jo
 
     tolerate = ("sim",) if cas.sim_mode else ()
     try:
-        report_data, attested = verify_peer_evidence(request.evidence, platform, tolerate)
+        peer = verify_peer_evidence(request.evidence, platform, tolerate, cas.collateral_dir, cas.clock())
     except EvidenceError as exc:
         return f"the replica's evidence does not verify: {exc}"
-    if not same_measurement(attested, measurement):
-        return f"the replica runs measurement {attested}, this CAS {measurement}"
+    if peer.tcb_status is not None:
+        facts["tcb_status"] = peer.tcb_status
+    if not same_measurement(peer.measurement, measurement):
+        return f"the replica runs measurement {peer.measurement}, this CAS {measurement}"
     if not constant_time_equal(
-        report_data, transfer_report_data(JOIN_DOMAIN, request.nonce, request.public_key)
+        peer.report_data, transfer_report_data(JOIN_DOMAIN, request.nonce, request.public_key)
     ):
         return "the evidence does not bind this nonce and key (replayed or relayed?)"
     return None
@@ -64,10 +71,11 @@ def _refusal(cas: Cas, measurement: str, own_platform: bytes | None, request: Jo
 def grant_join(cas: Cas, measurement: str, own_platform: bytes | None, request: JoinRequest) -> bytes:
     """The master key encrypted to the joining replica's key, or AttestationRefused; the
     decision is audited in the transaction that uses the nonce."""
-    problem = cas.nonces.check(request.nonce) or _refusal(cas, measurement, own_platform, request)
+    facts: dict[str, object] = {}
+    problem = cas.nonces.check(request.nonce) or _refusal(cas, measurement, own_platform, request, facts)
     with cas.records.store.transaction():
         problem = problem or cas.nonces.use(request.nonce)
-        details = {"platform": request.evidence.platform, "granted": problem is None}
+        details = {"platform": request.evidence.platform, "granted": problem is None, **facts}
         cas.audit.append("replica.join", cas.sim_mode, **details, **({"reason": problem} if problem else {}))
     if problem:
         raise AttestationRefused(problem)
@@ -81,11 +89,17 @@ class JoinFailed(MasterKeyError):
 
 
 def join(
-    url: str, custody: Custody, evidence: EvidenceSource, measurement: str, sim: bool
+    url: str,
+    custody: Custody,
+    evidence: EvidenceSource,
+    measurement: str,
+    sim: bool,
+    collateral_dir: Path | None = None,
 ) -> tuple[AeadKey, str]:
-    """Obtain the master key from the replica at ``url``; (key, the identity it attested)."""
+    """Obtain the master key from the replica at ``url``; (key, the identity it attested).
+    An Intel replica's TCB status is evaluated with ``collateral_dir`` when given."""
     try:
-        pin = attest_cas(url, ("sim",) if sim else (), measurement)
+        pin = attest_cas(url, ("sim",) if sim else (), measurement, collateral_dir)
     except (CasAttestationFailed, CasRequestFailed) as exc:
         raise JoinFailed(f"the replica at {url} is not verified: {exc}") from None
     keys = BundleKeyPair.generate()

@@ -152,6 +152,10 @@ class Cas:
     def close(self) -> None:
         self.records.store.close()
 
+    def clock(self) -> dt.datetime:
+        """The time at which this CAS verifies evidence and collateral."""
+        return self._clock()
+
     # -- sessions ---------------------------------------------------------------------
 
     def _record(self, name: str) -> tuple[int, SessionRecord] | None:

@@ -124,8 +124,9 @@ def cas() -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Intel collateral store (`veil las collateral import --cache DIR`): the TCB status of "
-    "TDX and SGX evidence is evaluated with it; without it such evidence is accepted only by "
-    "sessions that tolerate no-tcb-check.",
+    "TDX and SGX evidence is evaluated with it (runtimes', and a replica's when one joins); "
+    "without it runtimes' such evidence is accepted only by sessions that tolerate "
+    "no-tcb-check, and a replica's TCB is not evaluated.",
 )
 @click.option(
     "--workers",
@@ -243,7 +244,9 @@ def serve_command(
 
     try:
         join = (
-            None if join_url is None else lambda: join_replica(join_url, custody, evidence, measurement, sim)
+            None
+            if join_url is None
+            else lambda: join_replica(join_url, custody, evidence, measurement, sim, collateral)
         )
         obtained = obtain_master_key(custody, data, join)
         master = obtained.master
@@ -597,15 +600,25 @@ def ca_command(url: str | None, output: Path | None) -> None:
 @click.argument("url")
 @cas_measurement_option
 @cas_tolerate_option
+@click.option(
+    "--collateral",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Intel collateral store (`veil las collateral import --cache DIR`): a TDX or SGX CAS's "
+    "TCB status is evaluated with it (and refused as the tolerances say); without it, it is "
+    "not evaluated, and the output says so.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the pinned identity as JSON.")
-def attest_command(url: str, measurement: str | None, tolerate: tuple[str, ...], as_json: bool) -> None:
+def attest_command(
+    url: str, measurement: str | None, tolerate: tuple[str, ...], collateral: Path | None, as_json: bool
+) -> None:
     """Verify the CAS at URL by its own evidence and pin its identity.
 
     Later commands and runtimes talk to URL only if it presents the pinned key. The first
     pinned CAS becomes the default (--cas may then be left out).
     """
     url = normalize_url(url)
-    pin = attest_cas(url, tolerate, measurement)
+    pin = attest_cas(url, tolerate, measurement, collateral)
     if pin.sim:
         sim_banner(NETWORK_SIM_BANNER)
     config = ClientConfig.load()
@@ -616,9 +629,18 @@ def attest_command(url: str, measurement: str | None, tolerate: tuple[str, ...],
     config.default_url = config.default_url or url
     config.save()
     if as_json:
-        emit_json({"url": url, "identity": pin.identity, "measurement": pin.measurement, "sim": pin.sim})
+        emit_json(
+            {
+                "url": url,
+                "identity": pin.identity,
+                "measurement": pin.measurement,
+                "sim": pin.sim,
+                "tcb_status": pin.tcb_status,
+            }
+        )
     else:
-        click.echo(f"pinned {url}: identity {pin.identity}, measurement {pin.measurement}")
+        tcb = f", Intel TCB {pin.tcb_status}" if pin.tcb_status else ""
+        click.echo(f"pinned {url}: identity {pin.identity}, measurement {pin.measurement}{tcb}")
 
 
 @cas.group("platform")

@@ -47,6 +47,8 @@ class CasPin:
     measurement: str
     sim: bool
     owner_certificate: str | None = None
+    #: an Intel CAS's TCB status when it was pinned (with --collateral), else "not evaluated"
+    tcb_status: str | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ it is accepted only with ``--tolerate sim`` and said loudly.
 
 import os
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from veil.client.config import CasPin
@@ -20,7 +21,7 @@ from veil.crypto.x509ca import spki_sha256
 from veil.errors import VeilError
 from veil.protocol import NONCE_LEN, Evidence, b64, cas_report_data, unb64
 from veil.tee import EvidenceError
-from veil.tee.peer import same_measurement, verify_peer_evidence
+from veil.tee.peer import PeerEvidence, same_measurement, verify_peer_evidence
 
 
 class CasAttestationFailed(VeilError):
@@ -32,10 +33,11 @@ def verify_cas_evidence(
     expected_report_data: bytes,
     tolerate: Collection[str],
     expected_measurement: str | None,
-) -> tuple[str, bool]:
+    collateral_dir: Path | None = None,
+) -> PeerEvidence:
     """Verify the evidence in a CAS's answer (for pinning, or of a CAS in recovery mode):
     the platform, the binding to ``expected_report_data``, the stated and the expected
-    measurement. Returns (the attested measurement, whether it is sim)."""
+    measurement; an Intel CAS's TCB status with the collateral in ``collateral_dir``."""
     try:
         raw = answer["evidence"]
         evidence = Evidence(str(raw["platform"]), unb64(raw.get("data"), "evidence.data"))
@@ -50,12 +52,16 @@ def verify_cas_evidence(
             "tolerated (pass --tolerate sim for development)"
         )
     try:
-        report_data, attested = verify_peer_evidence(
-            evidence, lambda pid: platform_key if sha256_hex(platform_key) == pid else None, tolerate
+        peer = verify_peer_evidence(
+            evidence,
+            lambda pid: platform_key if sha256_hex(platform_key) == pid else None,
+            tolerate,
+            collateral_dir,
         )
     except EvidenceError as exc:
         raise CasAttestationFailed(f"the CAS evidence does not verify: {exc}") from None
-    if not constant_time_equal(report_data, expected_report_data):
+    attested = peer.measurement
+    if not constant_time_equal(peer.report_data, expected_report_data):
         raise CasAttestationFailed(
             "the CAS evidence does not bind this request's nonce and the CAS's key (replayed or relayed?)"
         )
@@ -65,10 +71,12 @@ def verify_cas_evidence(
         raise CasAttestationFailed(
             f"the CAS measurement is {attested}, not the expected {expected_measurement}"
         )
-    return attested, sim
+    return peer
 
 
-def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | None) -> CasPin:
+def attest_cas(
+    url: str, tolerate: Collection[str], expected_measurement: str | None, collateral_dir: Path | None = None
+) -> CasPin:
     nonce = os.urandom(NONCE_LEN)
     answer = CasConnection(url, None).call("POST", "/v1/cas/evidence", {"nonce": b64(nonce)})
     try:
@@ -77,7 +85,7 @@ def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | 
         expected = cas_report_data(nonce, spki_sha256(ca.public_key()), str(answer["measurement"]))  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CasAttestationFailed(f"the CAS answer is malformed: {exc}") from None
-    attested, sim = verify_cas_evidence(answer, expected, tolerate, expected_measurement)
+    peer = verify_cas_evidence(answer, expected, tolerate, expected_measurement, collateral_dir)
     verified = CasConnection(url, ca_pem)
     try:
         verified.call("GET", "/v1/cas")
@@ -89,6 +97,7 @@ def attest_cas(url: str, tolerate: Collection[str], expected_measurement: str | 
         url=url,
         ca_certificate=ca_pem,
         identity=spki_sha256(ca.public_key()),  # type: ignore[arg-type]
-        measurement=attested,
-        sim=sim,
+        measurement=peer.measurement,
+        sim=peer.sim,
+        tcb_status=peer.tcb_status,
     )

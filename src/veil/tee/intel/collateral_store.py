@@ -10,8 +10,10 @@ cache never holds collateral that does not verify; validity windows are checked 
 import shutil
 from pathlib import Path
 
+from veil.crypto.certs import load_pem_chain
 from veil.tee.intel.collateral import FILES, Collateral, CollateralError
-from veil.tee.intel.verify import check_collateral_signatures
+from veil.tee.intel.quote import Quote
+from veil.tee.intel.verify import check_collateral_signatures, pck_extensions
 
 
 def set_name(collateral: Collateral) -> str:
@@ -61,6 +63,14 @@ def find_collateral(location: Path, tee: str, fmspc: bytes) -> Collateral:
     return Collateral.load(location)
 
 
+def collateral_for(store: Path, platform: str, quote_bytes: bytes) -> Collateral:
+    """The set of ``store`` for the FMSPC of the PCK certificate in an Intel quote;
+    CollateralError if it has none."""
+    quote = Quote.from_bytes(quote_bytes)
+    fmspc = pck_extensions(load_pem_chain(quote.signature.pck_chain_pem)[0]).fmspc
+    return CollateralStore(store).find(platform, fmspc)
+
+
 def describe(collateral: Collateral) -> dict[str, object]:
     info = collateral.tcb_info.parsed()
     identity = collateral.qe_identity.parsed()
@@ -74,4 +84,11 @@ def describe(collateral: Collateral) -> dict[str, object]:
     }
 
 
-__all__ = ["CollateralStore", "describe", "find_collateral", "import_collateral", "set_name"]
+__all__ = [
+    "CollateralStore",
+    "collateral_for",
+    "describe",
+    "find_collateral",
+    "import_collateral",
+    "set_name",
+]
