@@ -16,7 +16,7 @@ from veil.cas import Cas
 from veil.crypto import PlatformSigningKey
 from veil.tee import measure_command
 
-pytest_plugins = ["tests.postgres"]
+pytest_plugins = ["tests.postgres", "tests.nvml"]
 
 # `veil run --policy` leaves an embedded CAS server behind for later runs (120 s); hundreds of
 # tests in their own homes would leave hundreds. The suite runs in-process unless a test

@@ -210,6 +210,8 @@ class LaunchDescriptor:
     path: str | None
     measure: str = "command"
     volume_paths: list[str] = field(default_factory=list)
+    #: an attestation entry of the service requires GPUs: send their evidence (NVML)
+    gpu_evidence: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -218,6 +220,7 @@ class LaunchDescriptor:
             "path": self.path,
             "measure": self.measure,
             "volume_paths": self.volume_paths,
+            **({"gpu_evidence": True} if self.gpu_evidence else {}),
         }
 
     @classmethod
@@ -234,7 +237,10 @@ class LaunchDescriptor:
         volume_paths = raw.get("volume_paths", [])
         if not isinstance(volume_paths, list) or not all(isinstance(p, str) for p in volume_paths):
             raise ProtocolError("field 'volume_paths' is not a list of strings")
-        return cls(command, _field(raw, "pwd", str), path, measure, volume_paths)
+        gpu_evidence = raw.get("gpu_evidence", False)
+        if not isinstance(gpu_evidence, bool):
+            raise ProtocolError("field 'gpu_evidence' is not a boolean")
+        return cls(command, _field(raw, "pwd", str), path, measure, volume_paths, gpu_evidence)
 
 
 @dataclass(frozen=True)

@@ -583,6 +583,10 @@ class Service(StrictModel):
             self.environment.get("PATH"),
             self.measure,
             [v.path for v in self.volumes],
+            gpu_evidence=any(
+                e.entry.get("gpus") if isinstance(e, TemplateAttestation) else e.gpus
+                for e in self.attestation
+            ),
         )
 
 

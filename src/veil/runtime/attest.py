@@ -19,11 +19,32 @@ from veil.protocol import (
     ConfigurationBundle,
     Evidence,
     EvidenceSource,
+    LaunchDescriptor,
     ProtocolError,
     bundle_info,
     expected_report_data,
     runtime_key_digest,
 )
+from veil.runtime.errors import RuntimeFailure
+
+
+def gpu_devices(launch: LaunchDescriptor) -> Callable[[bytes], Sequence[Evidence]] | None:
+    """The GPU evidence collector ``provision`` calls with the nonce, when the service's
+    attestation entries require GPUs (NVML, veil.tee.nvml); None otherwise."""
+    if not launch.gpu_evidence:
+        return None
+
+    def collect(nonce: bytes) -> Sequence[Evidence]:
+        from veil.tee.nvml import NvmlError, collect_gpu_evidence  # noqa: PLC0415 (ctypes; GPU services only)
+
+        try:
+            return collect_gpu_evidence(nonce)
+        except NvmlError as exc:
+            raise RuntimeFailure(
+                f"the service's attestation requires GPUs beside the CPU TEE: {exc}"
+            ) from None
+
+    return collect
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from veil.client.local import (
 )
 from veil.crypto import PlatformSigningKey
 from veil.protocol import AttestationRefused, EvidenceSource, LaunchDescriptor, VolumeTagUpdate
-from veil.runtime.attest import Provisioned, provision
+from veil.runtime.attest import Provisioned, gpu_devices, provision
 from veil.runtime.errors import RuntimeFailure
 from veil.runtime.evidence_sources import evidence_source
 from veil.runtime.explain import remember_accepted, what_changed
@@ -204,7 +204,7 @@ def _attest_and_run(
     config_id = prepared.config_id
     measurement = measure_workload(prepared.launch)
     try:
-        provisioned = provision(client, evidence, config_id, measurement.value)
+        provisioned = provision(client, evidence, config_id, measurement.value, gpu_devices(prepared.launch))
     except AttestationRefused as refused:
         changed = (
             what_changed(home.root, config_id, measurement) if isinstance(measurement, Measurement) else []
@@ -231,8 +231,9 @@ def run_from_cas(
     secret values), or the whole root for ``measure: image``, attests with that measurement
     and executes exactly the measured file.
     """
-    measurement = measure_workload(client.launch(config_id))
-    provisioned = provision(client, evidence, config_id, measurement.value)
+    launch = client.launch(config_id)
+    measurement = measure_workload(launch)
+    provisioned = provision(client, evidence, config_id, measurement.value, gpu_devices(launch))
     if extra_args and not provisioned.bundle.allow_extra_args:
         raise RuntimeFailure(
             f"service '{config_id}' does not accept extra arguments; they would not be attested "

@@ -21,7 +21,7 @@ from tests.vectors import ROOT, requires_vectors
 from veil.cas.device_check import check_devices
 from veil.client import EmbeddedCasClient
 from veil.policy import parse_session, session_hash
-from veil.protocol import AttestationRefused, Evidence
+from veil.protocol import AttestationRefused, Evidence, LaunchDescriptor, ProtocolError
 from veil.runtime.attest import Provisioned, provision
 from veil.tee import SimEvidenceSource
 from veil.tee.ear import ResultSigner
@@ -198,3 +198,17 @@ def test_the_attestation_result_has_a_gpu_submod() -> None:
     assert claims["submods"]["gpu"]["ear.veil.claims"] == {"gpus": gpus}
     assert claims["submods"]["gpu"]["ear.status"] == "warning"  # measurements not compared to NVIDIA's RIMs
     assert "gpus" not in claims["submods"]["cpu"]["ear.veil.claims"]
+
+
+def test_the_launch_descriptor_tells_the_runtime_to_collect_gpu_evidence() -> None:
+    document = session_dict(measurement=M, command=["/bin/true"])
+    assert not parse_session(yaml.safe_dump(document)).services[0].launch().gpu_evidence
+    document["services"][0]["attestation"].append(
+        {"platform": "sim", "measurement": "$$VEIL::m$$", "gpus": [{"platform": "nvidia-gpu"}]}
+    )
+    document["secrets"].append({"name": "m", "kind": "ascii", "value": M})
+    launch = parse_session(yaml.safe_dump(document)).services[0].launch()
+    assert launch.gpu_evidence, "a template entry's GPUs count too"
+    assert LaunchDescriptor.from_json(launch.to_json()) == launch
+    with pytest.raises(ProtocolError, match="'gpu_evidence' is not a boolean"):
+        LaunchDescriptor.from_json({**launch.to_json(), "gpu_evidence": "yes"})
