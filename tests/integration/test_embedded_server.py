@@ -293,3 +293,11 @@ def test_volumes_and_their_tags_through_the_server_even_when_it_left_meanwhile(t
     assert audit.count("volume.tag ") == 5  # created fresh, then the end of each of four runs
     for pid in home.server_pids():
         wait_gone(pid, 10)
+
+
+def test_a_home_too_deep_for_a_socket_runs_in_process_and_starts_nothing(tmp_path: Path) -> None:
+    deep = Home(tmp_path / ("d" * 60) / ("e" * 60) / "home")
+    assert len(str(deep.socket)) > 107
+    result = deep.run(_secret_session(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "embedded CAS server" not in result.stderr and deep.server_pids() == []

@@ -177,12 +177,26 @@ class LocalCasClient:
             self.push_in_process(update)
 
 
+#: longest Unix socket path Linux takes (sun_path, with its NUL)
+MAX_SOCKET_PATH = 107
+#: the server's log is started afresh past this size
+MAX_LOG = 1 << 20
+
+
+def can_serve(socket_path: Path) -> bool:
+    """Whether a server can listen at ``socket_path`` (a deep home cannot: the run then
+    stays in-process rather than start a server that cannot bind)."""
+    return len(os.fsencode(socket_path)) <= MAX_SOCKET_PATH
+
+
 def start_server(home: Path, idle: float) -> None:
     """Start the server for ``home`` in the background, in a session of its own; it exits
     by itself once idle (or when another one already serves ``home``)."""
     launcher_env = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
     isolation = "-sB" if launcher_env else "-IB"
-    log = os.open(home / "embedded-server.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_path = home / "embedded-server.log"
+    restart = log_path.exists() and log_path.stat().st_size > MAX_LOG
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if restart else os.O_APPEND), 0o600)
     with os.fdopen(log, "ab") as output:
         subprocess.Popen(
             [sys.executable, isolation, "-m", "veil.runtime.embedded_server", str(home), str(idle)],

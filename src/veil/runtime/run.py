@@ -16,6 +16,7 @@ from veil.client.local import (
     LocalCasClient,
     Prepared,
     ServerUnavailable,
+    can_serve,
     code_fingerprint,
     idle_seconds,
     start_server,
@@ -139,7 +140,7 @@ def run_with_policy(
 ) -> int:
     """``veil run --policy``: on the home's embedded CAS server if one answers, else
     in-process (and then a server is started for the next runs, unless it is off)."""
-    idle = idle_seconds()
+    idle = idle_seconds() if can_serve(home.socket) else None
     served = _on_server(policy, service_name, extra_args, home) if idle is not None else None
     if served is not None:
         client, prepared = served
