@@ -224,12 +224,16 @@ class Remote:
         run = f"env {assignments} {veil} run"
         if not detached:
             # code and input are not needed once the program ended: removed while the output
-            # travels (unless --keep; never while a volume is still mounted there)
+            # travels (unless --keep; never while a volume is still mounted there), detached
+            # from the session's output, which ssh would otherwise wait for
             mounted = shlex.quote(f" {job.remote_dir}/")
             tidy = (
                 ""
                 if job.keep
-                else (f"grep -qF -- {mounted} /proc/self/mountinfo || (rm -rf -- {d}/code {d}/input &); ")
+                else (
+                    f"grep -qF -- {mounted} /proc/self/mountinfo || "
+                    f"(rm -rf -- {d}/code {d}/input {_DETACHED} &); "
+                )
             )
             return f"cd {d}/scratch && {run}; s=$?; echo $s > {d}/exit; {tidy}exit $s"
         inner = f"cd {d}/scratch && {run}; echo $? > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit"
@@ -327,10 +331,14 @@ class Remote:
         (a running job's mount is left alone, and the caller told)."""
         d = shlex.quote(job.remote_dir)
         mounted = shlex.quote(f" {job.remote_dir}/")
+        gone = shlex.quote(f"{job.remote_dir}.removed.") + "$$"
         try:
+            # renamed at once (the job's directory is gone when this returns), removed in the
+            # background: freeing a large input's blocks takes a while
             self._host(job).run(
                 f"if [ -d {d} ]; then if grep -qF -- {mounted} /proc/self/mountinfo; "
-                f"then echo 'still mounted' >&2; exit 3; fi; rm -rf -- {d}; fi"
+                f"then echo 'still mounted' >&2; exit 3; fi; mv -T -- {d} {gone} && "
+                f"(rm -rf -- {gone} {_DETACHED} &); fi"
             )
             if not quiet:
                 self.say(f"removed the job's files on {job.host}")
@@ -346,6 +354,10 @@ class Remote:
             _path(settings.get("identity")),
             _path(settings.get("config")),
         )
+
+
+#: a background command's standard streams, so that it does not hold the ssh session open
+_DETACHED = "</dev/null >/dev/null 2>&1"
 
 
 def _shell_path(path: str) -> str:
