@@ -186,6 +186,37 @@ def test_without_keep_the_hosts_files_are_removed(world: World, tmp_path: Path) 
     assert "removed the job's files" in result.stderr
 
 
+def test_one_job_opens_two_ssh_connections_and_closes_them(world: World, tmp_path: Path) -> None:
+    """The commands of a job share one connection (ControlMaster); the bulk upload has its
+    own. Counted with an `ssh` on PATH that logs its arguments and runs the real one."""
+    shims, log = tmp_path / "bin", tmp_path / "ssh.log"
+    shims.mkdir()
+    real = shutil.which("ssh")
+    (shims / "ssh").write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    (shims / "ssh").chmod(0o755)
+    code, output = tmp_path / "code", tmp_path / "out"
+    code.mkdir()
+    (code / "words").write_text("counted\n")
+    env = {**world.env(world.alice), "PATH": f"{shims}:{os.environ['PATH']}"}
+    argv = ["run", "--host", world.ssh.url, *world.ssh.ssh_options(), "--cas", world.cas.url,
+            "--code", str(code), "--output", str(output), "--name", "counted", "--tolerate", "sim",
+            "--las", f"unix:{world.las_socket}", "--remote-dir", str(world.host_jobs),
+            "--remote-veil", REMOTE_VEIL, "--", "/bin/cp", "{code}/words", "{output}/copied"]  # fmt: skip
+    result = world.alice.veil("remote", *argv, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (output / "copied").read_text() == "counted\n"
+    calls = log.read_text().splitlines()
+    handshakes = [c for c in calls if "ControlMaster=no" not in c and "-O exit" not in c]
+    assert len(handshakes) == 2, calls  # the shared connection, and the upload
+    assert sum("ControlMaster=yes" in c for c in handshakes) == 1
+    assert sum("ControlMaster=no" in c for c in calls) >= 4  # host directory, run, fetch, removal
+    assert calls[-1].count("-O exit") == 1, "the shared connection is closed at the end"
+    masters = subprocess.run(
+        ["pgrep", "-f", "ControlMaster=yes"], capture_output=True, text=True, check=False
+    )
+    assert masters.stdout.strip() == "", "no master connection left behind"
+
+
 #: the host's veil, as a host operator may replace it: it flips a byte in the middle of the
 #: smallest stored object of the code volume (the script's chunks; not a tag table), then
 #: runs the real veil

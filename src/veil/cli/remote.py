@@ -15,7 +15,7 @@ from veil.cli.run import default_home
 from veil.client.config import ClientConfig
 from veil.client.http import OwnerClient
 from veil.remote.job import JobStore, check_job_name, new_job_name
-from veil.remote.ssh import RemoteError, SshHost
+from veil.remote.ssh import RemoteError, SshHost, shared_connections
 from veil.remote.workflow import Remote, Submission
 from veil.tolerances import TOLERANCES
 
@@ -194,16 +194,17 @@ def run(
         mode=mode,
     )
     work = _remote()
-    job = work.submit(submission, config.pin(url).ca_certificate, config.owner_id(), detach, keep)
-    if detach:
-        click.echo(job.name)
-        return
-    status = work.run_attached(job)
-    try:
-        work.fetch(job, keep=keep)
-    except RemoteError as exc:
-        note(f"error: {exc}")
-        sys.exit(status or 1)
+    with shared_connections():
+        job = work.submit(submission, config.pin(url).ca_certificate, config.owner_id(), detach, keep)
+        if detach:
+            click.echo(job.name)
+            return
+        status = work.run_attached(job)
+        try:
+            work.fetch(job, keep=keep)
+        except RemoteError as exc:
+            note(f"error: {exc}")
+            sys.exit(status or 1)
     sys.exit(status)
 
 
@@ -237,11 +238,14 @@ def fetch(job: str, output: Path | None, keep: bool) -> None:
     """
     work = _remote()
     record = work.store.load(job)
-    if record.detached:
-        state = work.status(record)
-        if state["state"] == "running":
-            raise RemoteError(f"job {job} is still running on {record.host}; fetch it when it has finished")
-    work.fetch(record, output, keep)
+    with shared_connections():
+        if record.detached:
+            state = work.status(record)
+            if state["state"] == "running":
+                raise RemoteError(
+                    f"job {job} is still running on {record.host}; fetch it when it has finished"
+                )
+        work.fetch(record, output, keep)
 
 
 @remote.command()
@@ -250,7 +254,8 @@ def fetch(job: str, output: Path | None, keep: bool) -> None:
 def cancel(job: str, keep: bool) -> None:
     """Stop JOB on its host and remove its files there (unless --keep)."""
     work = _remote()
-    work.cancel(work.store.load(job), keep)
+    with shared_connections():
+        work.cancel(work.store.load(job), keep)
 
 
 @remote.command(name="list")

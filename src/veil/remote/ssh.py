@@ -4,15 +4,22 @@ Every connection checks the host key against known_hosts (``StrictHostKeyCheckin
 an unknown or changed key is refused, never learnt) and forwards nothing (no agent, no X11,
 no ports). Files travel as a tar stream over the connection, so nothing is staged in the
 clear anywhere: what is sent is volume ciphertext and the CAS's public certificate.
+
+Within ``shared_connections()`` (one `veil remote` command), the commands to a host share
+one SSH connection (OpenSSH's ControlMaster, its socket in a private directory of ours): the
+first command opens it, checking the host key, and each later one saves a handshake (~0.3 s
+on loopback; more over a network). It is closed when the command ends.
 """
 
+import contextlib
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, cast
 from urllib.parse import urlsplit
@@ -67,8 +74,13 @@ class SshHost:
         port = f":{self.port}" if self.port else ""
         return f"ssh://{user}{self.host}{port}"
 
-    def argv(self, command: str) -> list[str]:
-        """The ssh command line that runs ``command`` (a POSIX shell command) on the host."""
+    def argv(self, command: str, bulk: bool = False) -> list[str]:
+        """The ssh command line that runs ``command`` (a POSIX shell command) on the host.
+        A ``bulk`` transfer gets a connection of its own: through the shared one, every
+        byte would pass one more process (measured: 1 GiB sent 15% slower)."""
+        return ["ssh", *self._options(), *([] if bulk else self._shared()), "--", self.host, command]
+
+    def _options(self) -> list[str]:
         if shutil.which("ssh") is None:
             raise RemoteError("the OpenSSH client `ssh` is not installed (Debian package openssh-client)")
         options = [
@@ -95,7 +107,43 @@ class SshHost:
             options += ["-p", str(self.port)]
         if self.user:
             options += ["-l", self.user]
-        return ["ssh", *options, "--", self.host, command]
+        return options
+
+    def _shared(self) -> list[str]:
+        """Options that use this host's shared connection, opened here on first use
+        (within ``shared_connections()``; none outside)."""
+        if _SHARED.directory is None:
+            return []
+        path = _SHARED.directory / f"{len(_SHARED.opened)}"
+        key = str(self)
+        if key not in _SHARED.opened:
+            self._open_shared(path)
+            _SHARED.opened[key] = (self, path)
+        return ["-o", "ControlMaster=no", "-o", f"ControlPath={_SHARED.opened[key][1]}"]
+
+    def _open_shared(self, path: Path) -> None:
+        """Start the master connection in the background (``-f``: once authenticated, the
+        host key checked). Its errors go to a file: a pipe would stay open as long as the
+        master lives."""
+        assert _SHARED.directory is not None
+        errors = _SHARED.directory / "errors"
+        master = ["ssh", *self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                  "-o", "ControlPersist=600", "-N", "-f", "--", self.host]  # fmt: skip
+        with open(errors, "w+") as said:
+            status = subprocess.run(
+                master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=said, check=False
+            ).returncode
+            said.seek(0)
+            self._check_connection(status, said.read())
+
+    def _close_shared(self, path: Path) -> None:
+        subprocess.run(
+            ["ssh", *self._options(), "-o", f"ControlPath={path}", "-O", "exit", "--", self.host],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
 
     def run(self, command: str, check: bool = True) -> str:
         """Run ``command`` on the host; its stdout. A refused host key or a failure raises."""
@@ -123,7 +171,9 @@ class SshHost:
         """Copy ``local/NAME`` for each name into the host's directory ``remote`` (a tar
         stream over the connection); ``progress`` gets the bytes of each file sent."""
         command = f"tar -C {shlex.quote(remote)} -xf -"
-        process = subprocess.Popen(self.argv(command), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            self.argv(command, bulk=True), stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert process.stdin is not None and process.stderr is not None
         try:
             with tarfile.open(
@@ -180,6 +230,34 @@ class SshHost:
                 "operator, then update known_hosts (ssh-keygen -R HOST; ssh-keyscan)"
             )
         raise RemoteError(f"{self}: ssh failed: {errors.strip() or 'no reason given'}")
+
+
+@dataclass
+class _Shared:
+    directory: Path | None = None
+    #: host (as text) -> (the host, its control socket)
+    opened: dict[str, tuple[SshHost, Path]] = field(default_factory=dict)
+
+
+_SHARED = _Shared()
+
+
+@contextlib.contextmanager
+def shared_connections() -> Iterator[None]:
+    """Commands to a host within share one connection, closed at the end."""
+    if _SHARED.directory is not None:
+        yield
+        return
+    directory = Path(tempfile.mkdtemp(prefix="veil-ssh-"))  # 0700, and short: a socket path has 107 bytes
+    _SHARED.directory = directory
+    try:
+        yield
+    finally:
+        for host, path in _SHARED.opened.values():
+            host._close_shared(path)
+        _SHARED.directory = None
+        _SHARED.opened.clear()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _under(member: str, top: str) -> bool:
