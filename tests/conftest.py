@@ -68,6 +68,29 @@ def session_dict(
     }
 
 
+JOURNAL = TESTS / "programs" / "journal.py"
+
+
+def journal_session(data: Path, environment: dict[str, str], accept_fresh: bool = True) -> dict[str, Any]:
+    """A session whose service appends to a journal in its volume ``data`` (mounted there)."""
+    command = [PYTHON, str(JOURNAL), f"{data}/log/journal.txt"]
+    return {
+        "name": "test/journal",
+        "version": "1",
+        "security": {"tolerate": ["sim"]},
+        "volumes": [{"name": "data", "mode": "encrypted", "accept_fresh": accept_fresh}],
+        "services": [
+            {
+                "name": "app",
+                "attestation": [{"platform": "sim", "measurement": measurement_of(command)}],
+                "command": command,
+                "environment": environment,
+                "volumes": [{"name": "data", "path": str(data)}],
+            }
+        ],
+    }
+
+
 def session_yaml(**kwargs: Any) -> str:
     return yaml.safe_dump(session_dict(**kwargs), sort_keys=False)
 

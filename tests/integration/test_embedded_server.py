@@ -21,7 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import PYTHON, TESTS, measurement_of, requires_root, session_yaml, veil, wait_gone
+from tests.conftest import (
+    PYTHON,
+    journal_session,
+    measurement_of,
+    requires_root,
+    session_yaml,
+    veil,
+    wait_gone,
+)
 from veil.client.local import ServerUnavailable, exchange
 
 pytestmark = requires_root
@@ -228,31 +236,13 @@ def test_off_means_no_server(tmp_path: Path) -> None:
     assert not off.socket.exists() and off.server_pids() == []
 
 
-JOURNAL = TESTS / "programs" / "journal.py"
-
-
 def _journal_session(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    command = [PYTHON, str(JOURNAL), f"{data}/log/journal.txt"]
-    session = {
-        "name": "test/journal",
-        "version": "1",
-        "security": {"tolerate": ["sim"]},
-        "volumes": [{"name": "data", "mode": "encrypted", "accept_fresh": True}],
-        "services": [
-            {
-                "name": "app",
-                "attestation": [{"platform": "sim", "measurement": measurement_of(command)}],
-                "command": command,
-                "environment": {"ENTRY": "$$VEIL::entry$$", "JOURNAL_SLEEP": "$$VEIL::sleep$$"},
-                "volumes": [{"name": "data", "path": str(data)}],
-            }
-        ],
-        "secrets": [
-            {"name": "entry", "kind": "ascii", "value": "x"},
-            {"name": "sleep", "kind": "ascii", "value": "0"},
-        ],
-    }
+    environment = {"ENTRY": "$$VEIL::entry$$", "JOURNAL_SLEEP": "$$VEIL::sleep$$"}
+    session = journal_session(tmp_path / "data", environment)
+    session["secrets"] = [
+        {"name": "entry", "kind": "ascii", "value": "x"},
+        {"name": "sleep", "kind": "ascii", "value": "0"},
+    ]
     policy = tmp_path / "session.yaml"
     policy.write_text(yaml.safe_dump(session))
     return policy

@@ -13,34 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PYTHON, TESTS, measurement_of, requires_root, veil, wait_gone
+from tests.conftest import PYTHON, TESTS, journal_session, measurement_of, requires_root, veil, wait_gone
 from veil.cas import Cas
 from veil.volume import StaleVolume, Volume
 from veil.volume.mount import state_file
 
 pytestmark = requires_root
 
-JOURNAL = TESTS / "programs" / "journal.py"
-
 
 def run(tmp_path: Path, entry: str, accept_fresh: bool = True) -> tuple[int, str, str]:
-    data = tmp_path / "data"
-    command = [PYTHON, str(JOURNAL), f"{data}/log/journal.txt"]
-    session = {
-        "name": "test/journal",
-        "version": "1",
-        "security": {"tolerate": ["sim"]},
-        "volumes": [{"name": "data", "mode": "encrypted", "accept_fresh": accept_fresh}],
-        "services": [
-            {
-                "name": "app",
-                "attestation": [{"platform": "sim", "measurement": measurement_of(command)}],
-                "command": command,
-                "environment": {"ENTRY": entry},
-                "volumes": [{"name": "data", "path": str(data)}],
-            }
-        ],
-    }
+    session = journal_session(tmp_path / "data", {"ENTRY": entry}, accept_fresh)
     policy = tmp_path / "session.yaml"
     policy.write_text(yaml.safe_dump(session))
     result = veil(

@@ -32,6 +32,7 @@ from veil.cli.options import (
     cas_measurement_option,
     cas_tolerate_option,
     cas_url_option,
+    collateral_store_option,
     owner_client,
 )
 from veil.cli.output import NETWORK_SIM_BANNER, emit_json, note, sim_banner
@@ -119,14 +120,10 @@ def cas() -> None:
     help="Owners' recovery public key (veil cas recovery keygen): keep a copy of the master key "
     "encrypted to it in the database.",
 )
-@click.option(
-    "--collateral",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Intel collateral store (`veil las collateral import --cache DIR`): the TCB status of "
-    "TDX and SGX evidence is evaluated with it (runtimes', and a replica's when one joins); "
-    "without it runtimes' such evidence is accepted only by sessions that tolerate "
-    "no-tcb-check, and a replica's TCB is not evaluated.",
+@collateral_store_option(
+    "the TCB status of TDX and SGX evidence is evaluated with it (runtimes', and a replica's "
+    "when one joins); without it runtimes' such evidence is accepted only by sessions that "
+    "tolerate no-tcb-check, and a replica's TCB is not evaluated."
 )
 @click.option(
     "--workers",
@@ -600,13 +597,9 @@ def ca_command(url: str | None, output: Path | None) -> None:
 @click.argument("url")
 @cas_measurement_option
 @cas_tolerate_option
-@click.option(
-    "--collateral",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Intel collateral store (`veil las collateral import --cache DIR`): a TDX or SGX CAS's "
-    "TCB status is evaluated with it (and refused as the tolerances say); without it, it is "
-    "not evaluated, and the output says so.",
+@collateral_store_option(
+    "a TDX or SGX CAS's TCB status is evaluated with it (and refused as the tolerances say); "
+    "without it, it is not evaluated, and the output says so."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the pinned identity as JSON.")
 def attest_command(

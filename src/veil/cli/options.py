@@ -1,11 +1,17 @@
 """Options shared by several commands."""
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
 
 from veil.client.config import ClientConfig
 from veil.client.http import OwnerClient
 from veil.shield.shields import split_address
 from veil.tolerances import TOLERANCES
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 cas_url_option = click.option(
     "--cas", "cas_url", default=None, help="CAS URL [default: $VEIL_CAS_ADDR or the pinned default]."
@@ -15,6 +21,18 @@ cas_url_option = click.option(
 cas_measurement_option = click.option(
     "--measurement", default=None, help="Expected CAS measurement (refused if different)."
 )
+
+
+def collateral_store_option(use: str) -> Callable[[F], F]:
+    """``--collateral DIR``: an Intel collateral store; ``use`` says what it does there."""
+    return click.option(
+        "--collateral",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help=f"Intel collateral store (`veil las collateral import --cache DIR`): {use}",
+    )
+
+
 cas_tolerate_option = click.option(
     "--tolerate",
     multiple=True,

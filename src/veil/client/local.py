@@ -23,6 +23,7 @@ from typing import Any
 
 import veil
 from veil.errors import VeilError
+from veil.interpreter import own_module
 from veil.policy.errors import PolicyError, PolicyProblem
 from veil.protocol import (
     AttestationGrant,
@@ -192,17 +193,16 @@ def can_serve(socket_path: Path) -> bool:
 def start_server(home: Path, idle: float) -> None:
     """Start the server for ``home`` in the background, in a session of its own; it exits
     by itself once idle (or when another one already serves ``home``)."""
-    launcher_env = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
-    isolation = "-sB" if launcher_env else "-IB"
+    argv, environment = own_module("veil.runtime.embedded_server", str(home), str(idle))
     log_path = home / "embedded-server.log"
     restart = log_path.exists() and log_path.stat().st_size > MAX_LOG
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if restart else os.O_APPEND), 0o600)
     with os.fdopen(log, "ab") as output:
         subprocess.Popen(
-            [sys.executable, isolation, "-m", "veil.runtime.embedded_server", str(home), str(idle)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
             start_new_session=True,
-            env=launcher_env,
+            env=environment,
         )

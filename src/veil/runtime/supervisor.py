@@ -15,13 +15,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import FrameType
 
+from veil.interpreter import own_module
 from veil.protocol import BundleFile
 from veil.runtime.errors import RuntimeFailure
 
@@ -185,15 +185,12 @@ def supervise(spec: LaunchSpec) -> int:
 def _start_and_wait(spec: LaunchSpec, staging: str) -> int:
     spec_read, spec_write = os.pipe()
     status_read, status_write = os.pipe()
-    # The launcher is veil's own code; isolated mode unless veil runs from a source tree.
-    # -B: writing bytecode would change a measured image (docs/image.md).
-    launcher_env = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
-    isolation = "-sB" if launcher_env else "-IB"
+    argv, launcher_env = own_module("veil.runtime.launch", str(spec_read), str(status_write))
     # Block forwarded signals until the handlers know the child's pid; the launcher unblocks.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
         child = subprocess.Popen(
-            [sys.executable, isolation, "-m", "veil.runtime.launch", str(spec_read), str(status_write)],
+            argv,
             pass_fds=(spec_read, status_write),
             start_new_session=True,
             env=launcher_env,
