@@ -22,6 +22,7 @@ from tests.cas_server import CasServer, Owner, las_on_socket, pinned_owner, star
 from tests.conftest import requires_root
 from tests.png import SIGNATURE, pixels
 from tests.sshd import SshServer, start_sshd
+from veil.remote import ssh
 
 pytestmark = requires_root
 
@@ -206,8 +207,12 @@ def test_one_job_opens_two_ssh_connections_and_closes_them(world: World, tmp_pat
     assert result.returncode == 0, result.stderr
     assert (output / "copied").read_text() == "counted\n"
     calls = log.read_text().splitlines()
-    handshakes = [c for c in calls if "ControlMaster=no" not in c and "-O exit" not in c]
+    connecting = [c for c in calls if " -G " not in c]  # `ssh -G` only prints the configuration
+    handshakes = [c for c in connecting if "ControlMaster=no" not in c and "-O exit" not in c]
     assert len(handshakes) == 2, calls  # the shared connection, and the upload
+    upload = next(c for c in handshakes if "ControlMaster" not in c)
+    if ssh._cpu_has_aes():
+        assert "Ciphers=aes256-gcm@openssh.com,aes128-gcm@openssh.com," in upload, upload
     assert sum("ControlMaster=yes" in c for c in handshakes) == 1
     assert sum("ControlMaster=no" in c for c in calls) >= 4  # host directory, run, fetch, removal
     assert calls[-1].count("-O exit") == 1, "the shared connection is closed at the end"

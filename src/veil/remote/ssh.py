@@ -12,6 +12,7 @@ on loopback; more over a network). It is closed when the command ends.
 """
 
 import contextlib
+import functools
 import shlex
 import shutil
 import subprocess
@@ -39,6 +40,8 @@ class HostKeyRefused(RemoteError):
 _BUFFER = 1 << 20
 #: what the OpenSSH client says when it refuses a host key
 _HOST_KEY_SIGNS = ("host key verification failed", "remote host identification has changed")
+#: OpenSSH's AES-GCM ciphers (as fast as each other with AES instructions: the longer key first)
+_AES_GCM = ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,28 @@ class SshHost:
         """The ssh command line that runs ``command`` (a POSIX shell command) on the host.
         A ``bulk`` transfer gets a connection of its own: through the shared one, every
         byte would pass one more process (measured: 1 GiB sent 15% slower)."""
-        return ["ssh", *self._options(), *([] if bulk else self._shared()), "--", self.host, command]
+        if bulk:
+            return ["ssh", *self._options(), *self._bulk_ciphers(), "--", self.host, command]
+        return ["ssh", *self._options(), *self._shared(), "--", self.host, command]
+
+    def _bulk_ciphers(self) -> list[str]:
+        """The ciphers of a bulk transfer: those the configuration allows (``ssh -G``), with
+        AES-GCM first when this CPU has AES instructions. OpenSSH puts ChaCha20-Poly1305
+        first, which is constant-time without them but half as fast with them (1 GiB over
+        loopback: 4.1 s against 2.3 s); what travels is volume ciphertext either way."""
+        if not _cpu_has_aes():
+            return []
+        effective = subprocess.run(
+            ["ssh", *self._options(), "-G", "--", self.host],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = effective.stdout.splitlines()
+        allowed = next((line.split()[1].split(",") for line in lines if line.startswith("ciphers ")), [])
+        preferred = [c for c in _AES_GCM if c in allowed] + [c for c in allowed if c not in _AES_GCM]
+        return [] if preferred == allowed else ["-o", f"Ciphers={','.join(preferred)}"]
 
     def _options(self) -> list[str]:
         if shutil.which("ssh") is None:
@@ -258,6 +282,19 @@ def shared_connections() -> Iterator[None]:
         _SHARED.directory = None
         _SHARED.opened.clear()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@functools.cache
+def _cpu_has_aes() -> bool:
+    """Whether this CPU has AES instructions (x86 ``aes``, Arm ``aes`` in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return "aes" in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return False
 
 
 def _under(member: str, top: str) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from veil.policy.loader import check_session
+from veil.remote import ssh
 from veil.remote.job import JobSession, JobStore, check_job_name, session_name, substitute
 from veil.remote.ssh import RemoteError, SshHost
 
@@ -32,6 +33,29 @@ def test_ssh_checks_host_keys_strictly_and_forwards_nothing(tmp_path: Path) -> N
         assert option in text
     assert f"UserKnownHostsFile={tmp_path / 'kh'}" in text and "GlobalKnownHostsFile=/dev/null" in text
     assert argv[-3:] == ["--", "h", "true"]  # a host name never read as an option
+
+
+def test_a_bulk_transfer_prefers_aes_gcm_among_the_ciphers_the_configuration_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    host = SshHost.parse("ssh://u@h:1", config=config)
+    monkeypatch.setattr(ssh, "_cpu_has_aes", lambda: True)
+    ciphers = _ciphers(host.argv("tar -xf -", bulk=True))
+    assert ciphers[:2] == ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
+    assert "chacha20-poly1305@openssh.com" in ciphers, "the others stay, after them"
+    assert _ciphers(host.argv("true")) == [], "commands keep OpenSSH's order"
+    config.write_text("Ciphers chacha20-poly1305@openssh.com,aes128-ctr\n")
+    assert _ciphers(host.argv("tar -xf -", bulk=True)) == [], "never a cipher the configuration refuses"
+    config.write_text("")
+    monkeypatch.setattr(ssh, "_cpu_has_aes", lambda: False)
+    assert _ciphers(host.argv("tar -xf -", bulk=True)) == [], "without AES instructions, OpenSSH's order"
+
+
+def _ciphers(argv: list[str]) -> list[str]:
+    chosen = [a.removeprefix("Ciphers=") for a in argv if a.startswith("Ciphers=")]
+    return chosen[0].split(",") if chosen else []
 
 
 def test_job_names_and_placeholders() -> None:
