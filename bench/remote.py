@@ -38,8 +38,12 @@ scene.render.resolution_x, scene.render.resolution_y = 640, 480
 """
 
 
+#: ssh options of the anchor (``--plain-cipher``: the cipher veil's upload prefers)
+PLAIN_OPTIONS: list[str] = []
+
+
 def ssh(server: SshServer, command: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}",
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}", *PLAIN_OPTIONS,
             "-i", str(server.client_key), "-p", str(server.port), "root@127.0.0.1", command]  # fmt: skip
     return subprocess.run(argv, check=True, **kwargs)
 
@@ -109,8 +113,16 @@ def main() -> None:
     parser.add_argument("--input-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=2, help="runs of each; the best is kept")
     parser.add_argument("--cases", default="render,input", help="which of render,input to run")
+    parser.add_argument(
+        "--plain-cipher",
+        default=None,
+        help="the anchor's ssh cipher [default: OpenSSH's choice]; e.g. aes256-gcm@openssh.com, "
+        "which veil's upload prefers on a CPU with AES instructions",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.plain_cipher:
+        PLAIN_OPTIONS.extend(["-c", args.plain_cipher])
     if os.geteuid() != 0 or shutil.which("blender") is None:
         raise SystemExit("run as root with blender and openssh-server installed (make test installs them)")
     with tempfile.TemporaryDirectory(prefix="veil-bench-remote-") as temporary:

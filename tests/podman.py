@@ -58,6 +58,20 @@ class Podman:
             raise AssertionError(f"podman {' '.join(args)}: {result.stderr[-2000:]}")
         return result
 
+    def wrapper(self, path: Path, before_run: str = "") -> Path:
+        """An executable at ``path`` that runs this podman (its storage and configuration)
+        with its arguments, for a program that takes a command: a remote job's host.
+        ``before_run``: shell lines run first when the subcommand is ``run`` (a host
+        operator's changes)."""
+        path.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = run ]; then\n{before_run}\n:\nfi\n'
+            f"CONTAINERS_CONF={self.root / 'containers.conf'} exec podman --root {self.root / 'storage'} "
+            f'--runroot {self.root / "run"} "$@"\n'
+        )
+        path.chmod(0o755)
+        return path
+
     def load(self, archive: Path) -> None:
         self("load", "-q", "-i", str(archive))
 

@@ -10,6 +10,7 @@ the host (tests/postgres.py), not a pod."""
 
 import base64
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -229,6 +230,12 @@ def _app_image(root: Path) -> str:
         (rootfs / "bin" / applet).symlink_to("busybox")
     (rootfs / "app").mkdir()
     (rootfs / "data").mkdir()
+    private = rootfs / "app" / "private"  # a daemon's own: measured all the same (DAC_READ_SEARCH)
+    private.mkdir(mode=0o700)
+    (private / "state").write_text("the daemon's\n")
+    for path in (private, private / "state"):
+        os.chown(path, 4242, 4242)
+    (private / "state").chmod(0o600)
     (rootfs / "app" / "run.sh").write_text(APP)
     (rootfs / "app" / "run.sh").chmod(0o755)
     umoci("repack", "--image", f"{layout}:app", str(bundle))

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ import pytest
 
 from tests.cas_server import CasServer, Owner, las_on_socket, pinned_owner, start_cas
 from tests.conftest import requires_root
+from tests.images import build_app_image
 from tests.png import SIGNATURE, pixels
+from tests.podman import Podman
 from tests.sshd import SshServer, start_sshd
 from veil.remote import ssh
 
@@ -350,3 +353,74 @@ def test_a_host_whose_ssh_key_changed_is_refused_before_anything_is_sent(
     assert not (world.alice.home / "data" / "remote" / "moved").exists()
     sessions = world.alice.veil("session", "list", "--cas", world.cas.url)
     assert "moved" not in sessions.stdout
+
+
+@pytest.fixture
+def podman() -> Iterator[Podman]:
+    engine = Podman(Path(tempfile.mkdtemp(prefix="veil-podman-")))  # its runroot path has 50 bytes at most
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def image_job(
+    world: World, tmp_path: Path, engine: Path, name: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """A job in the busybox image of tests/images.py: it counts the code's bytes, copies
+    the input, and reads a file of the image (its root is what is measured)."""
+    code, data, output = tmp_path / "code", tmp_path / "input", tmp_path / f"out-{name}"
+    for directory in (code, data):
+        directory.mkdir(exist_ok=True)
+    (code / "words").write_bytes(MARKERS[0] + b" counted\n")
+    (data / "data").write_bytes(MARKERS[1] + b" copied\n")
+    image = build_app_image(tmp_path / f"image-{name}")
+    script = (
+        "wc -c < {code}/words > {output}/count && cat {input}/data > {output}/copy && head -1 /app/run.sh"
+    )
+    return world.run_job(
+        world.alice, name, code, output, "/bin/sh", "-c", script,
+        extra=("--image", image, "--remote-engine", str(engine), "--input", str(data), *extra),
+    )  # fmt: skip
+
+
+def test_a_job_runs_in_a_converted_image_under_the_hosts_podman(
+    world: World, tmp_path: Path, podman: Podman
+) -> None:
+    engine = podman.wrapper(tmp_path / "engine")
+    result = image_job(world, tmp_path, engine, "in-image")
+    assert result.returncode == 0, result.stderr
+    assert "the job's image measures sha256:" in result.stderr
+    assert result.stdout.strip() == "#!/bin/sh", "the image's own file, read in the container"
+    for name in ("in-image", "detached"):
+        if name == "detached":  # the same, started and fetched later
+            started = image_job(world, tmp_path, engine, name, "--detach")
+            assert started.returncode == 0, started.stderr
+            deadline = time.time() + 60
+            while "finished" not in (state := world.remote(world.alice, "status", name).stdout):
+                assert time.time() < deadline, state
+                time.sleep(0.2)
+            fetched = world.remote(world.alice, "fetch", name)
+            assert fetched.returncode == 0, fetched.stderr
+            assert "#!/bin/sh" in fetched.stdout, "the job's stdout, kept on the host"
+        output = tmp_path / f"out-{name}"
+        assert (output / "count").read_text().strip() == str(len(MARKERS[0]) + len(" counted\n"))
+        assert (output / "copy").read_bytes() == MARKERS[1] + b" copied\n"
+        assert not (world.host_jobs / name).exists(), "the job's files are removed"
+    assert not leaks(world.host_jobs)
+    assert podman("ps", "-a", "-q").stdout.strip() == "", "no container is left"
+    assert podman("images", "-q").stdout.strip() == "", "the job's image is removed"
+
+
+def test_a_job_image_changed_by_the_host_is_refused_attestation(
+    world: World, tmp_path: Path, podman: Podman
+) -> None:
+    """The host's engine mounts another file over one of the image's (a program swapped at
+    run time): the measured root differs, the CAS refuses, no output is accepted."""
+    evil = tmp_path / "run.sh"
+    evil.write_text("#!/bin/sh\necho 'a script of the host operator'\n")
+    swap = f'shift; set -- run -v {evil}:/app/run.sh:ro "$@"'
+    result = image_job(world, tmp_path, podman.wrapper(tmp_path / "engine", swap), "image-swapped")
+    assert result.returncode != 0
+    assert "attestation refused: measurement" in result.stderr, result.stderr
+    assert not (tmp_path / "out-image-swapped" / "count").exists()

@@ -70,6 +70,14 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
     "measurement [default: CMD's program, found here on the job's PATH].",
 )
 @click.option(
+    "--image",
+    default=None,
+    metavar="REF",
+    help="Run the job in this container image (skopeo syntax: oci:DIR[:TAG], docker-archive:FILE, "
+    "docker://...): converted here, its root file system measured, sent, run by the host's "
+    "container engine (--remote-engine). Not with --program.",
+)
+@click.option(
     "--code", required=True, type=click.Path(file_okay=False, path_type=Path), help="Code to send, encrypted."
 )
 @click.option(
@@ -124,6 +132,12 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result a
 @click.option(
     "--remote-veil", default="veil", show_default=True, help="How to run veil on the host (e.g. 'sudo veil')."
 )
+@click.option(
+    "--remote-engine",
+    default="podman",
+    show_default=True,
+    help="With --image: how to run the host's container engine (podman; a wrapper with its options).",
+)
 @click.option("--remote-cas", default=None, help="The CAS URL as the host reaches it [default: --cas].")
 @click.option("--las", default=None, help="VEIL_LAS_ADDR on the host (its node agent).")
 @click.option("--mode", type=click.Choice(["sim", "hw", "auto"]), default=None, help="VEIL_MODE on the host.")
@@ -136,6 +150,7 @@ def run(
     host_url: str,
     cas_url: str | None,
     program: Path | None,
+    image: str | None,
     code: Path,
     input_: Path | None,
     output: Path,
@@ -148,6 +163,7 @@ def run(
     ssh_config: Path | None,
     remote_dir: str,
     remote_veil: str,
+    remote_engine: str,
     remote_cas: str | None,
     las: str | None,
     mode: str | None,
@@ -169,9 +185,15 @@ def run(
        CAS recorded at the end of the run;
     5. the job's files on the host are removed (unless --keep).
 
+    With --image, CMD runs in that image (converted here, its whole root file system
+    measured) under the host's container engine; {code}, {input}, {output} and {scratch}
+    are then the job's directories as the container sees them (under /run/veil-job).
+
     Example: veil remote run --host ssh://render@farm --tolerate sim --code scene/ --output out/
     -- blender -b {code}/scene.blend -o {output}/frame_ -f 1
     """
+    if image is not None and program is not None:
+        raise click.UsageError("--image and --program exclude each other: the image's root is measured")
     config = ClientConfig.load()
     url = config.resolve_url(cas_url)
     argv = list(command[1:] if command[:1] == ("--",) else command)
@@ -184,11 +206,13 @@ def run(
         output=output,
         name=check_job_name(name or new_job_name()),
         program=program,
+        image=image,
         tolerate=list(tolerate),
         sim_platforms=list(sim_platforms),
         attestation=_attestation(attestation),
         remote_base=remote_dir,
         remote_veil=remote_veil,
+        remote_engine=remote_engine,
         remote_cas=remote_cas,
         las=las,
         mode=mode,

@@ -24,6 +24,11 @@ VOLUMES = ("code", "input", "output")
 #: the service of a job's session
 SERVICE = "job"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+#: where a job run in a container image sees its directory (under /run, which the measured
+#: root file system leaves out)
+IMAGE_JOB_DIR = "/run/veil-job"
+#: the tag of a job's converted image in the OCI layout sent to the host
+IMAGE_TAG = "job"
 #: the placeholders of a job's command line, replaced by the host's paths
 PLACEHOLDERS = {"{code}": "code", "{input}": "input", "{output}": "output", "{scratch}": "scratch"}
 
@@ -65,6 +70,8 @@ class Job:
     keep: bool = False
     created: float = field(default_factory=time.time)
     ssh: dict[str, str | None] = field(default_factory=dict)
+    #: the container image the job runs in (`--image`), as given; None: a program of the host
+    image: str | None = None
 
     @property
     def config_id(self) -> str:
@@ -147,7 +154,7 @@ class JobStore:
 
 def substitute(command: list[str], remote_dir: str) -> list[str]:
     """The command with ``{code}``, ``{input}``, ``{output}`` and ``{scratch}`` replaced by
-    the host's directories of the job."""
+    the job's directories as its program sees them (in ``remote_dir``)."""
     result = []
     for argument in command:
         replaced = argument
@@ -158,17 +165,29 @@ def substitute(command: list[str], remote_dir: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class JobImage:
+    """What a job run in a converted container image takes from it: the image's
+    environment, and its scratch directories (docs/image.md)."""
+
+    environment: dict[str, str]
+    tmpfs: list[str]
+
+
+@dataclass(frozen=True)
 class JobSession:
     """What the session of a job says."""
 
     name: str
     command: list[str]
+    #: the job's directory as its program sees it (the host's, or IMAGE_JOB_DIR)
     remote_dir: str
     attestation: list[dict[str, Any]]
     keys: dict[str, bytes]
     tags: dict[str, str]
     tolerate: list[str]
     sim_platforms: list[str]
+    #: the job runs in this image: its root file system is measured, not a program
+    image: JobImage | None = None
 
     def text(self) -> str:
         """The session's YAML: only its creator reads or updates it; the program runs with
@@ -183,27 +202,25 @@ class JobSession:
             else:
                 volume |= {"readonly": True, "initial_tag": self.tags[name]}
             volumes.append(volume)
+        environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        if self.image is not None:
+            environment |= self.image.environment
+        service: dict[str, Any] = {
+            "name": SERVICE,
+            **({"measure": "image"} if self.image is not None else {}),
+            "attestation": self.attestation,
+            "command": self.command,
+            "environment": environment | {"HOME": scratch, "TMPDIR": scratch},
+            "pwd": scratch,
+            "tmpfs": [scratch, *(self.image.tmpfs if self.image is not None else [])],
+            "volumes": [{"name": n, "path": f"{self.remote_dir}/{n}"} for n in self.keys],
+        }
         document: dict[str, Any] = {
             "name": self.name,
             "version": "1",
             "access_policy": {"read": ["CREATOR"], "update": ["CREATOR"]},
             "security": {"tolerate": self.tolerate, "sim_platforms": self.sim_platforms},
-            "services": [
-                {
-                    "name": SERVICE,
-                    "attestation": self.attestation,
-                    "command": self.command,
-                    "environment": {
-                        "PATH": "/usr/local/bin:/usr/bin:/bin",
-                        "HOME": scratch,
-                        "TMPDIR": scratch,
-                        "LANG": "C.UTF-8",
-                    },
-                    "pwd": scratch,
-                    "tmpfs": [scratch],
-                    "volumes": [{"name": n, "path": f"{self.remote_dir}/{n}"} for n in self.keys],
-                }
-            ],
+            "services": [service],
             "volumes": volumes,
             "secrets": [
                 {"name": f"{n}_key", "kind": "binary", "value": key.hex(), "encoding": "hex"}

@@ -7,6 +7,7 @@ volume, refuse it unless its tag is the one the CAS recorded at the end of the r
 it here; remove the job's files on the host.
 """
 
+import os
 import shlex
 import shutil
 import sys
@@ -18,7 +19,17 @@ from typing import Any
 
 from veil.client.http import OwnerClient
 from veil.crypto import constant_time_equal
-from veil.remote.job import SERVICE, Job, JobSession, JobStore, session_name, substitute
+from veil.remote.job import (
+    IMAGE_JOB_DIR,
+    IMAGE_TAG,
+    SERVICE,
+    Job,
+    JobImage,
+    JobSession,
+    JobStore,
+    session_name,
+    substitute,
+)
 from veil.remote.ssh import RemoteError, SshHost
 from veil.tee.measure import measure_command
 from veil.volume import Volume, VolumeError
@@ -45,11 +56,15 @@ class Submission:
     output: Path
     name: str
     program: Path | None = None
+    #: a container image to run the job in (skopeo syntax, readable here): converted here,
+    #: sent, and run by the host's container engine
+    image: str | None = None
     tolerate: list[str] = field(default_factory=list)
     sim_platforms: list[str] = field(default_factory=list)
     attestation: list[dict[str, Any]] = field(default_factory=list)
     remote_base: str = ".veil-remote"
     remote_veil: str = "veil"
+    remote_engine: str = "podman"
     remote_cas: str | None = None
     las: str | None = None
     mode: str | None = None
@@ -81,6 +96,7 @@ class Remote:
         host = submission.host
         remote_dir = self._prepare_host(submission)  # the host key is checked here, before anything is sent
         volumes = ["code", *(["input"] if submission.input is not None else []), "output"]
+        inside = remote_dir if submission.image is None else IMAGE_JOB_DIR  # as the program sees it
         job = Job(
             name=submission.name,
             host=str(host),
@@ -88,8 +104,9 @@ class Remote:
             session=session_name(owner_id, submission.name),
             remote_dir=remote_dir,
             output=str(submission.output.absolute()),
-            command=substitute(submission.command, remote_dir),
+            command=substitute(submission.command, inside),
             volumes=volumes,
+            image=submission.image,
             detached=detach,
             keep=keep,
             ssh={
@@ -97,6 +114,7 @@ class Remote:
                 "identity": _text(host.identity),
                 "config": _text(host.config),
                 "remote_veil": submission.remote_veil,
+                "remote_engine": submission.remote_engine,
                 "remote_cas": submission.remote_cas,
                 "las": submission.las,
                 "mode": submission.mode,
@@ -111,27 +129,29 @@ class Remote:
                 source = sources[name]
                 assert source is not None
                 job.tags[name] = self._encrypt(source, local / name, keys[name], name)
+            image = self._convert(submission, job, local / "image") if submission.image else None
             self.store.save(job)
             client = self.owner(submission.cas)
             session = JobSession(
                 name=job.session,
                 command=job.command,
-                remote_dir=remote_dir,
-                attestation=self._attestation(submission, job, client),
+                remote_dir=inside,
+                attestation=self._attestation(submission, job, client, image),
                 keys=keys,
                 tags=job.tags,
                 tolerate=submission.tolerate,
                 sim_platforms=submission.sim_platforms,
+                image=image[0] if image else None,
             )
             client.create_session(session.text())
             created = True
             self.say(f"created session {job.session} on {submission.cas}")
             (local / "cas-ca.pem").write_text(ca_pem)
-            sent = ["cas-ca.pem", *volumes[:-1]]
-            total = sum(tree_size(local / name) for name in volumes[:-1])
+            sent = ["cas-ca.pem", *volumes[:-1], *(["image"] if image else [])]
+            total = sum(tree_size(local / name) for name in sent[1:])
             with self.progress(f"sending to {host.host}", total) as update:
                 host.send_tree(local, sent, remote_dir, update)
-            for name in volumes[:-1]:
+            for name in sent[1:]:
                 shutil.rmtree(local / name)  # sent; the keys stay here
         except BaseException:
             self._cleanup_host(job, quiet=True)
@@ -170,7 +190,7 @@ class Remote:
         script = (
             f"umask 077 && mkdir -p -- {_shell_path(base)} && cd -- {_shell_path(base)} && "
             f"mkdir -- {shlex.quote(name)} && cd -- {shlex.quote(name)} && mkdir output scratch && pwd -P && "
-            f"{submission.remote_veil} --version >/dev/null"
+            f"{submission.remote_engine if submission.image else submission.remote_veil} --version >/dev/null"
         )
         try:
             answer = submission.host.run(script)
@@ -186,18 +206,45 @@ class Remote:
                 copy_in(source, volume, update)
             return volume.close()
 
-    def _attestation(self, submission: Submission, job: Job, client: OwnerClient) -> list[dict[str, Any]]:
+    def _convert(self, submission: Submission, job: Job, target: Path) -> tuple[JobImage, str]:
+        """The job's image converted here into an OCI layout (its root measured, veil's
+        runtime as its entrypoint; docs/image.md): what the session takes from it, and its
+        measurement."""
+        from veil.image.convert import ConvertOptions, convert  # noqa: PLC0415  # only image jobs need it
+
+        assert submission.image is not None
+        self.say(f"converting {submission.image} for the job")
+        options = ConvertOptions(
+            source=submission.image,
+            destination=f"oci:{target}:{IMAGE_TAG}",
+            session=job.session,
+            service=SERVICE,
+        )
+        result = convert(options)
+        for warning in result.warnings:
+            self.say(f"warning: {warning}")
+        return JobImage(result.environment, result.tmpfs), result.measurement
+
+    def _attestation(
+        self, submission: Submission, job: Job, client: OwnerClient, image: tuple[JobImage, str] | None
+    ) -> list[dict[str, Any]]:
         """The session's attestation entries: the given hardware ones, and with sim
-        tolerated the program's measurement as computed here from ``--program`` (or the
-        command's program as found here)."""
+        tolerated the measurement of the job's image, or of its program as computed here
+        from ``--program`` (or the command's program as found here)."""
         entries = [dict(e) for e in submission.attestation]
-        program = str(submission.program) if submission.program is not None else job.command[0]
-        measurement = measure_command([program, *job.command[1:]], f"{job.remote_dir}/scratch", JOB_PATH)
+        if image is not None:
+            measurement = image[1]
+            what = "image"
+        else:
+            program = str(submission.program) if submission.program is not None else job.command[0]
+            command = [program, *job.command[1:]]
+            measurement = measure_command(command, f"{job.remote_dir}/scratch", JOB_PATH).value
+            what = "program"
         for entry in entries:
             if entry.get("platform") in ("sev-snp", "tdx") and "workload" not in entry:
-                entry["workload"] = measurement.value
+                entry["workload"] = measurement
         if "sim" in submission.tolerate:
-            entries.append({"platform": "sim", "measurement": measurement.value})
+            entries.append({"platform": "sim", "measurement": measurement})
             if not submission.sim_platforms:
                 submission.sim_platforms = [
                     p["platform_id"] for p in client.list_platforms() if p.get("kind") == "sim"
@@ -206,22 +253,12 @@ class Remote:
                 "warning: the job's session tolerates sim: its host's operator can read the code, "
                 f"the input and the output (development only); sim platforms: {len(submission.sim_platforms)}"
             )
-        self.say(f"the job's program measures {measurement.value[:23]}…")
+        self.say(f"the job's {what} measures {measurement[:23]}…")
         return entries
 
     def _start_command(self, job: Job, detached: bool) -> str:
         d = shlex.quote(job.remote_dir)
-        settings = job.ssh
-        variables = {
-            "VEIL_CAS_ADDR": settings.get("remote_cas") or job.cas,
-            "VEIL_CAS_CA": f"{job.remote_dir}/cas-ca.pem",
-            "VEIL_CONFIG_ID": job.config_id,
-            "VEIL_LAS_ADDR": settings.get("las"),
-            "VEIL_MODE": settings.get("mode"),
-        }
-        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items() if v)
-        veil = settings.get("remote_veil") or "veil"
-        run = f"env {assignments} {veil} run"
+        run = self._run_in_image(job) if job.image else self._run_on_host(job)
         if not detached:
             # code and input are not needed once the program ended: removed while the output
             # travels (unless --keep; never while a volume is still mounted there), detached
@@ -241,6 +278,55 @@ class Remote:
         return (
             f"cd {d} || exit 1; nohup setsid sh -c {shlex.quote(inner)} "
             f"> {d}/stdout 2> {d}/stderr < /dev/null & echo $! > {d}/pid"
+        )
+
+    @staticmethod
+    def _variables(job: Job, directory: str, las: str | None) -> dict[str, str]:
+        """The runtime's environment: where to attest, the pinned CAS certificate (in the
+        job's ``directory`` as the runtime sees it), the job's service."""
+        settings = job.ssh
+        variables = {
+            "VEIL_CAS_ADDR": settings.get("remote_cas") or job.cas,
+            "VEIL_CAS_CA": f"{directory}/cas-ca.pem",
+            "VEIL_CONFIG_ID": job.config_id,
+            "VEIL_LAS_ADDR": las,
+            "VEIL_MODE": settings.get("mode"),
+        }
+        return {k: v for k, v in variables.items() if v}
+
+    def _run_on_host(self, job: Job) -> str:
+        """``veil run`` of the host's veil, in the job's scratch directory."""
+        variables = self._variables(job, job.remote_dir, job.ssh.get("las"))
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
+        return f"env {assignments} {job.ssh.get('remote_veil') or 'veil'} run"
+
+    def _run_in_image(self, job: Job) -> str:
+        """The job's image taken into the host's container engine, run there (its
+        entrypoint is veil's runtime) and removed: host networking, the job's directory at
+        IMAGE_JOB_DIR, the LAS's socket, FUSE and the TEE's devices; the engine's default
+        capabilities (the runtime reads every file of the root to measure it) and SYS_ADMIN
+        (mounts); a read-only root, no new privileges."""
+        d = shlex.quote(job.remote_dir)
+        engine = job.ssh.get("remote_engine") or "podman"
+        las = job.ssh.get("las")
+        mounts = [f"{job.remote_dir}:{IMAGE_JOB_DIR}"]
+        if las and las.startswith("unix:"):
+            socket = las.removeprefix("unix:")
+            mounts.append(f"{os.path.dirname(socket) or '.'}:{_LAS_DIR}")
+            las = f"unix:{_LAS_DIR}/{os.path.basename(socket)}"
+        options = [
+            "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+            "--cap-add", "SYS_ADMIN", "--security-opt", "no-new-privileges",
+            "--device", "/dev/fuse",
+        ]  # fmt: skip
+        for mount in mounts:
+            options += ["-v", mount]
+        for name, value in self._variables(job, IMAGE_JOB_DIR, las).items():
+            options += ["-e", f"{name}={value}"]
+        return (
+            f"{{ i=$({engine} pull -q oci:{d}/image:{IMAGE_TAG}) && rm -rf -- {d}/image && "
+            f'{engine} run {shlex.join(options)} {_TEE} "$i"; s=$?; '
+            f'[ -n "$i" ] && {engine} rmi -f "$i" {_DETACHED}; (exit $s); }}'
         )
 
     # -- status, fetch, cancel ------------------------------------------------------------
@@ -358,6 +444,14 @@ class Remote:
 
 #: a background command's standard streams, so that it does not hold the ssh session open
 _DETACHED = "</dev/null >/dev/null 2>&1"
+#: where a job's container sees the directory of the LAS's socket
+_LAS_DIR = "/run/veil-las"
+#: what a job's container is given of the host's TEE, where the host has it (veil.tee.collect):
+#: the SEV guest device, and configfs for its TSM reports (SEV-SNP, TDX)
+_TEE = (
+    "$([ -e /dev/sev-guest ] && echo --device /dev/sev-guest) "
+    "$([ -d /sys/kernel/config/tsm/report ] && echo -v /sys/kernel/config:/sys/kernel/config)"
+)
 
 
 def _shell_path(path: str) -> str:

@@ -7,7 +7,15 @@ import pytest
 
 from veil.policy.loader import check_session
 from veil.remote import ssh
-from veil.remote.job import JobSession, JobStore, check_job_name, session_name, substitute
+from veil.remote.job import (
+    IMAGE_JOB_DIR,
+    JobImage,
+    JobSession,
+    JobStore,
+    check_job_name,
+    session_name,
+    substitute,
+)
 from veil.remote.ssh import RemoteError, SshHost
 
 
@@ -92,6 +100,28 @@ def test_the_session_of_a_job_is_valid_closed_and_its_code_read_only() -> None:
     assert volumes["output"].accept_fresh and not volumes["output"].readonly
     service = session.services[0]
     assert service.tmpfs == ["/j/scratch"] and service.environment["HOME"] == "/j/scratch"
+
+
+def test_the_session_of_a_job_in_an_image_measures_its_root_and_keeps_its_environment() -> None:
+    text = JobSession(
+        name="remote-abababababab/scan",
+        command=["/bin/sh", "-c", "wc -c {IMAGE_JOB_DIR}/input/data"],
+        remote_dir=IMAGE_JOB_DIR,
+        attestation=[{"platform": "sim", "measurement": "sha256:" + "1" * 64}],
+        keys={"input": b"\x01" * 32, "output": b"\x02" * 32},
+        tags={"input": "a" * 64},
+        tolerate=["sim"],
+        sim_platforms=["b" * 64],
+        image=JobImage({"PATH": "/opt/app/bin:/bin", "GREETING": "hi"}, ["/tmp", "/var/log"]),
+    ).text()
+    session, problems = check_session(text)
+    assert not problems, problems
+    service = session.services[0]
+    assert service.measure == "image"
+    assert service.environment["PATH"] == "/opt/app/bin:/bin" and service.environment["GREETING"] == "hi"
+    assert service.environment["HOME"] == f"{IMAGE_JOB_DIR}/scratch"
+    assert service.tmpfs == [f"{IMAGE_JOB_DIR}/scratch", "/tmp", "/var/log"]
+    assert {v.path for v in service.volumes} == {f"{IMAGE_JOB_DIR}/input", f"{IMAGE_JOB_DIR}/output"}
 
 
 def test_keys_are_private_and_only_the_submitter_has_them(tmp_path: Path) -> None:
