@@ -160,6 +160,7 @@ def test_blender_renders_an_encrypted_scene_with_an_encrypted_script(world: Worl
     assert result.returncode == 0, result.stderr
     assert "tolerates sim" in result.stderr and "as the CAS recorded" in result.stderr
     assert watcher.scans > 3 and not watcher.found, watcher.found
+    assert not staged("render", world.alice), "the staged ciphertext is removed once sent"
     job_dir = world.host_jobs / "render"
     assert (job_dir / "code" / "volume.json").exists(), "--keep leaves the ciphertext"
     assert not leaks(world.host_jobs), "after the run"
@@ -351,8 +352,16 @@ def test_a_host_whose_ssh_key_changed_is_refused_before_anything_is_sent(
     assert "SSH key is not the one on record" in result.stderr, result.stderr
     assert not (tmp_path / "host").exists()
     assert not (world.alice.home / "data" / "remote" / "moved").exists()
+    assert not staged("moved", world.alice), "the ciphertext made while the host was checked is gone"
     sessions = world.alice.veil("session", "list", "--cas", world.cas.url)
     assert "moved" not in sessions.stdout
+
+
+def staged(job: str, owner: Owner) -> list[Path]:
+    """What a job staged here for the upload and left: ciphertext in /dev/shm or in the
+    submitter's home."""
+    home = owner.home / "data" / "remote"
+    return [*Path("/dev/shm").glob(f"veil-remote-{job}-*"), *home.glob(f".staging-{job}-*")]
 
 
 @pytest.fixture

@@ -129,14 +129,13 @@ class JobStore:
     def key_file(self, name: str, volume: str) -> Path:
         return self.directory(name) / f"{volume}.key"
 
-    def new_key(self, name: str, volume: str) -> bytes:
-        key = os.urandom(32)
+    def save_key(self, name: str, volume: str, key: bytes) -> None:
+        """Keep a volume's key (a new file, 0600, synced)."""
         descriptor = os.open(self.key_file(name, volume), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as out:
             out.write(key)
             out.flush()
             os.fsync(out.fileno())
-        return key
 
     def key(self, name: str, volume: str) -> bytes:
         path = self.key_file(name, volume)

@@ -190,10 +190,11 @@ class SshHost:
         return status
 
     def send_tree(
-        self, local: Path, names: Iterable[str], remote: str, progress: Callable[[int], None]
+        self, items: Iterable[tuple[Path, str]], remote: str, progress: Callable[[int], None]
     ) -> None:
-        """Copy ``local/NAME`` for each name into the host's directory ``remote`` (a tar
-        stream over the connection); ``progress`` gets the bytes read for it as they go.
+        """Copy ``DIR/NAME`` for each (DIR, NAME) into the host's directory ``remote`` as
+        NAME (a tar stream over the connection); ``progress`` gets the bytes read for it
+        as they go.
         The stream is written by this machine's ``tar`` straight into ssh (1 GiB: 2.3 s
         against 3.1 s through Python's tarfile)."""
         command = f"tar -C {shlex.quote(remote)} -xf -"
@@ -201,7 +202,10 @@ class SshHost:
             raise RemoteError("`tar` is not installed here (Debian package tar)")
         with tempfile.TemporaryFile() as said:  # not a pipe: tar must never wait for us to read it
             writer = subprocess.Popen(
-                ["tar", "-C", str(local), "-cf", "-", "--", *names], stdout=subprocess.PIPE, stderr=said
+                # names of ours (cas-ca.pem, code, input, image): none starts with "-"
+                ["tar", "-cf", "-", *(a for where, name in items for a in ("-C", str(where), name))],
+                stdout=subprocess.PIPE,
+                stderr=said,
             )
             assert writer.stdout is not None
             try:
@@ -224,7 +228,7 @@ class SshHost:
         if status != 0:
             raise RemoteError(f"{self}: sending to {remote} failed ({status}): {errors.strip()}")
         if written != 0:
-            raise RemoteError(f"sending {local} failed: tar said ({written}): {complaint}")
+            raise RemoteError(f"sending to {self} failed: tar said ({written}): {complaint}")
 
     def fetch_tree(self, remote: str, name: str, local: Path) -> None:
         """Copy the host's ``remote/NAME`` into ``local`` (a tar stream). Only directories

@@ -7,11 +7,15 @@ volume, refuse it unless its tag is the one the CAS recorded at the end of the r
 it here; remove the job's files on the host.
 """
 
+import contextlib
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,74 +94,81 @@ class Remote:
     def submit(
         self, submission: Submission, ca_pem: str, owner_id: str, detach: bool, keep: bool = False
     ) -> Job:
-        """Everything up to a running job: checks, the host's job directory, encryption,
-        the session, the upload, the start (detached or not: ``run`` streams it)."""
+        """Everything up to a running job: checks, the host's job directory (made while
+        code and input are encrypted here), the session, the upload, the start (detached
+        or not: ``run`` streams it)."""
         self._check_local(submission)
         host = submission.host
-        remote_dir = self._prepare_host(submission)  # the host key is checked here, before anything is sent
         volumes = ["code", *(["input"] if submission.input is not None else []), "output"]
-        inside = remote_dir if submission.image is None else IMAGE_JOB_DIR  # as the program sees it
-        job = Job(
-            name=submission.name,
-            host=str(host),
-            cas=submission.cas,
-            session=session_name(owner_id, submission.name),
-            remote_dir=remote_dir,
-            output=str(submission.output.absolute()),
-            command=substitute(submission.command, inside),
-            volumes=volumes,
-            image=submission.image,
-            detached=detach,
-            keep=keep,
-            ssh={
-                "known_hosts": _text(host.known_hosts),
-                "identity": _text(host.identity),
-                "config": _text(host.config),
-                "remote_veil": submission.remote_veil,
-                "remote_engine": submission.remote_engine,
-                "remote_cas": submission.remote_cas,
-                "las": submission.las,
-                "mode": submission.mode,
-            },
-        )
-        local = self.store.create(job)
-        created = False
-        try:
-            keys = {name: self.store.new_key(job.name, name) for name in volumes}
-            sources = {"code": submission.code, "input": submission.input}
-            for name in volumes[:-1]:
-                source = sources[name]
-                assert source is not None
-                job.tags[name] = self._encrypt(source, local / name, keys[name], name)
-            image = self._convert(submission, job, local / "image") if submission.image else None
-            self.store.save(job)
-            client = self.owner(submission.cas)
-            session = JobSession(
-                name=job.session,
-                command=job.command,
-                remote_dir=inside,
-                attestation=self._attestation(submission, job, client, image),
-                keys=keys,
-                tags=job.tags,
-                tolerate=submission.tolerate,
-                sim_platforms=submission.sim_platforms,
-                image=image[0] if image else None,
+        session_id = session_name(owner_id, submission.name)
+        keys = {name: os.urandom(32) for name in volumes}
+        stop = threading.Event()
+        with _staging(submission, self.store.root) as (staging, aside), ThreadPoolExecutor(1) as pool:
+            encrypting = pool.submit(self._prepare_local, submission, session_id, keys, staging, aside, stop)
+            try:
+                # the host key is checked here, before anything is sent
+                remote_dir = self._prepare_host(submission)
+            except BaseException:
+                stop.set()  # the encryption stops at its next block
+                raise
+            inside = remote_dir if submission.image is None else IMAGE_JOB_DIR  # as the program sees it
+            job = Job(
+                name=submission.name,
+                host=str(host),
+                cas=submission.cas,
+                session=session_id,
+                remote_dir=remote_dir,
+                output=str(submission.output.absolute()),
+                command=substitute(submission.command, inside),
+                volumes=volumes,
+                image=submission.image,
+                detached=detach,
+                keep=keep,
+                ssh={
+                    "known_hosts": _text(host.known_hosts),
+                    "identity": _text(host.identity),
+                    "config": _text(host.config),
+                    "remote_veil": submission.remote_veil,
+                    "remote_engine": submission.remote_engine,
+                    "remote_cas": submission.remote_cas,
+                    "las": submission.las,
+                    "mode": submission.mode,
+                },
             )
-            client.create_session(session.text())
-            created = True
-            self.say(f"created session {job.session} on {submission.cas}")
-            (local / "cas-ca.pem").write_text(ca_pem)
-            sent = ["cas-ca.pem", *volumes[:-1], *(["image"] if image else [])]
-            total = sum(tree_size(local / name) for name in sent[1:])
-            with self.progress(f"sending to {host.host}", total) as update:
-                host.send_tree(local, sent, remote_dir, update)
-            for name in sent[1:]:
-                shutil.rmtree(local / name)  # sent; the keys stay here
-        except BaseException:
-            self._cleanup_host(job, quiet=True)
-            if not created:  # nothing on the CAS refers to the job: forget it here too
-                shutil.rmtree(local, ignore_errors=True)
-            raise
+            created = False
+            try:
+                self.store.create(job)
+                for name, key in keys.items():
+                    self.store.save_key(job.name, name, key)
+                job.tags, image = encrypting.result()
+                self.store.save(job)
+                client = self.owner(submission.cas)
+                session = JobSession(
+                    name=job.session,
+                    command=job.command,
+                    remote_dir=inside,
+                    attestation=self._attestation(submission, job, client, image),
+                    keys=keys,
+                    tags=job.tags,
+                    tolerate=submission.tolerate,
+                    sim_platforms=submission.sim_platforms,
+                    image=image[0] if image else None,
+                )
+                client.create_session(session.text())
+                created = True
+                self.say(f"created session {job.session} on {submission.cas}")
+                (staging / "cas-ca.pem").write_text(ca_pem)
+                sent = [(staging, "cas-ca.pem"), *((staging, n) for n in volumes[:-1])]
+                sent += [(aside, "image")] if image else []
+                total = sum(tree_size(where / name) for where, name in sent[1:])
+                with self.progress(f"sending to {host.host}", total) as update:
+                    host.send_tree(sent, remote_dir, update)
+            except BaseException:
+                stop.set()
+                self._cleanup_host(job, quiet=True)
+                if not created:  # nothing on the CAS refers to the job: forget it here too
+                    shutil.rmtree(self.store.directory(job.name), ignore_errors=True)
+                raise
         if detach:
             host.run(self._start_command(job, detached=True))
             self.say(f"job {job.name} started on {host.host}; `veil remote status {job.name}`, then fetch")
@@ -200,13 +211,38 @@ class Remote:
             raise
         return answer.strip().splitlines()[0]
 
-    def _encrypt(self, source: Path, target: Path, key: bytes, name: str) -> str:
+    def _prepare_local(
+        self,
+        submission: Submission,
+        session: str,
+        keys: dict[str, bytes],
+        staging: Path,
+        aside: Path,
+        stop: threading.Event,
+    ) -> tuple[dict[str, str], tuple[JobImage, str] | None]:
+        """Code and input encrypted into ``staging`` (their tags), the image converted into
+        ``aside`` (what the session takes from it, and its measurement)."""
+        sources = {"code": submission.code, "input": submission.input}
+        tags = {}
+        for name, source in sources.items():
+            if source is not None:
+                tags[name] = self._encrypt(source, staging / name, keys[name], name, stop)
+        image = self._convert(submission, session, aside / "image") if submission.image else None
+        return tags, image
+
+    def _encrypt(self, source: Path, target: Path, key: bytes, name: str, stop: threading.Event) -> str:
         with Volume.create(target, key, "encrypted", JOB_CHUNK) as volume:
             with self.progress(f"encrypting {name}", tree_size(source)) as update:
-                copy_in(source, volume, update)
+
+                def step(done: int) -> None:
+                    if stop.is_set():
+                        raise RemoteError("stopped")
+                    update(done)
+
+                copy_in(source, volume, step)
             return volume.close()
 
-    def _convert(self, submission: Submission, job: Job, target: Path) -> tuple[JobImage, str]:
+    def _convert(self, submission: Submission, session: str, target: Path) -> tuple[JobImage, str]:
         """The job's image converted here into an OCI layout (its root measured, veil's
         runtime as its entrypoint; docs/image.md): what the session takes from it, and its
         measurement."""
@@ -217,7 +253,7 @@ class Remote:
         options = ConvertOptions(
             source=submission.image,
             destination=f"oci:{target}:{IMAGE_TAG}",
-            session=job.session,
+            session=session,
             service=SERVICE,
         )
         result = convert(options)
@@ -452,6 +488,45 @@ _TEE = (
     "$([ -e /dev/sev-guest ] && echo --device /dev/sev-guest) "
     "$([ -d /sys/kernel/config/tsm/report ] && echo -v /sys/kernel/config:/sys/kernel/config)"
 )
+
+
+#: what a staging directory in memory must leave of the memory available (and of /dev/shm)
+_MEMORY_MARGIN = 256 << 20
+
+
+@contextlib.contextmanager
+def _staging(submission: Submission, home: Path) -> Iterator[tuple[Path, Path]]:
+    """Two private directories for what is sent, removed at the end: for the volumes'
+    ciphertext, one in memory (/dev/shm) when it holds twice their size with room to spare
+    (nothing to write to a disk and sync: a job's volumes are sent, not kept), else one in
+    ``home``; for a converted image (of a size known only once made), one in ``home``."""
+    size = sum(tree_size(d) for d in (submission.code, submission.input) if d is not None)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    aside = Path(tempfile.mkdtemp(prefix=f".staging-{submission.name}-", dir=home))
+    if _room_in_memory(2 * size + _MEMORY_MARGIN):
+        staging = Path(tempfile.mkdtemp(prefix=f"veil-remote-{submission.name}-", dir=_SHM))
+    else:
+        staging = aside / "volumes"
+        staging.mkdir()
+    try:
+        yield staging, aside
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+#: the tmpfs every Linux system mounts for shared memory
+_SHM = "/dev/shm"
+
+
+def _room_in_memory(size: int) -> bool:
+    try:
+        shm = os.statvfs(_SHM)
+        with open("/proc/meminfo") as info:
+            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return shm.f_bavail * shm.f_frsize >= size and available >= size
 
 
 def _shell_path(path: str) -> str:

@@ -1,6 +1,7 @@
 """The parts of `veil remote` that need no host: SSH addresses, ssh's command line, job
 names, placeholders, and the session a job creates (valid, closed, read-only code)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,8 @@ def test_the_session_of_a_job_in_an_image_measures_its_root_and_keeps_its_enviro
 def test_keys_are_private_and_only_the_submitter_has_them(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "remote")
     (store.root / "j").mkdir(parents=True)
-    key = store.new_key("j", "output")
+    key = os.urandom(32)
+    store.save_key("j", "output", key)
     assert store.key("j", "output") == key
     assert store.key_file("j", "output").stat().st_mode & 0o777 == 0o600
     with pytest.raises(RemoteError, match="only the submitter"):
