@@ -156,6 +156,15 @@ def evidence() -> None:
     help="Azure TDX: the TD quote, when FILE does not carry it.",
 )
 @click.option(
+    "--rim",
+    "rims",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="NVIDIA GPU: a reference integrity manifest (signed SWID tag) to compare the "
+    "measurements with; give the VBIOS and the driver RIM of the report's versions. Without "
+    "them the measurements are not compared (tolerance no-rim-check).",
+)
+@click.option(
     "--product",
     type=click.Choice([p.value for p in SnpProduct]),
     help="SEV-SNP: the product generation, when the report does not say.",
@@ -185,6 +194,7 @@ def verify(
     event_log: Path | None,
     hcl_report: Path | None,
     td_quote: Path | None,
+    rims: tuple[Path, ...],
     product: str | None,
     nonce: str | None,
     at: str | None,
@@ -206,6 +216,8 @@ def verify(
         raise click.UsageError("SEV-SNP evidence needs --cert VCEK_OR_VLEK")
     if platform == "nvidia-gpu" and cert is None:
         raise click.UsageError("NVIDIA GPU evidence needs --cert CHAIN.pem (the device certificate chain)")
+    if rims and platform != "nvidia-gpu":
+        raise click.UsageError("--rim applies to --platform nvidia-gpu only")
     when = parse_time(at)
     expected = parse_nonce(nonce)
     data = file.read_bytes() if platform == "tpm" or azure else read_binary(file)
@@ -227,6 +239,7 @@ def verify(
         nonce=expected,
         hcl_report=hcl_report.read_bytes() if hcl_report else None,
         td_quote=td_quote.read_bytes() if td_quote else None,
+        rims=[rim.read_bytes() for rim in rims],
     )
     if ear_key is not None:
         tolerated = sorted({*tolerate, *((NO_TCB_CHECK,) if no_tcb_check else ())})

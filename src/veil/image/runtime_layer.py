@@ -32,7 +32,17 @@ LIBDIR = "/opt/veil/lib"
 PYTHON = f"python{sys.version_info.major}.{sys.version_info.minor}"
 ENTRYPOINT = [f"/{PREFIX}/bin/{PYTHON}", "-I", "-B", "-m", "veil", "run"]
 #: Distributions only the CAS server uses; `veil run` never imports them.
-SERVER_ONLY = {"aiohttp", "uvloop", "prometheus-client", "psycopg", "psycopg-binary"}
+SERVER_ONLY = {
+    "aiohttp",
+    "uvloop",
+    "prometheus-client",
+    "psycopg",
+    "psycopg-binary",
+    # XML signatures of NVIDIA's RIMs: only a verifier given RIMs reads them
+    "signxml",
+    "lxml",
+    "certifi",
+}
 _STDLIB_SKIPPED = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages"}
 #: the standard library's own test suites (unittest/test, ctypes/test, distutils/tests, ...)
 _TEST_DIRS = {"test", "tests", "idle_test"}
@@ -126,6 +136,8 @@ def _files(server: bool = False) -> list[_File]:
     for dist in _distributions(server):
         for record in dist.files or []:
             if record.parts[0] == ".." or "__pycache__" in record.parts or record.suffix == ".pyc":
+                continue
+            if _TEST_DIRS & set(record.parts[:-1]):  # a package's own tests (certifi ships some)
                 continue
             source = Path(str(dist.locate_file(record)))
             if not source.is_file():

@@ -135,9 +135,14 @@ class Remote:
                     "mode": submission.mode,
                 },
             )
-            created = False
             try:
                 self.store.create(job)
+            except BaseException:  # a job of that name appeared meanwhile: it is left alone
+                stop.set()
+                self._cleanup_host(job, quiet=True)
+                raise
+            created = False
+            try:
                 for name, key in keys.items():
                     self.store.save_key(job.name, name, key)
                 job.tags, image = encrypting.result()

@@ -6,6 +6,7 @@ certificate, whose chain ends at the pinned NVIDIA Device Identity CA.
 import datetime as dt
 import functools
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -232,10 +233,18 @@ def _signed_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
         chain = tuple(x509.load_pem_x509_certificates(pem))
     except ValueError:
         raise EvidenceError("the certificate chain is not PEM certificates") from None
+    check_chain(chain, NVIDIA_ROOT_SHA256, "the NVIDIA Device Identity CA")
+    return chain
+
+
+def check_chain(chain: Sequence[x509.Certificate], root_sha256: str, root: str) -> None:
+    """``chain`` (signer first) has the signing certificate and the root at least, ends at
+    the root pinned by ``root_sha256`` (named ``root``), and each certificate is issued by
+    the next. EvidenceError otherwise."""
     if len(chain) < 2:
         raise EvidenceError("the certificate chain needs at least the signing certificate and the root")
-    if chain[-1].fingerprint(hashes.SHA256()).hex() != NVIDIA_ROOT_SHA256:
-        raise EvidenceError("the chain does not end at the NVIDIA Device Identity CA")
+    if chain[-1].fingerprint(hashes.SHA256()).hex() != root_sha256:
+        raise EvidenceError(f"the chain does not end at {root}")
     for cert, issuer in zip(chain, [*chain[1:], chain[-1]], strict=True):
         try:
             cert.verify_directly_issued_by(issuer)
@@ -243,7 +252,6 @@ def _signed_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
             raise EvidenceError(
                 f"'{cert.subject.rfc4514_string()}' is not issued by '{issuer.subject.rfc4514_string()}'"
             ) from None
-    return chain
 
 
 def _fwid(leaf: x509.Certificate) -> bytes:

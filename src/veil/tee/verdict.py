@@ -12,7 +12,7 @@ verify`), the CAS and the client verifying a CAS use them, so they judge alike.
 
 import dataclasses
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from veil.errors import VeilError
@@ -176,6 +176,7 @@ def appraise(
     nonce: bytes | None = None,
     hcl_report: bytes | None = None,
     td_quote: bytes | None = None,
+    rims: Sequence[bytes] = (),
 ) -> Appraisal:
     """Verify ``evidence`` and decide under ``tolerate``: never raises for bad evidence.
     With ``nonce``, the report data must be the nonce, or it followed by zero bytes."""
@@ -190,6 +191,7 @@ def appraise(
             event_log=event_log,
             hcl_report=hcl_report,
             td_quote=td_quote,
+            rims=rims,
         )
     except VeilError as exc:
         return Appraisal(platform, False, str(exc), None)
@@ -356,14 +358,20 @@ def _keyed_verdict(
     )
 
 
-def _gpu_verdict(v: GpuVerified) -> HardwareVerdict:
-    return _keyed_verdict(
-        "nvidia-gpu",
-        v.report.request_nonce,
-        v.fwid,
-        gpu_claims(v),
-        "measurements not compared: no reference integrity manifests (RIMs)",
-    )
+def _gpu_verdict(v: GpuVerified, rims: Sequence[bytes], at: dt.datetime | None) -> HardwareVerdict:
+    """With RIMs (a VBIOS and a driver one), the measurements are compared with them: a
+    mismatch or a RIM that does not verify refuses the evidence."""
+    claims = gpu_claims(v)
+    note = "measurements not compared: no reference integrity manifests (RIMs)"
+    if rims:
+        from veil.tee.nvidia_rim import compare, load_rim  # noqa: PLC0415  # XML libraries, for RIMs only
+
+        manifests = [load_rim(rim, at) for rim in rims]
+        compare(v.report, manifests)
+        claims["measurements_compared"] = True
+        claims["rims"] = [{"version": m.version, "signer": m.signer} for m in manifests]
+        note = "measurements compared with the VBIOS and driver RIMs: every active one matches"
+    return _keyed_verdict("nvidia-gpu", v.report.request_nonce, v.fwid, claims, note)
 
 
 def _tpm_verdict(v: TpmVerified) -> HardwareVerdict:
@@ -387,13 +395,16 @@ def verify_hardware_evidence(
     event_log: bytes | None = None,
     hcl_report: bytes | None = None,
     td_quote: bytes | None = None,
+    rims: Sequence[bytes] = (),
 ) -> HardwareVerdict:
+    if rims and platform != "nvidia-gpu":
+        raise EvidenceError("reference integrity manifests (RIMs) apply to NVIDIA GPU evidence only")
     if platform == "tpm":
         return _tpm_verdict(verify_tpm_quote(evidence))
     if platform == "nvidia-gpu":
         if endorsement_key is None:
             raise EvidenceError("NVIDIA GPU evidence needs its device certificate chain")
-        return _gpu_verdict(verify_gpu_report(evidence, endorsement_key, at))
+        return _gpu_verdict(verify_gpu_report(evidence, endorsement_key, at), rims, at)
     if platform in REPORT_TYPES:
         parts = read_parts(evidence, hcl_report, endorsement_key, td_quote)
         return _azure_verdict(verify_azure(platform, parts, collateral=collateral, at=at, product=product))

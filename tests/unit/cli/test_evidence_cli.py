@@ -281,6 +281,15 @@ def test_an_nvidia_gpu_report_needs_its_chain_and_says_measurements_were_not_com
     assert code == 1 and out["evidence_valid"] is True and out["measurements_compared"] is False
     assert out["driver_version"] == "550.90.07" and "no-rim-check" in out["reason"]
     assert veil("evidence", "verify", report, "--platform", "nvidia-gpu").returncode == 2
+    rims = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia-rim"
+    given = [a for f in sorted(rims.glob("*.swidtag")) for a in ("--rim", str(f))]
+    code, out = verify(
+        report, "--platform", "nvidia-gpu", "--cert", v(d + "hopper_cert_chain_case1.txt"), "--nonce", nonce,
+        "--at", "2025-01-01T00:00:00Z", *given,
+    )  # fmt: skip
+    assert code == 1 and "matches neither the report's VBIOS (96.00.9f.00.01)" in out["reason"], out
+    misused = veil("evidence", "verify", report, "--platform", "tpm", *given)
+    assert misused.returncode == 2 and "--rim applies to --platform nvidia-gpu only" in misused.stderr
 
 
 def test_an_ear_for_a_relying_party(tmp_path: Path) -> None:
