@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 BUSYBOX = "/usr/bin/busybox"
-APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir", "stat", "su"]
+APPLETS = ["sh", "cat", "echo", "wc", "ls", "date", "env", "mkdir", "stat", "su", "sleep"]
 #: the user a daemon drops to (nginx, PostgreSQL do): uid and gid 33, as Debian's www-data
 WWW = 33
 #: an owner /etc/passwd of the image does not name (the converter warns)

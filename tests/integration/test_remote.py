@@ -433,3 +433,27 @@ def test_a_job_image_changed_by_the_host_is_refused_attestation(
     assert result.returncode != 0
     assert "attestation refused: measurement" in result.stderr, result.stderr
     assert not (tmp_path / "out-image-swapped" / "count").exists()
+
+
+def test_a_cancelled_job_in_an_image_leaves_no_container_no_image_and_no_files(
+    world: World, tmp_path: Path, podman: Podman
+) -> None:
+    code, output = tmp_path / "code", tmp_path / "out"
+    code.mkdir()
+    (code / "words").write_text("unused\n")
+    image = build_app_image(tmp_path / "image")
+    started = world.run_job(
+        world.alice, "image-cancelled", code, output, "/bin/sh", "-c", "echo started; sleep 120",
+        extra=("--image", image, "--remote-engine", str(podman.wrapper(tmp_path / "engine")), "--detach"),
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    deadline = time.time() + 60
+    while not podman("ps", "-q").stdout.strip():
+        assert time.time() < deadline, world.remote(world.alice, "status", "image-cancelled").stdout
+        time.sleep(0.2)
+    cancelled = world.remote(world.alice, "cancel", "image-cancelled")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "removed the job's files" in cancelled.stderr, cancelled.stderr
+    assert podman("ps", "-a", "-q").stdout.strip() == "", "the container is stopped and removed"
+    assert podman("images", "-q").stdout.strip() == "", "the job's image is removed"
+    assert not (world.host_jobs / "image-cancelled").exists()

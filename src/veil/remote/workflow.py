@@ -365,7 +365,9 @@ class Remote:
         for name, value in self._variables(job, IMAGE_JOB_DIR, las).items():
             options += ["-e", f"{name}={value}"]
         return (
-            f"{{ i=$({engine} pull -q oci:{d}/image:{IMAGE_TAG}) && rm -rf -- {d}/image && "
+            # a TERM (`veil remote cancel`) reaches the engine, which passes it to the container;
+            # this shell outlives it (a trap, not an ignored signal) and removes the image
+            f"{{ trap : TERM INT; i=$({engine} pull -q oci:{d}/image:{IMAGE_TAG}) && rm -rf -- {d}/image && "
             f'{engine} run {shlex.join(options)} {_TEE} "$i"; s=$?; '
             f'[ -n "$i" ] && {engine} rmi -f "$i" {_DETACHED}; (exit $s); }}'
         )
