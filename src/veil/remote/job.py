@@ -166,10 +166,11 @@ def substitute(command: list[str], remote_dir: str) -> list[str]:
 @dataclass(frozen=True)
 class JobImage:
     """What a job run in a converted container image takes from it: the image's
-    environment, and its scratch directories (docs/image.md)."""
+    environment, its scratch directories (docs/image.md), and the measurement of its root."""
 
     environment: dict[str, str]
     tmpfs: list[str]
+    measurement: str
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class Remote:
                     tags=job.tags,
                     tolerate=submission.tolerate,
                     sim_platforms=submission.sim_platforms,
-                    image=image[0] if image else None,
+                    image=image,
                 )
                 client.create_session(session.text())
                 created = True
@@ -224,9 +224,9 @@ class Remote:
         staging: Path,
         aside: Path,
         stop: threading.Event,
-    ) -> tuple[dict[str, str], tuple[JobImage, str] | None]:
+    ) -> tuple[dict[str, str], JobImage | None]:
         """Code and input encrypted into ``staging`` (their tags), the image converted into
-        ``aside`` (what the session takes from it, and its measurement)."""
+        ``aside`` (what the session takes from it)."""
         sources = {"code": submission.code, "input": submission.input}
         tags = {}
         for name, source in sources.items():
@@ -247,10 +247,9 @@ class Remote:
                 copy_in(source, volume, step)
             return volume.close()
 
-    def _convert(self, submission: Submission, session: str, target: Path) -> tuple[JobImage, str]:
+    def _convert(self, submission: Submission, session: str, target: Path) -> JobImage:
         """The job's image converted here into an OCI layout (its root measured, veil's
-        runtime as its entrypoint; docs/image.md): what the session takes from it, and its
-        measurement."""
+        runtime as its entrypoint; docs/image.md): what the session takes from it."""
         from veil.image.convert import ConvertOptions, convert  # noqa: PLC0415  # only image jobs need it
 
         assert submission.image is not None
@@ -264,17 +263,17 @@ class Remote:
         result = convert(options)
         for warning in result.warnings:
             self.say(f"warning: {warning}")
-        return JobImage(result.environment, result.tmpfs), result.measurement
+        return JobImage(result.environment, result.tmpfs, result.measurement)
 
     def _attestation(
-        self, submission: Submission, job: Job, client: OwnerClient, image: tuple[JobImage, str] | None
+        self, submission: Submission, job: Job, client: OwnerClient, image: JobImage | None
     ) -> list[dict[str, Any]]:
         """The session's attestation entries: the given hardware ones, and with sim
         tolerated the measurement of the job's image, or of its program as computed here
         from ``--program`` (or the command's program as found here)."""
         entries = [dict(e) for e in submission.attestation]
         if image is not None:
-            measurement = image[1]
+            measurement = image.measurement
             what = "image"
         else:
             program = str(submission.program) if submission.program is not None else job.command[0]

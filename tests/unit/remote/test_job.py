@@ -113,7 +113,9 @@ def test_the_session_of_a_job_in_an_image_measures_its_root_and_keeps_its_enviro
         tags={"input": "a" * 64},
         tolerate=["sim"],
         sim_platforms=["b" * 64],
-        image=JobImage({"PATH": "/opt/app/bin:/bin", "GREETING": "hi"}, ["/tmp", "/var/log"]),
+        image=JobImage(
+            {"PATH": "/opt/app/bin:/bin", "GREETING": "hi"}, ["/tmp", "/var/log"], "sha256:" + "1" * 64
+        ),
     ).text()
     session, problems = check_session(text)
     assert not problems, problems

@@ -23,7 +23,7 @@ from veil.tee import nvidia_rim
 from veil.tee.claims import EvidenceError
 from veil.tee.nvidia import parse_report
 from veil.tee.nvidia_rim import compare, load_rim
-from veil.tee.verdict import appraise
+from veil.tee.verdict import Appraisal, appraise
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia-rim"
 VBIOS = FIXTURES / "1010_0200_882_96005E0001_PROD.swidtag"
@@ -65,17 +65,22 @@ def _report() -> bytes:
     return bytes.fromhex((GPU / "hopperAttestationReport.txt").read_text().strip())
 
 
-@requires_vectors
-def test_nvidias_rims_are_for_other_versions_than_the_vector_report() -> None:
-    appraisal = appraise(
+def _appraise(rims: list[bytes]) -> Appraisal:
+    """The vector report, its chain and nonce, as of SIGNED_AT, with these RIMs and no tolerance."""
+    return appraise(
         "nvidia-gpu",
         _report(),
         [],
         endorsement_key=(GPU / "hopper_cert_chain_case1.txt").read_bytes(),
         nonce=NONCE,
         at=SIGNED_AT,
-        rims=[VBIOS.read_bytes(), DRIVER.read_bytes()],
+        rims=rims,
     )
+
+
+@requires_vectors
+def test_nvidias_rims_are_for_other_versions_than_the_vector_report() -> None:
+    appraisal = _appraise([VBIOS.read_bytes(), DRIVER.read_bytes()])
     assert not appraisal.accepted
     assert "a RIM for version 96.00.5E.00.01 matches neither the report's VBIOS (96.00.9f.00.01)" in (
         appraisal.reason or ""
@@ -145,15 +150,7 @@ def test_rims_for_the_reports_versions_and_values_compare_and_one_changed_value_
     driver = signer.rim(DRIVER, "550.90.07", {i: report.measurements[i + 1] for i in driver_indices})
 
     def appraised(rims: list[bytes]) -> tuple[bool, str]:
-        result = appraise(
-            "nvidia-gpu",
-            _report(),
-            [],
-            endorsement_key=(GPU / "hopper_cert_chain_case1.txt").read_bytes(),
-            nonce=NONCE,
-            at=SIGNED_AT,
-            rims=rims,
-        )
+        result = _appraise(rims)
         if result.accepted:
             assert result.verdict is not None and result.verdict.claims["measurements_compared"] is True
         return result.accepted, result.reason or ""
