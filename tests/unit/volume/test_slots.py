@@ -164,6 +164,43 @@ def test_a_lazy_commit_leaves_moved_chunks_to_the_next_durable_one(volume: Volum
         assert handle.read() == model
 
 
+def test_a_lazy_commit_moves_overwrites_kept_aside_and_syncs_nothing(
+    volume: Volume, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overwrites below the threshold are kept aside; putting them in place after a commit
+    needs that commit durable. A periodic (lazy) commit moves them to their other slot
+    instead and stays lazy: no sync while the mount's writers wait (a random-write load
+    synced every 2 s before), the durable records untouched until a durable commit."""
+    rnd = random.Random(7)
+    model, first = committed_file(volume, rnd)
+    durable = bytes(model)
+    overwrite_randomly(volume, "/f", rnd, model, 2)  # below SPILL_AT: kept aside
+    assert volume._kept_bytes and not second_slots(volume)
+    with volume.open_file("/new", "w") as handle:
+        handle.write(b"created before the lazy commit")
+
+    def no_sync(*_: object) -> None:
+        raise AssertionError("a lazy commit synced")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(volume_module, "syncfs", no_sync)
+        patch.setattr(volume_module.os, "fsync", no_sync)
+        lazy = volume.flush(durable=False)
+    assert volume.lazy and volume._kept_bytes == 0 and second_slots(volume)
+    copy = tmp_path / "crash"
+    shutil.copytree(volume.root, copy, ignore=shutil.ignore_patterns(".lock"))
+    with Volume.open(copy, key_of(volume), first) as reopened:
+        assert reopened.open_file("/f").read() == durable
+        assert reopened.open_file("/new").read() == b"created before the lazy commit"
+    with volume.open_file("/f") as handle:
+        assert handle.read() == model
+    final = volume.flush()
+    assert final != lazy and not volume.lazy
+    volume.close()
+    with Volume.open(volume.root, key_of(volume), final) as reopened, reopened.open_file("/f") as handle:
+        assert handle.read() == model
+
+
 def test_records_in_the_second_slot_are_found_after_reopening_a_cut_and_a_regrowth(
     volume: Volume, tmp_path: Path
 ) -> None:
