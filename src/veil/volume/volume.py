@@ -39,6 +39,7 @@ DEFAULT_CHUNK = 8192
 _IO_BLOCK = 1 << 20
 _DISK_PREFETCH = 2 << 20  # ciphertext the disk reads ahead during a sequential read
 _SPLIT_CHUNKS = 16  # reads of more chunks than this are shared with the helper, if any
+_REWRITE_CHUNKS = 4  # writes over at most this many chunks may take the short path (_rewrite)
 _INLINE_TAGS = 2 * TAG  # a tag table this long or shorter lives in the manifest
 #: the largest file size: ext4's with 4 KiB blocks
 MAX_FILE_SIZE = 1 << 44
@@ -1155,15 +1156,9 @@ class Volume:
         if not data:
             return 0
         end = offset + len(data)
-        index = offset // self.chunk_size
-        if (
-            end <= state.size
-            and (end - 1) // self.chunk_size == index
-            and index in state.fresh
-            and (not state.probe or index in state.known)
-            and index not in state.kept
-        ):
-            return self._rewrite(state, index, offset, data)
+        first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
+        if end <= state.size and last - first < _REWRITE_CHUNKS and self._rewritable(state, first, last):
+            return self._rewrite(state, first, last, offset, data)
         if end > MAX_FILE_SIZE:
             raise oserror(errno.EFBIG, state.path)
         if offset > state.size:
@@ -1179,20 +1174,55 @@ class Volume:
             self._spill()
         return len(data)
 
-    def _rewrite(self, state: _FileState, index: int, offset: int, data: bytes | memoryview) -> int:
-        """``data`` written again within chunk ``index``, already written in place since the
-        last commit and inside the file: what a random-write load does most (the periodic
-        commits leave such chunks in place), on a short path. Its stored record is read,
-        opened, merged, sealed and written over itself (put back if that fails)."""
+    @staticmethod
+    def _rewritable(state: _FileState, first: int, last: int) -> bool:
+        """Whether chunks first..last were all written in place since the last commit (none
+        kept aside or a hole, their slot known): the short path of ``_rewrite``."""
+        for index in range(first, last + 1):
+            if (
+                index not in state.fresh
+                or (state.probe and index not in state.known)
+                or index in state.kept
+                or state.tags[index * TAG : (index + 1) * TAG] == HOLE
+            ):
+                return False
+        return True
+
+    def _rewrite(
+        self, state: _FileState, first: int, last: int, offset: int, data: bytes | memoryview
+    ) -> int:
+        """``data`` written again over chunks first..last (a few), all written in place since
+        the last commit and inside the file: what a random-write load does most (the
+        periodic commits leave such chunks in place), on a short path, chunk by chunk. All
+        or nothing: if a chunk's write fails, the chunks written before it are put back
+        (no short write: on the kernel's write-back path a short count may not reach the
+        program)."""
+        cs, end = self.chunk_size, offset + len(data)
+        done: list[tuple[int, int, int, bytes, bytes]] = []
+        try:
+            for index in range(first, last + 1):
+                start, upto = max(offset, index * cs), min(end, (index + 1) * cs)
+                done.append(self._rewrite_chunk(state, index, start, data[start - offset : upto - offset]))
+        except OSError:
+            for index, fd, at, stored, tag in reversed(done):
+                with contextlib.suppress(OSError):  # over what the object holds: no new space
+                    pwrite_all(fd, stored, at)
+                    state.tags[index * TAG : (index + 1) * TAG] = tag
+            raise
+        return len(data)
+
+    def _rewrite_chunk(
+        self, state: _FileState, index: int, offset: int, data: bytes | memoryview
+    ) -> tuple[int, int, int, bytes, bytes]:
+        """``data`` written within chunk ``index`` (see ``_rewrite``): its stored record is
+        read, opened, merged, sealed and written over itself (put back if that fails).
+        What undoes it: (index, object, where, the record, the tag it had)."""
         codec, cs = state.codec, self.chunk_size
         chunk_start = index * cs
-        expected = state.tags[index * TAG : (index + 1) * TAG]
-        if expected == HOLE:  # a hole's chunk has no record to merge with
-            self._write_block(state, offset, data)
-            return len(data)
         fd = self._slot_fd(state, index)
         at = index * (cs + codec.overhead)
         stored = os.pread(fd, min(cs, state.size - chunk_start) + codec.overhead, at)
+        expected = bytes(state.tags[index * TAG : (index + 1) * TAG])
         plain = bytearray(codec.open(index, stored, expected, state.path))
         plain[offset - chunk_start : offset - chunk_start + len(data)] = data
         record, tag = codec.seal(index, bytes(plain))
@@ -1209,7 +1239,7 @@ class Volume:
         state.changed.add(index)
         state.inode.mtime = state.inode.ctime = time.time_ns()
         self._tables_changed.add(state.inode.ino)
-        return len(data)
+        return index, fd, at, stored, expected
 
     def _write_block(self, state: _FileState, offset: int, data: bytes | memoryview) -> None:
         cs = self.chunk_size

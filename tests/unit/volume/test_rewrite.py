@@ -1,10 +1,11 @@
-"""A chunk written again before the commit (``Volume._rewrite``, the random-write path):
-it is written over its own record, so a write that fails part-way must put that record
-back; the file then reads as before the failed write, and the program is told."""
+"""Chunks written again before the commit (``Volume._rewrite``, the random-write path):
+each new record is written over the chunk's own record, so a write that fails part-way
+must put back every record it changed: the file then reads as before the write, and the
+program is told. Not a short write: on the kernel's write-back path a short count may
+not reach the program."""
 
 import errno
 import os
-from pathlib import Path
 
 import pytest
 
@@ -14,23 +15,29 @@ from veil.volume.volume import DEFAULT_CHUNK
 CS = DEFAULT_CHUNK
 
 
-def test_a_rewrite_takes_the_short_path_and_reads_back(
-    volume: Volume, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    content = bytearray(os.urandom(3 * CS + 100))
+def test_rewrites_take_the_short_path_and_read_back(volume: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = bytearray(os.urandom(5 * CS + 100))
     with volume.open_file("/f", "w") as handle:
         handle.write(content)  # past the durable chunk count: written in place
-        taken: list[int] = []
+        taken: list[tuple[int, int]] = []
         real = volume._rewrite
-        monkeypatch.setattr(volume, "_rewrite", lambda s, i, o, d: taken.append(i) or real(s, i, o, d))
-        for at in (5, CS + 17, 3 * CS + 90):  # the last chunk is short
-            data = os.urandom(10)
-            handle.pwrite(data, at)
-            content[at : at + 10] = data
-        assert taken == [0, 1, 3]
+        monkeypatch.setattr(
+            volume, "_rewrite", lambda s, f, la, o, d: taken.append((f, la)) or real(s, f, la, o, d)
+        )
+        writes = [
+            (5, 10),  # inside chunk 0
+            (2 * CS - 5, 10),  # across chunks 1 and 2
+            (3 * CS - 7, CS + 20),  # chunk 3 whole, the ends of 2 and 4
+            (5 * CS + 90, 10),  # inside the last, short chunk
+        ]
+        for at, length in writes:
+            data = os.urandom(length)
+            assert handle.pwrite(data, at) == length
+            content[at : at + length] = data
+        assert taken == [(0, 0), (1, 2), (2, 4), (5, 5)]
         handle.pwrite(b"grows", len(content) - 2)  # past the end: the general path
         content[-2:] = b"grows"
-        assert taken == [0, 1, 3]
+        assert len(taken) == 4
     assert volume.open_file("/f").read() == content
     tag = volume.flush()
     volume.close()
@@ -38,28 +45,57 @@ def test_a_rewrite_takes_the_short_path_and_reads_back(
         assert reopened.open_file("/f").read() == content
 
 
-def test_a_rewrite_that_fails_part_way_leaves_the_chunk_as_it_was(
-    volume: Volume, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+class TornDisk:
+    """os.pwrite whose ``fail_at``-th call writes 100 bytes and the next one fails (EIO)."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at, self.calls, self.real = fail_at, 0, os.pwrite
+
+    def __call__(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            return self.real(fd, memoryview(data)[:100], offset)
+        if self.calls == self.fail_at + 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return self.real(fd, data, offset)
+
+
+@pytest.mark.parametrize(("at", "length"), [(CS + 10, 50), (CS - 20, 40), (CS - 20, CS + 40)])
+def test_a_rewrite_that_fails_at_once_changes_nothing(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, at: int, length: int
 ) -> None:
-    content = os.urandom(2 * CS)
+    content = os.urandom(4 * CS)
     with volume.open_file("/f", "w+") as handle:
         handle.write(content)
-        real, calls = os.pwrite, []
-
-        def torn(fd: int, data: bytes | memoryview, offset: int) -> int:
-            calls.append(offset)
-            if len(calls) == 1:
-                return real(fd, memoryview(data)[:100], offset)  # a short write, then
-            if len(calls) == 2:
-                raise OSError(errno.EIO, "Input/output error")  # the device fails
-            return real(fd, data, offset)  # the record put back
-
-        monkeypatch.setattr(os, "pwrite", torn)
+        disk = TornDisk(fail_at=1)
+        monkeypatch.setattr(os, "pwrite", disk)
         with pytest.raises(OSError) as caught:
-            handle.pwrite(b"x" * 50, CS + 10)
-        assert caught.value.errno == errno.EIO and len(calls) == 3
-        monkeypatch.setattr(os, "pwrite", real)
-        assert handle.pread(2 * CS, 0) == content
+            handle.pwrite(b"x" * length, at)
+        assert caught.value.errno == errno.EIO
+        assert disk.calls == 3  # the torn write, the failed rest, the record put back
+        monkeypatch.setattr(os, "pwrite", disk.real)
+        assert handle.pread(4 * CS, 0) == content
+    tag = volume.flush()
+    volume.close()
+    with Volume.open(volume.root, volume.keys._root, tag) as reopened:
+        assert reopened.open_file("/f").read() == content
+
+
+@pytest.mark.parametrize("fail_at", [2, 3])
+def test_a_rewrite_over_chunks_that_fails_in_a_later_one_puts_back_the_earlier(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    content = os.urandom(4 * CS)
+    with volume.open_file("/f", "w+") as handle:
+        handle.write(content)
+        disk = TornDisk(fail_at)
+        monkeypatch.setattr(os, "pwrite", disk)
+        with pytest.raises(OSError) as caught:
+            handle.pwrite(b"x" * (CS + 40), CS - 20)  # chunks 0, 1 and 2
+        assert caught.value.errno == errno.EIO
+        assert disk.calls == fail_at + 1 + fail_at  # each record written put back
+        monkeypatch.setattr(os, "pwrite", disk.real)
+        assert handle.pread(4 * CS, 0) == content
     tag = volume.flush()
     volume.close()
     with Volume.open(volume.root, volume.keys._root, tag) as reopened:
