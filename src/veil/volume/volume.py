@@ -1194,16 +1194,16 @@ class Volume:
         """``data`` written again over chunks first..last (a few), all written in place since
         the last commit and inside the file: what a random-write load does most (the
         periodic commits leave such chunks in place), on a short path, chunk by chunk. All
-        or nothing: if a chunk's write fails, the chunks written before it are put back
-        (no short write: on the kernel's write-back path a short count may not reach the
-        program)."""
+        or nothing: if a chunk's write fails or its record is refused, the chunks written
+        before it are put back (no short write: on the kernel's write-back path a short
+        count may not reach the program)."""
         cs, end = self.chunk_size, offset + len(data)
         done: list[tuple[int, int, int, bytes, bytes]] = []
         try:
             for index in range(first, last + 1):
                 start, upto = max(offset, index * cs), min(end, (index + 1) * cs)
                 done.append(self._rewrite_chunk(state, index, start, data[start - offset : upto - offset]))
-        except OSError:
+        except BaseException:  # a failed write, or a later chunk's record refused as damaged
             for index, fd, at, stored, tag in reversed(done):
                 with contextlib.suppress(OSError):  # over what the object holds: no new space
                     pwrite_all(fd, stored, at)

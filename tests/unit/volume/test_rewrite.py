@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from veil.volume import Volume
+from veil.volume import IntegrityError, Volume
 from veil.volume.volume import DEFAULT_CHUNK
 
 CS = DEFAULT_CHUNK
@@ -100,3 +100,18 @@ def test_a_rewrite_over_chunks_that_fails_in_a_later_one_puts_back_the_earlier(
     volume.close()
     with Volume.open(volume.root, volume.keys._root, tag) as reopened:
         assert reopened.open_file("/f").read() == content
+
+
+def test_a_rewrite_over_chunks_refused_in_a_later_one_puts_back_the_earlier(volume: Volume) -> None:
+    """A later chunk's stored record damaged (here: changed on the host) refuses the write
+    with an integrity error, and the chunks before it keep what they held."""
+    content = os.urandom(4 * CS)
+    with volume.open_file("/f", "w+") as handle:
+        handle.write(content)
+        state = handle._state
+        overhead = state.codec.overhead
+        at = 2 * (CS + overhead) + 100  # inside chunk 2's record
+        os.pwrite(state.fd, bytes([os.pread(state.fd, 1, at)[0] ^ 1]), at)
+        with pytest.raises(IntegrityError):
+            handle.pwrite(b"x" * (CS + 40), CS - 20)  # chunks 0, 1 and 2
+        assert handle.pread(2 * CS, 0) == content[: 2 * CS]
