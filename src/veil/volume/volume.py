@@ -1111,19 +1111,13 @@ class Volume:
 
     def _read_chunk(self, state: _FileState, index: int, length: int) -> bytes:
         """Chunk ``index``'s plaintext (``length`` bytes): zeros for a hole."""
-        return self._open_chunk(state, index, length)[0]
-
-    def _open_chunk(self, state: _FileState, index: int, length: int) -> tuple[bytes, bytes | None]:
-        """Chunk ``index``'s plaintext (``length`` bytes), and the record it was read from
-        its slot (None: a hole, or kept aside in memory)."""
         expected = state.tags[index * TAG : (index + 1) * TAG]
         if expected == HOLE:
-            return bytes(length), None
+            return bytes(length)
         record = state.kept.get(index)
-        stored = None
         if record is None:
-            record = stored = self._read_record(state, index, length + state.codec.overhead)
-        return state.codec.open(index, record, expected, state.path), stored
+            record = self._read_record(state, index, length + state.codec.overhead)
+        return state.codec.open(index, record, expected, state.path)
 
     def _read_record(self, state: _FileState, index: int, size: int) -> bytes:
         """Chunk ``index``'s stored record (``size`` bytes) from its slot; one not located
@@ -1228,13 +1222,7 @@ class Volume:
         record, tag = codec.seal(index, bytes(plain))
         while tag == HOLE:  # 2^-128: never a hole's tag
             record, tag = codec.seal(index, bytes(plain))
-        try:
-            pwrite_all(fd, record, at)
-        except OSError:
-            with contextlib.suppress(OSError):  # over what the object holds: no new space
-                pwrite_all(fd, stored, at)
-            raise
-        state.unsynced = True
+        self._write_in_place(state, index, record, stored=stored)
         state.tags[index * TAG : (index + 1) * TAG] = tag
         state.changed.add(index)
         state.inode.mtime = state.inode.ctime = time.time_ns()
@@ -1255,12 +1243,11 @@ class Volume:
         plains: list[bytes | memoryview] = [
             view[start - offset : start - offset + cs] for start in range(first * cs, (last + 1) * cs, cs)
         ]
-        stored = None  # a single chunk's record as read to merge: what an in-place write undoes to
         for position, index in ((0, first), (-1, last))[: 1 if first == last else 2]:
             chunk_start = index * cs
             chunk_end = min(chunk_start + cs, new_size)
             if offset > chunk_start or end < chunk_end:
-                plains[position], stored = self._merged(state, index, view, offset, old_size, chunk_end)
+                plains[position] = self._merged(state, index, view, offset, old_size, chunk_end)
         records: bytes | bytearray
         if first == last:  # one chunk (random access): the short path
             records, new_tags = state.codec.seal(first, bytes(plains[0]))
@@ -1268,7 +1255,7 @@ class Volume:
             records, new_tags = state.codec.seal_many(first, plains)
         if HOLE in new_tags and has_hole(new_tags, 0, last - first):  # 2^-128: never a hole's tag
             records, new_tags = state.codec.seal_many(first, [bytes(p) for p in plains])
-        self._store(state, first, last, records, stored if first == last else None)
+        self._store(state, first, last, records)
         needed = chunk_count(new_size, cs) * TAG
         if len(state.tags) < needed:
             state.tags.extend(bytes(needed - len(state.tags)))
@@ -1280,19 +1267,11 @@ class Volume:
         state.inode.mtime = state.inode.ctime = time.time_ns()
         self._tables_changed.add(state.inode.ino)
 
-    def _store(
-        self,
-        state: _FileState,
-        first: int,
-        last: int,
-        records: bytes | bytearray,
-        stored: bytes | None = None,
-    ) -> None:
+    def _store(self, state: _FileState, first: int, last: int, records: bytes | bytearray) -> None:
         """Put the records of chunks first..last where they go: in place where no durable
         version exists (past the durable chunk count, or written in place since the last
         commit), kept aside otherwise (docs/volume-format.md, Commit). All or nothing: if a
-        write in place fails, those already written are undone and nothing is kept.
-        ``stored``: chunk ``first``'s record as just read from its slot (one chunk only)."""
+        write in place fails, those already written are undone and nothing is kept."""
         if first == last and first < state.durable_count and first not in state.fresh:
             if self._spilling:  # a large load: straight to the other slot
                 was_alt = first in state.alt
@@ -1310,7 +1289,7 @@ class Volume:
             state.kept[first] = bytes(records)
             return
         if first == last:  # one chunk with no durable version (a small file): in place
-            self._write_in_place(state, first, records, stored=stored)
+            self._write_in_place(state, first, records)
             state.fresh.add(first)
             return
         stride = self.chunk_size + state.codec.overhead
@@ -1389,8 +1368,9 @@ class Volume:
         object is cut back to what it covered (the file's size is updated only after this
         succeeds). ``undo=False``: the slot holds no current record (a chunk moved to its
         other slot), nothing to put back. ``stored``: the one chunk's current record, just
-        read from this slot; when the new one is no longer, the object already covers it
-        and that is what a failed write puts back (no second read, no size to look up)."""
+        read from this slot (``_rewrite_chunk``); when the new one is no longer, the object
+        already covers it and that is what a failed write puts back (no second read, no
+        size to look up)."""
         fd = self._slot_fd(state, first)
         at = first * (self.chunk_size + state.codec.overhead)
         if undo and stored is not None and len(records) <= len(stored):
@@ -1423,16 +1403,15 @@ class Volume:
 
     def _merged(
         self, state: _FileState, index: int, data: memoryview, offset: int, old_size: int, chunk_end: int
-    ) -> tuple[bytes, bytes | None]:
-        """Chunk ``index`` as it holds after writing ``data`` at ``offset`` over it, and the
-        stored record it held (None: none read from its slot)."""
+    ) -> bytes:
+        """Chunk ``index`` as it holds after writing ``data`` at ``offset`` over it."""
         chunk_start = index * self.chunk_size
         lo, hi = max(offset, chunk_start), min(offset + len(data), chunk_end)
         old_len = self._chunk_len(old_size, index)
-        old, stored = self._open_chunk(state, index, old_len) if old_len else (b"", None)
+        old = self._read_chunk(state, index, old_len) if old_len else b""
         buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
         buf[lo - chunk_start : hi - chunk_start] = data[lo - offset : hi - offset]
-        return bytes(buf), stored
+        return bytes(buf)
 
     def _object_size(self, size: int, codec: ChunkCodec) -> int:
         if size == 0:

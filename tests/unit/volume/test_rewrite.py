@@ -15,6 +15,14 @@ from veil.volume.volume import DEFAULT_CHUNK
 CS = DEFAULT_CHUNK
 
 
+def assert_committed(volume: Volume, content: bytes | bytearray) -> None:
+    """/f holds ``content`` after a commit, in the volume opened again."""
+    tag = volume.flush()
+    volume.close()
+    with Volume.open(volume.root, volume.keys._root, tag) as reopened:
+        assert reopened.open_file("/f").read() == content
+
+
 def test_rewrites_take_the_short_path_and_read_back(volume: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
     content = bytearray(os.urandom(5 * CS + 100))
     with volume.open_file("/f", "w") as handle:
@@ -39,10 +47,7 @@ def test_rewrites_take_the_short_path_and_read_back(volume: Volume, monkeypatch:
         content[-2:] = b"grows"
         assert len(taken) == 4
     assert volume.open_file("/f").read() == content
-    tag = volume.flush()
-    volume.close()
-    with Volume.open(volume.root, volume.keys._root, tag) as reopened:
-        assert reopened.open_file("/f").read() == content
+    assert_committed(volume, content)
 
 
 class TornDisk:
@@ -75,10 +80,7 @@ def test_a_rewrite_that_fails_at_once_changes_nothing(
         assert disk.calls == 3  # the torn write, the failed rest, the record put back
         monkeypatch.setattr(os, "pwrite", disk.real)
         assert handle.pread(4 * CS, 0) == content
-    tag = volume.flush()
-    volume.close()
-    with Volume.open(volume.root, volume.keys._root, tag) as reopened:
-        assert reopened.open_file("/f").read() == content
+    assert_committed(volume, content)
 
 
 @pytest.mark.parametrize("fail_at", [2, 3])
@@ -96,10 +98,7 @@ def test_a_rewrite_over_chunks_that_fails_in_a_later_one_puts_back_the_earlier(
         assert disk.calls == fail_at + 1 + fail_at  # each record written put back
         monkeypatch.setattr(os, "pwrite", disk.real)
         assert handle.pread(4 * CS, 0) == content
-    tag = volume.flush()
-    volume.close()
-    with Volume.open(volume.root, volume.keys._root, tag) as reopened:
-        assert reopened.open_file("/f").read() == content
+    assert_committed(volume, content)
 
 
 def test_a_rewrite_over_chunks_refused_in_a_later_one_puts_back_the_earlier(volume: Volume) -> None:
