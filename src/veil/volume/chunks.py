@@ -32,7 +32,7 @@ class ChunkCodec:
         self._aad_prefix = _AAD_PREFIX + self.volume_id + self.file_id
         self.overhead = NONCE + TAG if self.encrypted else TAG
 
-    def seal(self, index: int, plaintext: bytes) -> tuple[bytes, bytes]:
+    def seal(self, index: int, plaintext: bytes | bytearray) -> tuple[bytes | bytearray, bytes]:
         """(stored record, its 16-byte tag)."""
         aad = self._aad_prefix + _INDEX_LENGTH.pack(index, len(plaintext))
         if self._aead is not None:
@@ -104,7 +104,11 @@ class ChunkCodec:
         """Open one whole chunk into ``out`` (exactly its plaintext length): the random-read
         path, which a 4 KiB read of a mounted volume takes once per request, kept short."""
         at = index * TAG
-        if self._aead is None or not hmac.compare_digest(record[-TAG:], tags[at : at + TAG]):
+        if (
+            self._aead is None
+            or len(record) != len(out) + self.overhead
+            or not hmac.compare_digest(record[-TAG:], tags[at : at + TAG])
+        ):
             out[:] = self.open(index, record, tags[at : at + TAG], where)  # raises if stale
             return
         try:

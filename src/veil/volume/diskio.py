@@ -16,6 +16,17 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         view, offset = view[written:], offset + written
 
 
+def pwrite_or_put_back(fd: int, data: bytes | bytearray | memoryview, offset: int, previous: bytes) -> None:
+    """``pwrite_all``, and if it fails (after a part, maybe), ``previous`` (what those bytes
+    of the file held, or its part within the file) written back before the error raises."""
+    try:
+        pwrite_all(fd, data, offset)
+    except OSError:
+        with contextlib.suppress(OSError):  # within blocks the file had: no new space needed
+            pwrite_all(fd, previous, offset)
+        raise
+
+
 def write_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a reader, or a crash, sees the old or the new
     file whole: written aside completely (a short write or ENOSPC raises, and the old file

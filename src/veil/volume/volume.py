@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from veil.volume.chunks import TAG, ChunkCodec, tags_root
-from veil.volume.diskio import fsync_directory, pwrite_all, pwritev_all, syncfs, write_atomic
+from veil.volume.diskio import (
+    fsync_directory,
+    pwrite_all,
+    pwrite_or_put_back,
+    pwritev_all,
+    syncfs,
+    write_atomic,
+)
 from veil.volume.errors import IntegrityError, StaleVolume, VolumeError, WrongKey
 from veil.volume.header import MODES, VERSION, new_header, read_header, take_lock
 from veil.volume.helper import Part, ReadHelper
@@ -1191,6 +1198,9 @@ class Volume:
         or nothing: if a chunk's write fails or its record is refused, the chunks written
         before it are put back (no short write: on the kernel's write-back path a short
         count may not reach the program)."""
+        if first == last:  # one chunk (a random write): nothing written before it to put back
+            self._rewrite_chunk(state, first, offset, data)
+            return len(data)
         cs, end = self.chunk_size, offset + len(data)
         done: list[tuple[int, int, int, bytes, bytes]] = []
         try:
@@ -1209,21 +1219,26 @@ class Volume:
         self, state: _FileState, index: int, offset: int, data: bytes | memoryview
     ) -> tuple[int, int, int, bytes, bytes]:
         """``data`` written within chunk ``index`` (see ``_rewrite``): its stored record is
-        read, opened, merged, sealed and written over itself (put back if that fails).
-        What undoes it: (index, object, where, the record, the tag it had)."""
-        codec, cs = state.codec, self.chunk_size
+        read, opened, merged, sealed and written over itself, put back if that fails (the
+        size is unchanged, so the new record is as long as the old: no new space, nothing
+        to cut back). What undoes it: (index, object, where, the record, the tag it had)."""
+        codec, cs, table = state.codec, self.chunk_size, state.inode.table
+        assert table is not None
         chunk_start = index * cs
-        fd = self._slot_fd(state, index)
+        fd = self._alt_fd(state) if index in state.alt else state.fd
         at = index * (cs + codec.overhead)
-        stored = os.pread(fd, min(cs, state.size - chunk_start) + codec.overhead, at)
-        expected = bytes(state.tags[index * TAG : (index + 1) * TAG])
-        plain = bytearray(codec.open(index, stored, expected, state.path))
+        length = min(cs, state.size - chunk_start)
+        stored = os.pread(fd, length + codec.overhead, at)
+        plain = bytearray(length)
+        codec.open_one_into(index, stored, table, state.path, memoryview(plain))  # refuses a stale one
         plain[offset - chunk_start : offset - chunk_start + len(data)] = data
-        record, tag = codec.seal(index, bytes(plain))
+        record, tag = codec.seal(index, plain)
         while tag == HOLE:  # 2^-128: never a hole's tag
-            record, tag = codec.seal(index, bytes(plain))
-        self._write_in_place(state, index, record, stored=stored)
-        state.tags[index * TAG : (index + 1) * TAG] = tag
+            record, tag = codec.seal(index, plain)
+        pwrite_or_put_back(fd, record, at, stored)
+        state.unsynced = True
+        expected = bytes(table[index * TAG : (index + 1) * TAG])
+        table[index * TAG : (index + 1) * TAG] = tag
         state.changed.add(index)
         state.inode.mtime = state.inode.ctime = time.time_ns()
         self._tables_changed.add(state.inode.ino)
@@ -1354,12 +1369,7 @@ class Volume:
             state.alt.add(index)
 
     def _write_in_place(
-        self,
-        state: _FileState,
-        first: int,
-        records: bytes | bytearray | memoryview,
-        undo: bool = True,
-        stored: bytes | None = None,
+        self, state: _FileState, first: int, records: bytes | bytearray | memoryview, undo: bool = True
     ) -> tuple[int, int, bytes]:
         """Write records where no durable version is, in the slot of chunk ``first`` (the
         same for all of them); (the object, where, what they overwrote). A write that fails
@@ -1367,21 +1377,9 @@ class Volume:
         overwrote (written since the last commit, not yet committed) are put back, and the
         object is cut back to what it covered (the file's size is updated only after this
         succeeds). ``undo=False``: the slot holds no current record (a chunk moved to its
-        other slot), nothing to put back. ``stored``: the one chunk's current record, just
-        read from this slot (``_rewrite_chunk``); when the new one is no longer, the object
-        already covers it and that is what a failed write puts back (no second read, no
-        size to look up)."""
+        other slot), nothing to put back."""
         fd = self._slot_fd(state, first)
         at = first * (self.chunk_size + state.codec.overhead)
-        if undo and stored is not None and len(records) <= len(stored):
-            try:
-                pwrite_all(fd, records, at)
-            except OSError:
-                with contextlib.suppress(OSError):  # within what the object holds: no new space
-                    pwrite_all(fd, stored, at)
-                raise
-            state.unsynced = True
-            return fd, at, stored
         if fd == state.fd:
             covered = self._object_size(max(state.size, state.durable_size), state.codec)
             overlap = min(at + len(records), self._object_size(state.size, state.codec)) - at
@@ -1390,10 +1388,8 @@ class Volume:
             overlap = min(at + len(records), covered) - at
         previous = os.pread(fd, overlap, at) if overlap > 0 and undo else b""
         try:
-            pwrite_all(fd, records, at)
+            pwrite_or_put_back(fd, records, at, previous)
         except OSError:
-            with contextlib.suppress(OSError):  # within blocks the file had: no new space needed
-                pwrite_all(fd, previous, at)
             if at + len(records) > covered:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, covered)

@@ -114,3 +114,26 @@ def test_a_rewrite_over_chunks_refused_in_a_later_one_puts_back_the_earlier(volu
         with pytest.raises(IntegrityError):
             handle.pwrite(b"x" * (CS + 40), CS - 20)  # chunks 0, 1 and 2
         assert handle.pread(2 * CS, 0) == content[: 2 * CS]
+
+
+@pytest.mark.parametrize("damage", ["changed", "cut short"])
+def test_a_rewrite_of_one_chunk_refuses_a_damaged_record_and_writes_nothing(
+    volume: Volume, damage: str
+) -> None:
+    """The one-chunk short path opens the stored record before writing over it: a record
+    changed on the host, or cut short with its object, refuses the write as an integrity
+    error (not an internal one), and the object is left as it was."""
+    content = os.urandom(4 * CS)
+    with volume.open_file("/f", "w+") as handle:
+        handle.write(content)
+        state = handle._state
+        last = 3 * (CS + state.codec.overhead)  # the last chunk's record
+        if damage == "changed":
+            os.pwrite(state.fd, bytes([os.pread(state.fd, 1, last + 100)[0] ^ 1]), last + 100)
+        else:
+            os.ftruncate(state.fd, last + CS)
+        stored = os.pread(state.fd, 2 * CS, last)
+        with pytest.raises(IntegrityError):
+            handle.pwrite(b"x" * 10, 3 * CS + 5)
+        assert os.pread(state.fd, 2 * CS, last) == stored
+        assert handle.pread(3 * CS, 0) == content[: 3 * CS]
