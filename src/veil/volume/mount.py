@@ -301,10 +301,11 @@ class VolumeFS(fuse.Operations):  # type: ignore[misc]
 
     def write_from(self, fh: int, address: int, size: int, offset: int) -> int:
         """``write`` without a copy: seal straight from libfuse's request buffer."""
-        source = _buffer(address, size)
         handle = self.handles.get(fh)
-        written = self._call(lambda: self.handles[fh].pwrite(source, offset))
-        if handle is not None and handle.inode.nlink > 1:
+        if handle is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        written = self._call(handle.pwrite, _buffer(address, size), offset)
+        if handle.inode.nlink > 1:
             self._changed(handle.path, handle.inode)
         return written
 

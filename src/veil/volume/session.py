@@ -101,7 +101,9 @@ def _loop(session: int) -> None:
 
     try:
         while not exited(session):
-            result = spin.poll(attempt, spin.REQUEST_NS)
+            result = receive(session, buf)  # under load the next request is already queued
+            if result == -errno.EAGAIN:
+                result = spin.poll(attempt, spin.REQUEST_NS)
             if result is None:
                 select.select([fd], [], [], _SLEEP)
             elif result > 0:

@@ -1179,12 +1179,14 @@ class Volume:
     def _rewritable(state: _FileState, first: int, last: int) -> bool:
         """Whether chunks first..last were all written in place since the last commit (none
         kept aside or a hole, their slot known): the short path of ``_rewrite``."""
+        fresh, table = state.fresh, state.inode.table
+        assert table is not None
         for index in range(first, last + 1):
             if (
-                index not in state.fresh
+                index not in fresh
                 or (state.probe and index not in state.known)
                 or index in state.kept
-                or state.tags[index * TAG : (index + 1) * TAG] == HOLE
+                or table.startswith(HOLE, index * TAG)
             ):
                 return False
         return True
