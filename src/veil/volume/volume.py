@@ -1012,7 +1012,7 @@ class Volume:
         """Read and open chunks ``first``..``last`` into ``out`` (their plaintext): holes
         as zeros, kept-aside records from memory, the rest from their slot's object."""
         if first == last and first not in state.kept and not is_hole(state.tags, first):  # random
-            raw = self._read_record(state, first, self._span(state, first, last))
+            raw = self._read_record(state, first, len(out) + state.codec.overhead)
             state.codec.open_one_into(first, raw, state.tags, state.path, out)
             return
         if state.probe:
@@ -1133,7 +1133,7 @@ class Volume:
         tag is not the table's (``_locate`` in one read)."""
         at = index * (self.chunk_size + state.codec.overhead)
         if not state.probe or index in state.known:
-            return os.pread(self._slot_fd(state, index), size, at)
+            return os.pread(self._alt_fd(state) if index in state.alt else state.fd, size, at)
         state.known.add(index)
         expected = state.tags[index * TAG : (index + 1) * TAG]
         in_b = state.found_b > 0
@@ -1186,7 +1186,7 @@ class Volume:
                 index not in fresh
                 or (state.probe and index not in state.known)
                 or index in state.kept
-                or table.startswith(HOLE, index * TAG)
+                or is_hole(table, index)
             ):
                 return False
         return True
