@@ -1133,7 +1133,7 @@ class Volume:
         tag is not the table's (``_locate`` in one read)."""
         at = index * (self.chunk_size + state.codec.overhead)
         if not state.probe or index in state.known:
-            return os.pread(self._alt_fd(state) if index in state.alt else state.fd, size, at)
+            return os.pread(self._slot_fd(state, index), size, at)
         state.known.add(index)
         expected = state.tags[index * TAG : (index + 1) * TAG]
         in_b = state.found_b > 0
@@ -1179,8 +1179,7 @@ class Volume:
     def _rewritable(state: _FileState, first: int, last: int) -> bool:
         """Whether chunks first..last were all written in place since the last commit (none
         kept aside or a hole, their slot known): the short path of ``_rewrite``."""
-        fresh, table = state.fresh, state.inode.table
-        assert table is not None
+        fresh, table = state.fresh, state.tags
         for index in range(first, last + 1):
             if (
                 index not in fresh
@@ -1224,10 +1223,9 @@ class Volume:
         read, opened, merged, sealed and written over itself, put back if that fails (the
         size is unchanged, so the new record is as long as the old: no new space, nothing
         to cut back). What undoes it: (index, object, where, the record, the tag it had)."""
-        codec, cs, table = state.codec, self.chunk_size, state.inode.table
-        assert table is not None
+        codec, cs, table = state.codec, self.chunk_size, state.tags
         chunk_start = index * cs
-        fd = self._alt_fd(state) if index in state.alt else state.fd
+        fd = self._slot_fd(state, index)
         at = index * (cs + codec.overhead)
         length = min(cs, state.size - chunk_start)
         stored = os.pread(fd, length + codec.overhead, at)
